@@ -1,0 +1,47 @@
+"""Refuse request bodies over the upload limit, whether declared by Content-Length or streamed chunked."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from app.schemas.problems import PROBLEM_MEDIA_TYPE
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodySizeLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(
+            413, f"The request body exceeds {self.max_bytes} bytes (MEDIMG_MAX_UPLOAD_BYTES); send fewer or smaller files"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            # Outside the routing layer no exception handler runs, so answer here, before reading a byte.
+            response = JSONResponse(
+                {"type": "urn:medimg:problem:payload-too-large", "title": "Upload too large", "status": 413,
+                 "detail": self._too_large().detail, "instance": scope["path"], "code": "payload-too-large"},
+                status_code=413, media_type=PROBLEM_MEDIA_TYPE, headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI re-raises HTTPException from body parsing, so this becomes a 413 problem.
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, counting_receive, send)

@@ -1,0 +1,70 @@
+"""One place that turns every error into application/problem+json (RFC 9457)."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import MedimgError
+from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
+
+log = logging.getLogger(__name__)
+
+
+def problem_response(status: int, code: str, title: str, detail: str, request: Request,
+                     headers: dict[str, str] | None = None, **extra) -> JSONResponse:
+    problem = Problem(
+        type=f"urn:medimg:problem:{code}", title=title, status=status, detail=detail,
+        instance=request.url.path, code=code, **extra,
+    )
+    return JSONResponse(problem.model_dump(exclude_none=True), status_code=status,
+                        media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+async def _medimg_error(request: Request, exc: MedimgError) -> JSONResponse:
+    return problem_response(exc.status, exc.code, exc.title, exc.detail, request, **exc.extra)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    phrase = HTTPStatus(exc.status_code).phrase
+    code = phrase.lower().replace(" ", "-").replace("'", "")
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else _default_detail(exc.status_code, request)
+    return problem_response(exc.status_code, code, phrase, detail, request, headers=getattr(exc, "headers", None))
+
+
+def _default_detail(status: int, request: Request) -> str:
+    if status == 404:
+        return f"No resource at {request.url.path}; see /docs for the API"
+    if status == 405:
+        return f"{request.method} is not allowed on {request.url.path}"
+    return HTTPStatus(status).description
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body",))
+        message = error.get("msg", "invalid")
+        if error.get("type") == "enum" and "expected" in error.get("ctx", {}):
+            message = f"must be one of {error['ctx']['expected']}"
+        errors.append({"field": location, "message": message})
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem_response(422, "invalid-request", "Invalid request", detail, request, errors=errors)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return problem_response(500, "internal-error", "Internal error",
+                            "The service failed unexpectedly; the logs have the details", request)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(MedimgError, _medimg_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

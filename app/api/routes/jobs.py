@@ -1,0 +1,113 @@
+"""/v1/jobs: submit, read (with long polling), fetch artifacts, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from app.api.deps import BlobStoreDep, Caller, IntakeDep, JobStoreDep, SettingsDep
+from app.errors import ArtifactNotFound, JobNotFound, MedimgError
+from app.metrics import JOBS_REJECTED, JOBS_SUBMITTED, UPLOAD_BYTES
+from app.schemas.jobs import Job, JobPublic
+from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
+from app.schemas.tasks import TaskName
+from app.storage.blobs import BlobNotFound, job_prefix
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    summary="Submit a job",
+    responses={
+        202: {"description": "Accepted and queued; `Location` names the job", "headers": {"Location": {"schema": {"type": "string"}}}},
+        413: PROBLEM | {"description": "Upload larger than MEDIMG_MAX_UPLOAD_BYTES"},
+        415: PROBLEM | {"description": "A file is neither DICOM, PNG, JPEG nor a ZIP of DICOM"},
+        422: PROBLEM | {"description": "Invalid options, or input that cannot serve the task"},
+        503: PROBLEM | {"description": "No model for the task, or the queue is unreachable"},
+    },
+)
+async def create_job(
+    response: Response,
+    intake: IntakeDep,
+    caller: Caller,
+    task: Annotated[TaskName, Form(description="Which task to run")],
+    files: Annotated[list[UploadFile], File(description="DICOM files, a ZIP of DICOM files, or a PNG/JPEG")],
+    options: Annotated[str | None, Form(description="JSON object of task options")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=255, description="Same key from the same caller returns the same job")
+    ] = None,
+) -> JobPublic:
+    try:
+        job, created = await run_in_threadpool(
+            intake.accept, task, [f.file for f in files], options, caller, idempotency_key
+        )
+    except MedimgError as exc:
+        JOBS_REJECTED.labels(task.value, exc.code).inc()
+        raise
+    if created:
+        JOBS_SUBMITTED.labels(task.value).inc()
+        UPLOAD_BYTES.labels(task.value).inc(sum(i.size_bytes for i in job.inputs))
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobPublic.from_job(job)
+
+
+async def _own_job(jobs, job_id: str, caller: str) -> Job:
+    job = await run_in_threadpool(jobs.get, job_id)
+    if job.caller != caller:
+        raise JobNotFound(f"No job with id {job_id!r}; it never existed, or it was deleted")
+    return job
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Read a job, optionally waiting for it to finish",
+            responses={404: PROBLEM})
+async def read_job(
+    job_id: str,
+    jobs: JobStoreDep,
+    settings: SettingsDep,
+    caller: Caller,
+    wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (long poll)")] = 0,
+) -> JobPublic:
+    deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
+    job = await _own_job(jobs, job_id, caller)
+    delay = 0.005
+    while not job.status.finished and time.monotonic() < deadline:
+        await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+        delay = min(delay * 1.5, 0.2)
+        job = await _own_job(jobs, job_id, caller)
+    return JobPublic.from_job(job)
+
+
+@router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (mask, overlay, report)",
+            response_class=FileResponse, responses={404: PROBLEM, 200: {"content": {"application/octet-stream": {}}}})
+async def read_artifact(job_id: str, name: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Caller) -> FileResponse:
+    job = await _own_job(jobs, job_id, caller)
+    artifact = next((a for a in job.artifacts if a.name == name), None)
+    if artifact is None:
+        available = ", ".join(a.name for a in job.artifacts) or "none yet"
+        raise ArtifactNotFound(f"Job {job_id} has no artifact {name!r}; available: {available}")
+    try:
+        path = await run_in_threadpool(blobs.local_path, artifact.key)
+    except BlobNotFound:
+        raise ArtifactNotFound(f"Artifact {name!r} of job {job_id} is no longer stored") from None
+    return FileResponse(path, media_type=artifact.media_type)
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a job with its inputs and outputs",
+               responses={404: PROBLEM})
+async def delete_job(job_id: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Caller) -> Response:
+    await _own_job(jobs, job_id, caller)
+    await run_in_threadpool(jobs.delete, job_id)
+    await run_in_threadpool(blobs.delete_prefix, job_prefix(job_id))
+    return Response(status_code=204)

@@ -1,0 +1,119 @@
+"""The `medimg` command: serve the gateway, run a Celery worker, or predict one job in-process.
+
+`worker` and `predict` import worker code lazily: they are separate entry points, not part of the
+gateway, which stays free of ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from app.schemas.tasks import TaskName
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medimg", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="Run the HTTP gateway (embedded worker pool unless MEDIMG_REDIS_URL)")
+    serve.add_argument("--host", default=None, help="Bind address (default MEDIMG_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="Port (default MEDIMG_PORT or 8000)")
+
+    worker = commands.add_parser("worker", help="Run a Celery worker (needs MEDIMG_REDIS_URL)")
+    worker.add_argument("--queues", default=",".join(t.value for t in TaskName),
+                        help="Comma-separated task queues to consume (default: all)")
+    worker.add_argument("--concurrency", type=int, default=1, help="Worker processes (default 1)")
+    worker.add_argument("--loglevel", default="INFO")
+
+    predict = commands.add_parser("predict", help="Run one job in-process and print its result")
+    predict.add_argument("--task", required=True, choices=[t.value for t in TaskName])
+    predict.add_argument("files", nargs="+", type=Path)
+    predict.add_argument("--options", default=None, help="JSON object of task options")
+    predict.add_argument("--out", type=Path, default=None, help="Folder for the artifacts (default ./medimg-out/<job id>)")
+    predict.add_argument("--no-progress", action="store_true")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "worker":
+        return _worker(args)
+    return _predict(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.config import get_settings
+    from app.logs import configure_logging
+    from app.main import create_app
+
+    configure_logging()
+    settings = get_settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_keep_alive=30)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = sorted(set(queues) - {t.value for t in TaskName})
+    if unknown:
+        print(f"medimg worker: unknown queue(s) {unknown}; queues are task names: "
+              f"{', '.join(t.value for t in TaskName)}", file=sys.stderr)
+        return 2
+    # Worker processes read their queues from the settings after the fork.
+    os.environ["MEDIMG_WORKER_QUEUES"] = json.dumps(queues)
+    from app.config import get_settings
+    from app.logs import configure_logging
+
+    get_settings.cache_clear()
+    if not get_settings().redis_url:
+        print("medimg worker: set MEDIMG_REDIS_URL (e.g. redis://127.0.0.1:6379/0)", file=sys.stderr)
+        return 2
+    configure_logging()
+    from workers.celery_app import celery_app
+
+    celery_app.worker_main(
+        ["worker", "--queues", ",".join(queues), "--concurrency", str(args.concurrency),
+         "--loglevel", args.loglevel, "--pool", "prefork", "--without-gossip", "--without-mingle"]
+    )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from app.config import get_settings
+    from app.errors import MedimgError
+    from app.schemas.jobs import JobPublic
+    from workers.local import predict_files
+
+    missing = [str(p) for p in args.files if not p.is_file()]
+    if missing:
+        print(f"medimg predict: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="medimg-predict-") as scratch:
+        settings = get_settings().model_copy(update={"data_dir": Path(scratch), "redis_url": None})
+        try:
+            job, artifacts = predict_files(
+                settings, TaskName(args.task), args.files, args.options, show_progress=not args.no_progress
+            )
+        except MedimgError as exc:
+            print(json.dumps({"status": exc.status, "code": exc.code, "detail": exc.detail}, indent=2))
+            return 1
+        out = args.out or Path("medimg-out") / job.id
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in artifacts.items():
+            (out / name).write_bytes(data)
+    document = JobPublic.from_job(job).model_dump(mode="json")
+    document["artifacts_dir"] = str(out)
+    print(json.dumps(document, indent=2))
+    return 0 if job.status.value == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""All configuration, from MEDIMG_* environment variables, in one Settings class."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDIMG_", extra="ignore")
+
+    environment: str = Field("development", description="development or production")
+    data_dir: Path = Field(Path("./var"), description="Job store, blobs and staging live here in embedded mode")
+    model_repository: Path = Field(REPO_ROOT / "models", description="Triton-style <model-id>/<version>/ tree")
+    task_models: dict[str, str] = Field(
+        default_factory=dict, description='Which model serves a task when several could, e.g. {"dr-grading": "my-dr"}'
+    )
+    model_versions: dict[str, int] = Field(
+        default_factory=dict, description='Pinned versions, e.g. {"dr-grading-reference": 1}; highest otherwise'
+    )
+    redis_url: str | None = Field(None, description="When set, dispatch through Celery and keep job state in Redis")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="Per request; larger uploads get 413")
+    max_upload_files: int = Field(2000, ge=1, description="Files in one upload, ZIP members included")
+    max_image_pixels: int = Field(200_000_000, ge=1, description="Largest declared rows x columns x frames")
+    max_wait_seconds: float = Field(60.0, ge=0, description="Longest ?wait= long poll")
+
+    embedded_workers: int = Field(1, ge=1, le=64, description="Threads of the in-process worker pool")
+    inference_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose")
+    providers: list[str] | None = Field(
+        None, description="ONNX Runtime providers to try in order; default TensorRT, CUDA, then CPU"
+    )
+
+    task_soft_time_limit: int = Field(540, ge=1, description="Seconds before a job is asked to stop")
+    task_time_limit: int = Field(600, ge=1, description="Seconds before a job's worker process is killed")
+    max_deliveries: int = Field(3, ge=1, description="Times a job may be started before it fails for good")
+    worker_heartbeat_seconds: float = Field(10.0, gt=0)
+    worker_queues: list[str] | None = Field(None, description="Queues (task names) a Celery worker consumes")
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, value: str) -> str:
+        if value not in {"development", "production"}:
+            raise ValueError(f"MEDIMG_ENVIRONMENT={value!r} must be 'development' or 'production'")
+        return value
+
+    @field_validator("task_time_limit")
+    @classmethod
+    def _hard_limit_after_soft(cls, value: int, info) -> int:
+        soft = info.data.get("task_soft_time_limit")
+        if soft is not None and value <= soft:
+            raise ValueError(f"MEDIMG_TASK_TIME_LIMIT={value} must exceed MEDIMG_TASK_SOFT_TIME_LIMIT={soft}")
+        return value
+
+    @property
+    def celery_mode(self) -> bool:
+        return bool(self.redis_url)
+
+    @property
+    def visibility_timeout(self) -> int:
+        # A message unacked for longer than this is redelivered; it must outlast the longest job.
+        return self.task_time_limit * 2
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from app.schemas.jobs import Job
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    detail: str
+    checks: dict[str, object] = field(default_factory=dict)
+
+
+class Dispatcher(Protocol):
+    mode: str
+
+    def start(self) -> None: ...
+    def submit(self, job: Job) -> None:
+        """Hands the job to a worker; raises ServiceUnavailable when that is impossible right now."""
+
+    def readiness(self) -> Readiness: ...
+    def stop(self) -> None: ...

@@ -1,0 +1,94 @@
+"""Check staged inputs against the model's `accepts` block before anything is queued."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.errors import UnsuitableInput
+from app.intake.dicom_headers import DicomHeader, read_dicom_header
+from app.intake.raster_headers import RasterHeader, read_raster_header
+from app.intake.staging import StagedFile
+from app.schemas.manifest import InputConstraints
+from app.schemas.tasks import TaskName
+
+
+@dataclass(frozen=True)
+class InspectedInput:
+    staged: StagedFile
+    dicom: DicomHeader | None = None
+    raster: RasterHeader | None = None
+
+
+def inspect_inputs(files: list[StagedFile], max_pixels: int) -> list[InspectedInput]:
+    inspected = []
+    for staged in files:
+        if staged.format == "dicom":
+            header = read_dicom_header(staged.path, staged.label)
+            if header.rows * header.columns * header.frames > max_pixels:
+                raise UnsuitableInput(
+                    f"{staged.label} declares {header.rows}x{header.columns}x{header.frames} pixels, more than "
+                    f"the limit of {max_pixels} (MEDIMG_MAX_IMAGE_PIXELS)"
+                )
+            inspected.append(InspectedInput(staged, dicom=header))
+        else:
+            inspected.append(InspectedInput(staged, raster=read_raster_header(staged.path, staged.label, max_pixels)))
+    return inspected
+
+
+def check_inputs(inputs: list[InspectedInput], accepts: InputConstraints, task: TaskName) -> None:
+    if not inputs:
+        raise UnsuitableInput("The upload holds no files; send at least one in the `files` field")
+    formats = {i.staged.format for i in inputs}
+    refused = formats - set(accepts.formats)
+    if refused:
+        raise UnsuitableInput(
+            f"Task {task.value!r} accepts {', '.join(accepts.formats)} input; got {', '.join(sorted(refused))}"
+        )
+    if len(formats) > 1:
+        raise UnsuitableInput(f"Mixed input formats in one job ({', '.join(sorted(formats))}); send one kind per job")
+    if len(inputs) < accepts.min_instances:
+        raise UnsuitableInput(f"Task {task.value!r} needs at least {accepts.min_instances} images; got {len(inputs)}")
+    if accepts.max_instances is not None and len(inputs) > accepts.max_instances:
+        raise UnsuitableInput(
+            f"Task {task.value!r} takes at most {accepts.max_instances} image(s) per job; got {len(inputs)}. "
+            "Submit one job per image"
+        )
+    for item in inputs:
+        if item.dicom is not None:
+            _check_dicom(item.dicom, item.staged.label, accepts, task)
+        elif item.raster is not None:
+            _check_raster(item.raster, item.staged.label, accepts, task)
+
+
+def _check_dicom(header: DicomHeader, label: str, accepts: InputConstraints, task: TaskName) -> None:
+    if accepts.modalities and header.modality not in accepts.modalities:
+        raise UnsuitableInput(
+            f"{label} has Modality {header.modality or 'missing'}; task {task.value!r} accepts "
+            f"{', '.join(accepts.modalities)}"
+        )
+    if header.samples_per_pixel not in accepts.samples_per_pixel:
+        raise UnsuitableInput(
+            f"{label} has {header.samples_per_pixel} samples per pixel; task {task.value!r} accepts "
+            f"{' or '.join(map(str, accepts.samples_per_pixel))}"
+        )
+    if accepts.max_frames is not None and header.frames > accepts.max_frames:
+        raise UnsuitableInput(
+            f"{label} has {header.frames} frames; task {task.value!r} accepts at most {accepts.max_frames}"
+        )
+    _check_size(header.rows, header.columns, label, accepts)
+
+
+def _check_raster(header: RasterHeader, label: str, accepts: InputConstraints, task: TaskName) -> None:
+    if header.samples_per_pixel not in accepts.samples_per_pixel:
+        raise UnsuitableInput(
+            f"{label} is a {header.mode} image; task {task.value!r} needs "
+            f"{' or '.join(map(str, accepts.samples_per_pixel))} channel(s)"
+        )
+    _check_size(header.height, header.width, label, accepts)
+
+
+def _check_size(rows: int, columns: int, label: str, accepts: InputConstraints) -> None:
+    if rows < accepts.min_rows or columns < accepts.min_columns:
+        raise UnsuitableInput(
+            f"{label} is {columns}x{rows} pixels; the model needs at least {accepts.min_columns}x{accepts.min_rows}"
+        )

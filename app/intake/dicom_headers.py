@@ -1,0 +1,99 @@
+"""Read what intake needs from a DICOM file's header, and refuse files whose pixel data is cut short."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pydicom.uid
+from pydicom.encaps import generate_frames
+from pydicom.errors import InvalidDicomError
+
+from app.errors import UnsuitableInput
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    modality: str | None
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    series_instance_uid: str | None
+    transfer_syntax_uid: str | None
+    rows: int
+    columns: int
+    frames: int
+    samples_per_pixel: int
+    photometric_interpretation: str | None
+
+
+def read_dicom_header(path: Path, label: str) -> DicomHeader:
+    """`label` names the file in error details (an upload index, never the caller's file name)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(path, force=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise UnsuitableInput(f"{label} is not a readable DICOM file ({type(exc).__name__}); it may be truncated") from exc
+    except Exception as exc:  # pydicom raises many types on malformed input; none may crash intake
+        raise UnsuitableInput(f"{label} is not a readable DICOM file ({type(exc).__name__})") from exc
+
+    if "PixelData" not in dataset:
+        raise UnsuitableInput(
+            f"{label} has no pixel data: it is not an image, or the file is truncated"
+            f" (SOP class {dataset.get('SOPClassUID', 'unknown')})"
+        )
+    header = DicomHeader(
+        modality=_text(dataset.get("Modality")),
+        sop_class_uid=_text(dataset.get("SOPClassUID")),
+        sop_instance_uid=_text(dataset.get("SOPInstanceUID")),
+        series_instance_uid=_text(dataset.get("SeriesInstanceUID")),
+        transfer_syntax_uid=_text(_transfer_syntax(dataset)),
+        rows=_int(dataset.get("Rows")),
+        columns=_int(dataset.get("Columns")),
+        frames=max(_int(dataset.get("NumberOfFrames"), default=1), 1),
+        samples_per_pixel=_int(dataset.get("SamplesPerPixel"), default=1),
+        photometric_interpretation=_text(dataset.get("PhotometricInterpretation")),
+    )
+    if header.rows <= 0 or header.columns <= 0:
+        raise UnsuitableInput(f"{label} declares an empty image ({header.rows} rows x {header.columns} columns)")
+    _check_pixel_data_complete(dataset, header, label)
+    return header
+
+
+def _check_pixel_data_complete(dataset: pydicom.Dataset, header: DicomHeader, label: str) -> None:
+    pixel_data = dataset.PixelData
+    transfer_syntax = _transfer_syntax(dataset)
+    if transfer_syntax is not None and transfer_syntax.is_compressed:
+        try:
+            frames = sum(1 for _ in generate_frames(pixel_data, number_of_frames=header.frames))
+        except Exception as exc:
+            raise UnsuitableInput(f"{label}: compressed pixel data is malformed or truncated") from exc
+        if frames < header.frames:
+            raise UnsuitableInput(f"{label}: pixel data holds {frames} of {header.frames} declared frames")
+        return
+    bits_allocated = _int(dataset.get("BitsAllocated"), default=8)
+    expected = header.rows * header.columns * header.frames * header.samples_per_pixel * bits_allocated
+    expected_bytes = (expected + 7) // 8
+    if len(pixel_data) < expected_bytes:
+        raise UnsuitableInput(
+            f"{label}: pixel data is truncated ({len(pixel_data)} of {expected_bytes} bytes expected from "
+            f"{header.rows}x{header.columns}x{header.frames} frames)"
+        )
+
+
+def _transfer_syntax(dataset: pydicom.Dataset) -> pydicom.uid.UID | None:
+    file_meta = getattr(dataset, "file_meta", None)
+    return None if file_meta is None else file_meta.get("TransferSyntaxUID")
+
+
+def _text(value: object) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+def _int(value: object, default: int = 0) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default

@@ -1,0 +1,108 @@
+"""Accepting a job: options, staging, format and header checks, storage, dispatch — or nothing at all."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.dispatch import Dispatcher
+from app.errors import InvalidOptions
+from app.intake.checks import check_inputs, inspect_inputs
+from app.intake.staging import EXTENSIONS, staging_area
+from app.model_repository import ModelRepository
+from app.schemas.jobs import InputFile, Job, ModelRef
+from app.schemas.options import OPTIONS_BY_TASK, TaskOptions
+from app.schemas.tasks import TaskName
+from app.storage.blobs import BlobStore, job_prefix
+from app.storage.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Intake:
+    settings: Settings
+    repository: ModelRepository
+    jobs: JobStore
+    blobs: BlobStore
+    dispatcher: Dispatcher
+
+    def accept(
+        self,
+        task: TaskName,
+        uploads: list[BinaryIO],
+        options_json: str | None,
+        caller: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Returns the job and whether it is new (False: the same caller sent this idempotency key before)."""
+        model = self.repository.for_task(task)
+        options = parse_options(task, options_json)
+        settings = self.settings
+        with staging_area(settings.staging_dir, settings.max_upload_bytes, settings.max_upload_files) as area:
+            for index, upload in enumerate(uploads):
+                area.add_upload(upload, index)
+            check_inputs(inspect_inputs(area.files, settings.max_image_pixels), model.manifest.accepts, task)
+
+            job_id = str(uuid.uuid4())
+            inputs = [
+                InputFile(
+                    key=f"{job_prefix(job_id)}/inputs/{index:05d}{EXTENSIONS[staged.format]}",
+                    format=staged.format,
+                    size_bytes=staged.path.stat().st_size,
+                )
+                for index, staged in enumerate(area.files)
+            ]
+            manifest = model.manifest
+            job = Job(
+                id=job_id,
+                task=task,
+                model=ModelRef(id=manifest.id, version=manifest.version, sha256=manifest.sha256,
+                               research_use_only=manifest.research_use_only),
+                options=options.model_dump(mode="json", exclude_none=True),
+                inputs=inputs,
+                caller=caller,
+                idempotency_key=idempotency_key,
+            )
+            job, created = self.jobs.create(job)
+            if not created:
+                return job, False
+            try:
+                for staged, stored in zip(area.files, inputs, strict=True):
+                    self.blobs.put_file(stored.key, staged.path)
+                self.dispatcher.submit(job)
+            except Exception:
+                self.jobs.delete(job.id)
+                self.blobs.delete_prefix(job_prefix(job.id))
+                raise
+        log.info("job %s accepted: task %s, %d input(s)", job.id, task.value, len(inputs))
+        return job, True
+
+
+def parse_options(task: TaskName, options_json: str | None) -> TaskOptions:
+    options_type = OPTIONS_BY_TASK[task]
+    if options_json is None or not options_json.strip():
+        return options_type()
+    try:
+        raw = json.loads(options_json)
+    except json.JSONDecodeError as exc:
+        raise InvalidOptions(f"`options` is not valid JSON ({exc.msg} at character {exc.pos})") from exc
+    if not isinstance(raw, dict):
+        raise InvalidOptions("`options` must be a JSON object, e.g. {\"referable_threshold\": 0.4}")
+    try:
+        return options_type.model_validate(raw)
+    except ValidationError as exc:
+        errors = [
+            {"field": "options." + ".".join(str(p) for p in error["loc"]), "message": error["msg"]}
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        allowed = ", ".join(options_type.model_fields) or "none"
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise InvalidOptions(f"Invalid options for task {task.value!r}: {detail}. Allowed options: {allowed}",
+                             errors=errors) from exc

@@ -1,0 +1,55 @@
+"""The FastAPI application: stores, model repository and dispatcher are created once per process."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from app import __version__
+from app.api.limits import BodySizeLimit
+from app.api.main import api_router
+from app.api.problems import install_problem_handlers
+from app.config import Settings, get_settings
+from app.dispatch import make_dispatcher
+from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from app.storage.factory import make_blob_store, make_job_store, make_model_repository
+
+DESCRIPTION = """Medical-imaging inference: submit DICOM or PNG/JPEG inputs as jobs, read JSON results and
+download masks and overlays. Reference models are for research use only."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        app.state.settings = settings
+        app.state.jobs = make_job_store(settings)
+        app.state.blobs = make_blob_store(settings)
+        app.state.repository = make_model_repository(settings)
+        app.state.dispatcher = make_dispatcher(settings, app.state.jobs, app.state.blobs)
+        app.state.dispatcher.start()
+        try:
+            yield
+        finally:
+            app.state.dispatcher.stop()
+
+    app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    install_problem_handlers(app)
+    app.include_router(api_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+
+    @app.middleware("http")
+    async def record_request(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
+        return response
+
+    return app

@@ -1,0 +1,1 @@
+"""Contracts shared by the gateway and the workers: jobs, results, manifests and problems."""

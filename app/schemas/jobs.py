@@ -1,0 +1,128 @@
+"""Jobs: the stored record, and the document the API returns."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.results import TaskResult
+from app.schemas.tasks import TaskName
+
+InputFormat = Literal["dicom", "png", "jpeg"]
+FailureKind = Literal["bad-input", "model-error", "infrastructure"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class ModelRef(BaseModel):
+    id: str
+    version: int
+    sha256: str
+    research_use_only: bool
+
+
+class JobError(BaseModel):
+    code: str = Field(description="Stable kebab-case identifier, e.g. bad-input or worker-lost")
+    kind: FailureKind
+    detail: str
+
+
+class InputFile(BaseModel):
+    """One stored input. The caller's file name is not kept: it may carry patient identifiers."""
+
+    key: str
+    format: InputFormat
+    size_bytes: int
+
+
+class Artifact(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    media_type: str
+    key: str
+    size_bytes: int
+
+
+class Job(BaseModel):
+    """The stored record; only the job store and the runner see all of it."""
+
+    model_config = ConfigDict(use_enum_values=False)
+
+    id: str
+    task: TaskName
+    status: JobStatus = JobStatus.QUEUED
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    model: ModelRef
+    options: dict = Field(default_factory=dict)
+    inputs: list[InputFile] = Field(default_factory=list)
+    result: dict | None = None
+    error: JobError | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
+    caller: str = "anonymous"
+    idempotency_key: str | None = None
+    attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    media_type: str
+    size_bytes: int
+    url: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    task: TaskName
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    model: ModelRef
+    result: TaskResult | None = Field(None, description="Present when status is succeeded")
+    error: JobError | None = Field(None, description="Present when status is failed")
+    artifacts: list[ArtifactPublic]
+    stage_seconds: dict[str, float] = Field(
+        default_factory=dict, description="Wall time of each pipeline stage (load, preprocess, infer, …)"
+    )
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        return cls(
+            id=job.id,
+            task=job.task,
+            status=job.status,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            model=job.model,
+            result=job.result,
+            error=job.error,
+            artifacts=[
+                ArtifactPublic(
+                    name=a.name,
+                    media_type=a.media_type,
+                    size_bytes=a.size_bytes,
+                    url=f"/v1/jobs/{job.id}/artifacts/{a.name}",
+                )
+                for a in job.artifacts
+            ],
+            stage_seconds=job.stage_seconds,
+        )

@@ -1,0 +1,1 @@
+"""Storage shared by gateway and workers: blobs (inputs, artifacts) and job records."""

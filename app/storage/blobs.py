@@ -1,0 +1,76 @@
+"""The blob store: inputs and artifacts by key, e.g. `jobs/<id>/inputs/00000.dcm`.
+
+Embedded mode and single-host Celery use a folder; several hosts share it as a mounted volume.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+class BlobNotFound(KeyError):
+    pass
+
+
+class BlobStore(Protocol):
+    def put_file(self, key: str, source: Path) -> int: ...
+    def put_bytes(self, key: str, data: bytes) -> int: ...
+    def open(self, key: str) -> BinaryIO: ...
+    def local_path(self, key: str) -> Path: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def exists(self, key: str) -> bool: ...
+
+
+class FilesystemBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise ValueError(f"blob key {key!r} escapes the store")
+        return path
+
+    def put_file(self, key: str, source: Path) -> int:
+        """Moves `source` in (a rename when on the same file system) and returns its size."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        size = source.stat().st_size
+        shutil.move(source, target)
+        return size
+
+    def put_bytes(self, key: str, data: bytes) -> int:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a reader never sees half an artifact.
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix=".tmp-") as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, target)
+        return len(data)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise BlobNotFound(key)
+        return path
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}"

@@ -1,0 +1,22 @@
+"""Builds the stores and the model repository the settings ask for; gateway and workers share this."""
+
+from __future__ import annotations
+
+from app.config import Settings
+from app.model_repository import ModelRepository
+from app.storage.blobs import BlobStore, FilesystemBlobStore
+from app.storage.jobs import JobStore, RedisJobStore, SqliteJobStore
+
+
+def make_job_store(settings: Settings) -> JobStore:
+    if settings.redis_url:
+        return RedisJobStore.from_url(settings.redis_url)
+    return SqliteJobStore(settings.sqlite_path)
+
+
+def make_blob_store(settings: Settings) -> BlobStore:
+    return FilesystemBlobStore(settings.blob_dir)
+
+
+def make_model_repository(settings: Settings) -> ModelRepository:
+    return ModelRepository(settings.model_repository, settings.model_versions, settings.task_models)

@@ -1,0 +1,164 @@
+"""Job records: SQLite in embedded mode, Redis in Celery mode, one interface for both.
+
+Updates from workers never resurrect a deleted job: they apply only while the record exists.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import redis
+
+from app.errors import JobNotFound
+from app.schemas.jobs import Job, JobStatus
+
+
+class JobStore(Protocol):
+    def create(self, job: Job) -> tuple[Job, bool]:
+        """Stores `job`, or returns the caller's earlier job with the same idempotency key (created=False)."""
+
+    def get(self, job_id: str) -> Job: ...
+    def save(self, job: Job) -> bool:
+        """Overwrites an existing record; False when the job was deleted meanwhile."""
+
+    def delete(self, job_id: str) -> None: ...
+    def unfinished(self) -> list[Job]: ...
+    def ping(self) -> None: ...
+
+
+def _not_found(job_id: str) -> JobNotFound:
+    return JobNotFound(f"No job with id {job_id!r}; it never existed, or it was deleted")
+
+
+class SqliteJobStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, caller TEXT NOT NULL, idempotency_key TEXT,"
+            " status TEXT NOT NULL, document TEXT NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (caller, idempotency_key)"
+            " WHERE idempotency_key IS NOT NULL"
+        )
+
+    def create(self, job: Job) -> tuple[Job, bool]:
+        with self._lock:
+            if job.idempotency_key is not None:
+                row = self._db.execute(
+                    "SELECT document FROM jobs WHERE caller = ? AND idempotency_key = ?",
+                    (job.caller, job.idempotency_key),
+                ).fetchone()
+                if row:
+                    return Job.model_validate_json(row[0]), False
+            self._db.execute(
+                "INSERT INTO jobs (id, caller, idempotency_key, status, document) VALUES (?, ?, ?, ?, ?)",
+                (job.id, job.caller, job.idempotency_key, job.status.value, job.model_dump_json()),
+            )
+        return job, True
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._db.execute("SELECT document FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return Job.model_validate_json(row[0])
+
+    def save(self, job: Job) -> bool:
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = ?, document = ? WHERE id = ?",
+                (job.status.value, job.model_dump_json(), job.id),
+            )
+        return cursor.rowcount == 1
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def unfinished(self) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT document FROM jobs WHERE status IN (?, ?) ORDER BY rowid",
+                (JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+            ).fetchall()
+        return [Job.model_validate_json(row[0]) for row in rows]
+
+    def ping(self) -> None:
+        with self._lock:
+            self._db.execute("SELECT 1")
+
+
+class RedisJobStore:
+    PREFIX = "medimg:job:"
+    IDEMPOTENCY_PREFIX = "medimg:idempotency:"
+    UNFINISHED = "medimg:jobs:unfinished"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisJobStore:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30))
+
+    def create(self, job: Job) -> tuple[Job, bool]:
+        if job.idempotency_key is not None:
+            idem_key = f"{self.IDEMPOTENCY_PREFIX}{json.dumps([job.caller, job.idempotency_key])}"
+            # SET NX decides atomically which of two racing requests creates the job.
+            if not self._redis.set(idem_key, job.id, nx=True):
+                existing_id = self._redis.get(idem_key)
+                if existing_id is not None:
+                    try:
+                        return self.get(existing_id.decode()), False
+                    except JobNotFound:
+                        self._redis.set(idem_key, job.id)  # the earlier job was deleted: start anew
+        pipe = self._redis.pipeline()
+        pipe.set(self.PREFIX + job.id, job.model_dump_json())
+        pipe.sadd(self.UNFINISHED, job.id)
+        pipe.execute()
+        return job, True
+
+    def get(self, job_id: str) -> Job:
+        raw = self._redis.get(self.PREFIX + job_id)
+        if raw is None:
+            raise _not_found(job_id)
+        return Job.model_validate_json(raw)
+
+    def save(self, job: Job) -> bool:
+        stored = self._redis.set(self.PREFIX + job.id, job.model_dump_json(), xx=True)
+        if stored and job.status.finished:
+            self._redis.srem(self.UNFINISHED, job.id)
+        return bool(stored)
+
+    def delete(self, job_id: str) -> None:
+        job = None
+        try:
+            job = self.get(job_id)
+        except JobNotFound:
+            pass
+        pipe = self._redis.pipeline()
+        pipe.delete(self.PREFIX + job_id)
+        pipe.srem(self.UNFINISHED, job_id)
+        if job is not None and job.idempotency_key is not None:
+            pipe.delete(f"{self.IDEMPOTENCY_PREFIX}{json.dumps([job.caller, job.idempotency_key])}")
+        pipe.execute()
+
+    def unfinished(self) -> list[Job]:
+        jobs = []
+        for raw_id in self._redis.smembers(self.UNFINISHED):
+            try:
+                jobs.append(self.get(raw_id.decode()))
+            except JobNotFound:
+                self._redis.srem(self.UNFINISHED, raw_id)
+        return jobs
+
+    def ping(self) -> None:
+        self._redis.ping()

@@ -1,0 +1,6 @@
+"""The Celery application of the workers."""
+
+from celery import Celery
+
+celery_app = Celery("medimg-worker", include=["workers.tasks"])
+celery_app.config_from_object("workers.celeryconfig")

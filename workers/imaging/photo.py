@@ -1,0 +1,68 @@
+"""Decode a photograph (PNG, JPEG, or a single-frame DICOM image) to display pixels, uint8 RGB or grey.
+
+DICOM colour is brought to RGB whatever its photometric interpretation (YBR_FULL, YBR_FULL_422, YBR_RCT,
+PALETTE COLOR); MONOCHROME1 is inverted so that white is bright, as a viewer would show it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageOps
+from pydicom.pixels import apply_color_lut, apply_voi_lut
+
+from app.errors import BadInputError
+
+
+def load_photo(path: Path, input_format: str, frame: int = 0) -> np.ndarray:
+    try:
+        if input_format == "dicom":
+            return _load_dicom_photo(path, frame)
+        return _load_raster_photo(path)
+    except BadInputError:
+        raise
+    except Exception as exc:  # decoders raise many types on corrupt data; the job must fail cleanly
+        raise BadInputError(f"The {input_format} image could not be decoded ({type(exc).__name__})") from exc
+
+
+def _load_raster_photo(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)  # phone and camera JPEGs store rotation in EXIF
+        if image.mode in {"I", "I;16", "F"}:
+            return _to_uint8(np.asarray(image, dtype=np.float32))
+        if image.mode not in {"L", "RGB"}:
+            image = image.convert("RGB")
+        return np.asarray(image).copy()
+
+
+def _load_dicom_photo(path: Path, frame: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = pydicom.dcmread(path, force=True)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        if not 0 <= frame < frames:
+            raise BadInputError(f"frame {frame} requested but the image has {frames} frame(s)")
+        # as_rgb converts any YBR colour space to RGB; index picks one frame without decoding the rest.
+        pixels = dataset.pixel_array if frames == 1 else pydicom.pixels.pixel_array(dataset, index=frame)
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, dataset)
+    elif photometric.startswith("MONOCHROME") and "WindowCenter" in dataset:
+        pixels = apply_voi_lut(pixels, dataset)
+    image = _to_uint8(pixels)
+    if photometric == "MONOCHROME1":
+        image = 255 - image
+    return image
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return np.ascontiguousarray(pixels)
+    pixels = pixels.astype(np.float32)
+    low, high = float(pixels.min()), float(pixels.max())
+    if high <= low:
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    return np.round((pixels - low) * (255.0 / (high - low))).astype(np.uint8)

@@ -1,0 +1,9 @@
+"""One pipeline per task: load → preprocess → infer → decode → outputs."""
+
+from app.schemas.tasks import TaskName
+from workers.pipelines.base import Pipeline
+from workers.pipelines.dr_grading import DRGradingPipeline
+
+PIPELINES: dict[TaskName, Pipeline] = {
+    TaskName.DR_GRADING: DRGradingPipeline(),
+}

@@ -1,0 +1,62 @@
+"""What every pipeline takes and gives, and the stage timer that reports progress and durations."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from app.schemas.options import TaskOptions
+from app.schemas.tasks import TaskName
+from workers.onnx import LoadedModel
+
+
+@dataclass(frozen=True)
+class JobInput:
+    path: Path
+    format: str
+
+
+@dataclass(frozen=True)
+class ArtifactOutput:
+    name: str
+    media_type: str
+    data: bytes
+
+
+@dataclass
+class PipelineOutput:
+    result: BaseModel
+    artifacts: list[ArtifactOutput] = field(default_factory=list)
+
+
+@dataclass
+class StageTimer:
+    """`with stages("preprocess"):` times a stage and tells the progress callback when it starts."""
+
+    on_stage: Callable[[str], None] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.on_stage is not None:
+            self.on_stage(name)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+class Pipeline(Protocol):
+    task: TaskName
+    stages: tuple[str, ...]
+
+    def run(
+        self, inputs: list[JobInput], options: TaskOptions, model: LoadedModel, stages: StageTimer
+    ) -> PipelineOutput: ...

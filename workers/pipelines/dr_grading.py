@@ -1,0 +1,78 @@
+"""Diabetic retinopathy grading of one colour fundus photograph."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from app.errors import BadInputError
+from app.schemas.manifest import ModelManifest
+from app.schemas.options import DRGradingOptions
+from app.schemas.results import DRGradingResult, OperatingPointUsed
+from app.schemas.tasks import TaskName
+from workers.decoding import activate, positive_probability
+from workers.imaging.fundus import crop_to_retina, preprocess_fundus
+from workers.imaging.photo import load_photo
+from workers.onnx import LoadedModel
+from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
+
+RETINA_PREVIEW_SIDE = 512
+
+
+class DRGradingPipeline:
+    task = TaskName.DR_GRADING
+    stages = ("load", "preprocess", "infer", "decode", "outputs")
+
+    def run(
+        self, inputs: list[JobInput], options: DRGradingOptions, model: LoadedModel, stages: StageTimer
+    ) -> PipelineOutput:
+        manifest = model.manifest
+        if len(inputs) != 1:
+            raise BadInputError(f"DR grading takes one photograph per job; got {len(inputs)}")
+        with stages("load"):
+            photo = load_photo(inputs[0].path, inputs[0].format)
+        with stages("preprocess"):
+            tensor = preprocess_fundus(photo, manifest.preprocessing)
+        with stages("infer"):
+            logits = model.run({manifest.inputs[0].name: tensor[np.newaxis]})[manifest.outputs[0].name][0]
+        with stages("decode"):
+            result = grade_from_logits(logits, manifest, options)
+        with stages("outputs"):
+            artifacts = [retina_preview(photo)]
+        return PipelineOutput(result=result, artifacts=artifacts)
+
+
+def grade_from_logits(logits: np.ndarray, manifest: ModelManifest, options: DRGradingOptions) -> DRGradingResult:
+    probabilities = activate(logits, manifest.decoding)
+    grade = int(np.argmax(probabilities))
+    referable_probability = positive_probability(probabilities, manifest.decoding)
+    point = manifest.operating_point()
+    used = OperatingPointUsed(
+        name=point.name,
+        threshold=point.threshold,
+        sensitivity=point.sensitivity,
+        specificity=point.specificity,
+    )
+    if options.referable_threshold is not None:
+        used = OperatingPointUsed(name="caller", threshold=options.referable_threshold, overridden=True)
+    return DRGradingResult(
+        grade=grade,
+        grade_name=manifest.class_names[grade],
+        probabilities=[round(float(p), 6) for p in probabilities / probabilities.sum()],
+        referable=referable_probability >= used.threshold,
+        referable_probability=round(referable_probability, 6),
+        operating_point=used,
+        research_use_only=manifest.research_use_only,
+    )
+
+
+def retina_preview(photo: np.ndarray) -> ArtifactOutput:
+    """The retina crop the model graded, so a reader can check that the right region was used."""
+    crop = crop_to_retina(photo if photo.ndim == 3 else np.repeat(photo[..., None], 3, axis=-1))
+    image = Image.fromarray(crop)
+    image.thumbnail((RETINA_PREVIEW_SIDE, RETINA_PREVIEW_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return ArtifactOutput(name="retina.png", media_type="image/png", data=buffer.getvalue())

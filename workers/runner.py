@@ -1,0 +1,135 @@
+"""Runs one job by id: load its record, run the task's pipeline, record the outcome.
+
+Safe to run twice (late acks redeliver): a finished job is left alone, and each start counts as a
+delivery, so an input that kills its worker every time fails for good after `max_deliveries`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
+
+from app.errors import BadInputError, JobNotFound, MedimgError
+from app.metrics import JOBS_FINISHED, STAGE_SECONDS
+from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobStatus, utcnow
+from app.schemas.options import OPTIONS_BY_TASK
+from app.storage.blobs import BlobNotFound, job_prefix
+from workers.pipelines import PIPELINES
+from workers.pipelines.base import JobInput, PipelineOutput, StageTimer
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+def run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None] | None = None) -> Job | None:
+    try:
+        job = runtime.jobs.get(job_id)
+    except JobNotFound:
+        log.info("job %s was deleted before it ran; nothing to do", job_id)
+        return None
+    if job.status.finished:
+        log.info("job %s already %s; not running it again", job_id, job.status.value)
+        return job
+    if job.attempts >= runtime.settings.max_deliveries:
+        return _finish_failed(
+            runtime, job, "worker-lost", "infrastructure",
+            f"The job was started {job.attempts} times and its worker stopped each time before finishing "
+            "(crash, out of memory or a killed container). The input may be too large or malformed for the "
+            "model; it was not retried again.",
+        )
+    job.attempts += 1
+    job.status = JobStatus.RUNNING
+    job.started_at = utcnow()
+    if not runtime.jobs.save(job):
+        return None
+    log.info("job %s started (task %s, attempt %d)", job.id, job.task.value, job.attempts)
+
+    stages = StageTimer(on_stage=on_stage)
+    try:
+        output = _run_pipeline(job, runtime, stages)
+        job.artifacts = _store_artifacts(job, output, runtime)
+        job.result = output.result.model_dump(mode="json")
+    except BadInputError as exc:
+        return _finish_failed(runtime, job, exc.code, "bad-input", exc.detail, stages)
+    except BlobNotFound:
+        return _finish_failed(
+            runtime, job, "input-missing", "infrastructure",
+            "The job's stored input is missing from the blob store (deleted, or storage not shared with this "
+            "worker: check MEDIMG_DATA_DIR)", stages,
+        )
+    except SoftTimeLimitExceeded:
+        return _finish_failed(
+            runtime, job, "time-limit", "infrastructure",
+            f"The job ran out of time ({runtime.settings.task_soft_time_limit} s, MEDIMG_TASK_SOFT_TIME_LIMIT)",
+            stages,
+        )
+    except MedimgError as exc:
+        return _finish_failed(runtime, job, exc.code, "model-error", exc.detail, stages)
+    except Exception as exc:
+        # The message may quote input values, so only the type reaches the log and the caller.
+        log.exception("job %s failed in the pipeline (%s)", job.id, type(exc).__name__)
+        return _finish_failed(
+            runtime, job, "model-error", "model-error",
+            f"The model pipeline failed ({type(exc).__name__}); the service logs have the job id",
+            stages,
+        )
+
+    job.status = JobStatus.SUCCEEDED
+    job.finished_at = utcnow()
+    job.stage_seconds = stages.seconds
+    if not runtime.jobs.save(job):
+        # Deleted while it ran: what it just wrote must not outlive the deletion.
+        runtime.blobs.delete_prefix(job_prefix(job.id))
+        log.info("job %s was deleted while running; its outputs were discarded", job.id)
+        return None
+    _record_metrics(job)
+    log.info("job %s succeeded in %.3fs", job.id, sum(stages.seconds.values()))
+    return job
+
+
+def _run_pipeline(job: Job, runtime: WorkerRuntime, stages: StageTimer) -> PipelineOutput:
+    pipeline = PIPELINES[job.task]
+    try:
+        options = OPTIONS_BY_TASK[job.task].model_validate(job.options)
+    except ValidationError as exc:
+        raise BadInputError(f"Stored options are invalid for {job.task.value}: {exc.error_count()} error(s)") from exc
+    model = runtime.model(job.model.id)
+    if model.manifest.sha256 != job.model.sha256:
+        raise MedimgError(
+            f"This worker serves {model.manifest.id} version {model.manifest.version}, not the version "
+            f"{job.model.version} the job was accepted for; deploy matching model repositories"
+        )
+    inputs = [JobInput(path=runtime.blobs.local_path(i.key), format=i.format) for i in job.inputs]
+    return pipeline.run(inputs, options, model, stages)
+
+
+def _store_artifacts(job: Job, output: PipelineOutput, runtime: WorkerRuntime) -> list[Artifact]:
+    artifacts = []
+    for item in output.artifacts:
+        key = f"{job_prefix(job.id)}/artifacts/{item.name}"
+        size = runtime.blobs.put_bytes(key, item.data)
+        artifacts.append(Artifact(name=item.name, media_type=item.media_type, key=key, size_bytes=size))
+    return artifacts
+
+
+def _finish_failed(
+    runtime: WorkerRuntime, job: Job, code: str, kind: FailureKind, detail: str, stages: StageTimer | None = None
+) -> Job:
+    job.status = JobStatus.FAILED
+    job.finished_at = utcnow()
+    job.error = JobError(code=code, kind=kind, detail=detail)
+    if stages is not None:
+        job.stage_seconds = stages.seconds
+    runtime.jobs.save(job)
+    _record_metrics(job)
+    log.warning("job %s failed: %s (%s)", job.id, code, kind)
+    return job
+
+
+def _record_metrics(job: Job) -> None:
+    JOBS_FINISHED.labels(job.task.value, job.status.value, job.error.kind if job.error else "").inc()
+    for stage, seconds in job.stage_seconds.items():
+        STAGE_SECONDS.labels(job.task.value, stage).observe(seconds)

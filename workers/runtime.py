@@ -1,0 +1,58 @@
+"""What a worker process holds: the model repository, its live ONNX sessions, and the stores."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from app.config import Settings
+from app.model_repository import ModelRepository
+from app.schemas.tasks import TaskName
+from app.storage.blobs import BlobStore
+from app.storage.factory import make_blob_store, make_job_store, make_model_repository
+from app.storage.jobs import JobStore
+from workers.onnx import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    repository: ModelRepository
+    jobs: JobStore
+    blobs: BlobStore
+    _loaded: dict[str, LoadedModel] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, settings: Settings, jobs: JobStore | None = None, blobs: BlobStore | None = None) -> WorkerRuntime:
+        return cls(
+            settings=settings,
+            repository=make_model_repository(settings),
+            jobs=jobs or make_job_store(settings),
+            blobs=blobs or make_blob_store(settings),
+        )
+
+    def model(self, model_id: str) -> LoadedModel:
+        with self._lock:
+            if model_id not in self._loaded:
+                loaded = load_model(
+                    self.repository.get(model_id), self.settings.providers, self.settings.inference_threads
+                )
+                loaded.warm_up()
+                self._loaded[model_id] = loaded
+            return self._loaded[model_id]
+
+    def warm_up(self, tasks: list[TaskName] | None = None) -> list[LoadedModel]:
+        """Loads and warms the model of every task this worker serves; a worker is ready only after this."""
+        warmed = []
+        for version in self.repository.served():
+            if tasks is None or version.manifest.task in tasks:
+                warmed.append(self.model(version.manifest.id))
+        return warmed
+
+    @property
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._loaded.values())

@@ -1,0 +1,66 @@
+"""Celery tasks: thin wrappers that take a job id and hand it to the runner.
+
+Each worker process builds its own runtime after the fork (ONNX Runtime sessions are not fork-safe),
+warms the models of the queues it consumes, and only then starts its heartbeat, so readiness means warm.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from app.config import get_settings
+from app.schemas.tasks import RUN_JOB_TASK, TaskName
+from app.storage.heartbeats import start_beating
+from workers.celery_app import celery_app
+from workers.runner import run_job
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+_runtime: WorkerRuntime | None = None
+_stop_heartbeat = None
+
+
+def consumed_tasks() -> list[TaskName]:
+    queues = get_settings().worker_queues
+    return [TaskName(q) for q in queues] if queues else list(TaskName)
+
+
+def get_runtime() -> WorkerRuntime:
+    global _runtime
+    if _runtime is None:
+        _runtime = WorkerRuntime.create(get_settings())
+    return _runtime
+
+
+@worker_process_init.connect
+def _prepare_process(**_) -> None:
+    global _stop_heartbeat
+    settings = get_settings()
+    runtime = get_runtime()
+    tasks = consumed_tasks()
+    warmed = runtime.warm_up(tasks)
+    served = {m.manifest.task for m in warmed}
+    queues = [t.value for t in tasks if t in served]
+    log.info("worker process ready: queues %s, providers %s", queues,
+             sorted({p for m in warmed for p in m.providers}))
+    _stop_heartbeat = start_beating(
+        redis.Redis.from_url(settings.redis_url), queues,
+        [f"{m.manifest.id}/{m.manifest.version}" for m in warmed],
+        sorted({p for m in warmed for p in m.providers}), settings.worker_heartbeat_seconds,
+    )
+
+
+@worker_process_shutdown.connect
+def _stop_process(**_) -> None:
+    if _stop_heartbeat is not None:
+        _stop_heartbeat.set()
+
+
+@celery_app.task(name=RUN_JOB_TASK, acks_late=True)
+def run_job_task(job_id: str) -> str | None:
+    job = run_job(job_id, get_runtime())
+    return None if job is None else job.status.value
