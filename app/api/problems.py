@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import MedimgError
+from app.errors import MedimgError, PayloadTooLarge
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ async def _medimg_error(request: Request, exc: MedimgError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     phrase = HTTPStatus(exc.status_code).phrase
     code = phrase.lower().replace(" ", "-").replace("'", "")
+    if exc.status_code == 413:  # the same code whether the limit was declared or hit mid-stream
+        code, phrase = PayloadTooLarge.code, PayloadTooLarge.title
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else _default_detail(exc.status_code, request)
     return problem_response(exc.status_code, code, phrase, detail, request, headers=getattr(exc, "headers", None))
 

@@ -442,7 +442,8 @@ def _box(cx: float, cy: float, half: float, height: int, width: int) -> tuple[sl
     return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
 
 
-def _render(rng: np.random.Generator, eye: _Eye, plan: _Plan) -> tuple[np.ndarray, LesionCounts]:
+def _render(rng: np.random.Generator, lesion_rng: np.random.Generator, eye: _Eye,
+            plan: _Plan) -> tuple[np.ndarray, LesionCounts]:
     H, W, R = eye.height, eye.width, eye.radius
     ys = np.arange(H, dtype=np.float32)[:, None]
     xs = np.arange(W, dtype=np.float32)[None, :]
@@ -466,7 +467,7 @@ def _render(rng: np.random.Generator, eye: _Eye, plan: _Plan) -> tuple[np.ndarra
     # Vessels: veins darker and wider than arteries, both from the disc.
     veins = _grow_vessels(rng, eye, width0=max(2.0, 0.022 * R), angle_jitter=0.15)
     arteries = _grow_vessels(rng, eye, width0=max(1.5, 0.016 * R), angle_jitter=0.15)
-    layers, counts = _draw_lesions(rng, eye, plan, veins)
+    layers, counts = _draw_lesions(lesion_rng, eye, plan, veins)
     _draw_polylines(ImageDraw.Draw(layers["vessel"]), veins)
     artery_layer = Image.new("L", (W, H), 0)
     _draw_polylines(ImageDraw.Draw(artery_layer), arteries)
@@ -518,9 +519,12 @@ def generate_fundus(rng: np.random.Generator, grade: int | None = None, size: in
     if not 0 <= grade <= 4:
         raise ValueError(f"grade must be 0..4, got {grade}")
     size = int(rng.integers(384, 769)) if size is None else int(size)
-    eye = _make_eye(rng, size)
-    plan = _plan_lesions(rng, grade)
-    rgb, counts = _render(rng, eye, plan)
+    # The eye and camera draw from one stream and the lesions from another, so the same seed renders the
+    # same eye at every grade and only the lesions differ.
+    scene_rng, lesion_rng = rng.spawn(2)
+    eye = _make_eye(scene_rng, size)
+    plan = _plan_lesions(lesion_rng, grade)
+    rgb, counts = _render(scene_rng, lesion_rng, eye, plan)
     drawn_grade = icdr_grade(counts)
     if drawn_grade != grade:
         # Lesion placement can come up short (e.g. a quadrant mostly outside a cropped frame); the label

@@ -221,6 +221,7 @@ def build_manifest(onnx_path: Path, preprocessing: Preprocessing, threshold: flo
             "min_rows": 128,
             "min_columns": 128,
             "max_frames": 1,
+            "max_instances": 1,
         },
         inputs=[{"name": "image", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, *TARGET_SIZE]}],
         outputs=[{"name": "logits", "dtype": "float32", "layout": "NC", "shape": ["batch", 5]}],
