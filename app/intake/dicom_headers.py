@@ -10,6 +10,7 @@ import pydicom
 import pydicom.uid
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import get_expected_length
 
 from app.errors import UnsuitableInput
 
@@ -73,9 +74,12 @@ def _check_pixel_data_complete(dataset: pydicom.Dataset, header: DicomHeader, la
         if frames < header.frames:
             raise UnsuitableInput(f"{label}: pixel data holds {frames} of {header.frames} declared frames")
         return
-    bits_allocated = _int(dataset.get("BitsAllocated"), default=8)
-    expected = header.rows * header.columns * header.frames * header.samples_per_pixel * bits_allocated
-    expected_bytes = (expected + 7) // 8
+    try:
+        expected_bytes = get_expected_length(dataset, unit="bytes")  # knows YBR_FULL_422 and 1-bit packing
+        if not isinstance(expected_bytes, int):
+            raise TypeError(type(expected_bytes).__name__)
+    except Exception as exc:  # malformed values (NumberOfFrames "1A") raise assorted types
+        raise UnsuitableInput(f"{label}: the image pixel description is incomplete ({type(exc).__name__})") from exc
     if len(pixel_data) < expected_bytes:
         raise UnsuitableInput(
             f"{label}: pixel data is truncated ({len(pixel_data)} of {expected_bytes} bytes expected from "

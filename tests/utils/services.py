@@ -138,12 +138,15 @@ class Service:
     def log_paths(self) -> list[Path]:
         return [p.log_path for p in [self.gateway, *self.workers] if p is not None]
 
-    def start_gateway(self, timeout: float = 90) -> None:
+    def start_gateway(self, timeout: float = 90, wait_ready: bool = True) -> None:
         self.gateway = Process(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)], self.env,
             self.data_dir / "logs" / "gateway.log",
         ).start()
-        self.wait_ready(timeout)
+        if wait_ready:
+            self.wait_ready(timeout)
+        else:
+            self.wait_listening(timeout)
 
     def start_worker(self, queues: str | None = None, concurrency: int = 1) -> Process:
         args = [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency)]
@@ -152,6 +155,15 @@ class Service:
         worker = Process(args, self.env, self.data_dir / "logs" / f"worker-{len(self.workers)}.log").start()
         self.workers.append(worker)
         return worker
+
+    def wait_listening(self, timeout: float = 90) -> None:
+        def listening() -> bool:
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_until(listening, timeout, "gateway /healthz", self.gateway.log_path if self.gateway else None)
 
     def wait_ready(self, timeout: float = 90) -> None:
         def ready() -> bool:

@@ -1,0 +1,62 @@
+"""Both job stores keep the same promises: idempotency per caller, no resurrection after delete."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app.errors import JobNotFound
+from app.schemas.jobs import Job, JobStatus, ModelRef
+from app.schemas.tasks import TaskName
+from app.storage.jobs import JobStore, RedisJobStore, SqliteJobStore
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path, redis_server) -> Iterator[JobStore]:
+    if request.param == "sqlite":
+        yield SqliteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        client = redis.Redis.from_url(redis_server.url)
+        yield RedisJobStore(client)
+        client.close()
+
+
+def new_job(**fields) -> Job:
+    model = ModelRef(id="m", version=1, sha256="0" * 64, research_use_only=True)
+    return Job(id=str(uuid.uuid4()), task=TaskName.DR_GRADING, model=model, **fields)
+
+
+def test_create_and_get_roundtrip(store: JobStore) -> None:
+    job, created = store.create(new_job(options={"referable_threshold": 0.3}))
+    assert created
+    assert store.get(job.id) == job
+
+
+def test_create_idempotency_key_per_caller(store: JobStore) -> None:
+    first, _ = store.create(new_job(caller="a", idempotency_key="k"))
+    again, created = store.create(new_job(caller="a", idempotency_key="k"))
+    other, other_created = store.create(new_job(caller="b", idempotency_key="k"))
+    assert not created and again.id == first.id
+    assert other_created and other.id != first.id
+
+
+def test_save_after_delete_does_not_resurrect(store: JobStore) -> None:
+    job, _ = store.create(new_job())
+    store.delete(job.id)
+    job.status = JobStatus.SUCCEEDED
+    assert store.save(job) is False
+    with pytest.raises(JobNotFound):
+        store.get(job.id)
+
+
+def test_unfinished_lists_queued_and_running_only(store: JobStore) -> None:
+    queued, _ = store.create(new_job())
+    running, _ = store.create(new_job(status=JobStatus.RUNNING))
+    done, _ = store.create(new_job())
+    done.status = JobStatus.SUCCEEDED
+    store.save(done)
+    ids = {j.id for j in store.unfinished()}
+    assert {queued.id, running.id} <= ids and done.id not in ids

@@ -1,0 +1,40 @@
+"""`medimg predict` runs one job in-process, prints the result JSON and writes the artifacts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.utils.fundus import dicom_fundus_bytes, make_fundus
+from tests.utils.reference_models import REPO_ROOT
+
+
+def test_predict_dicom_prints_result_and_writes_artifacts(tmp_path: Path) -> None:
+    photo = tmp_path / "eye.dcm"
+    photo.write_bytes(dicom_fundus_bytes(make_fundus(seed=2, grade=4).rgb))
+    out = tmp_path / "out"
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "predict", "--task", "dr-grading", str(photo), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads(completed.stdout)
+    assert document["status"] == "succeeded"
+    assert document["result"]["grade"] >= 2
+    assert (out / "retina.png").read_bytes().startswith(b"\x89PNG")
+    assert "100%" in completed.stderr  # the progress bar reached its end
+
+
+def test_predict_unsuitable_input_explains(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "predict", "--task", "dr-grading", str(text), "--no-progress"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+    )
+    assert completed.returncode == 1
+    assert json.loads(completed.stdout)["code"] == "unsupported-media-type"

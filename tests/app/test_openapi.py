@@ -1,0 +1,17 @@
+"""The OpenAPI document describes the v1 contract, generated from the pydantic schemas."""
+
+from app.main import create_app
+
+
+def test_openapi_documents_job_contract() -> None:
+    schema = create_app().openapi()
+    post = schema["paths"]["/v1/jobs"]["post"]
+    assert {"202", "413", "415", "422", "503"} <= set(post["responses"])
+    form = schema["components"]["schemas"][post["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert {"task", "files", "options"} <= set(form["properties"])
+    job = schema["components"]["schemas"]["JobPublic"]
+    assert {"id", "task", "status", "created_at", "started_at", "finished_at", "model", "result", "error",
+            "artifacts"} <= set(job["properties"])
+    assert "DRGradingResult" in schema["components"]["schemas"]
+    assert {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/artifacts/{name}", "/v1/models", "/healthz", "/readyz",
+            "/metrics"} <= set(schema["paths"])

@@ -1,0 +1,78 @@
+"""Photographs decode to display RGB whatever the DICOM transfer syntax or colour space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from app.errors import BadInputError
+from workers.imaging.photo import load_photo
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _reference() -> np.ndarray:
+    # pydicom's RGB test image: red/green/blue/white bands; the compressed variants encode the same picture.
+    return load_photo(TEST_FILES / "SC_rgb_rle.dcm", "dicom")
+
+
+@pytest.mark.parametrize(
+    ("name", "tolerance"),
+    [
+        ("SC_rgb_rle.dcm", 0),  # RLE, lossless
+        ("SC_rgb_gdcm_KY.dcm", 0),  # JPEG 2000 lossless
+        ("SC_rgb_jpeg_gdcm.dcm", 0),  # JPEG lossless process 14
+        ("SC_rgb_jpeg_dcmtk.dcm", 12),  # JPEG baseline, YBR_FULL
+        ("SC_rgb_dcmtk_+eb+cy+np.dcm", 12),  # JPEG baseline, YBR_FULL_422
+        ("SC_rgb_jls_lossy_line.dcm", 12),  # JPEG-LS near-lossless
+        ("SC_ybr_full_422_uncompressed.dcm", 3),  # uncompressed YBR_FULL_422
+    ],
+)
+def test_load_photo_dicom_colour_matches_reference(name: str, tolerance: int) -> None:
+    image = load_photo(TEST_FILES / name, "dicom")
+    assert image.dtype == np.uint8 and image.shape == (100, 100, 3)
+    difference = np.abs(image.astype(int) - _reference().astype(int))
+    assert np.median(difference) <= tolerance
+
+
+def test_load_photo_big_endian_matches_little_endian() -> None:
+    little = load_photo(TEST_FILES / "SC_rgb_small_odd.dcm", "dicom")
+    big = load_photo(TEST_FILES / "SC_rgb_small_odd_big_endian.dcm", "dicom")
+    np.testing.assert_array_equal(little, big)
+
+
+def test_load_photo_palette_colour_becomes_rgb() -> None:
+    image = load_photo(TEST_FILES / "examples_palette.dcm", "dicom")
+    assert image.shape == (350, 800, 3) and image.dtype == np.uint8
+
+
+def test_load_photo_multiframe_picks_frame() -> None:
+    first = load_photo(TEST_FILES / "examples_ybr_color.dcm", "dicom", frame=0)
+    last = load_photo(TEST_FILES / "examples_ybr_color.dcm", "dicom", frame=29)
+    assert first.shape == last.shape == (240, 320, 3)
+    assert not np.array_equal(first, last)
+    with pytest.raises(BadInputError, match="frame 30"):
+        load_photo(TEST_FILES / "examples_ybr_color.dcm", "dicom", frame=30)
+
+
+def test_load_photo_monochrome1_is_inverted(tmp_path: Path) -> None:
+    dataset = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    mono2 = load_photo(TEST_FILES / "CT_small.dcm", "dicom")
+    dataset.PhotometricInterpretation = "MONOCHROME1"
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    path = tmp_path / "mono1.dcm"
+    dataset.save_as(path)
+    mono1 = load_photo(path, "dicom")
+    assert np.corrcoef(mono1.ravel().astype(float), mono2.ravel().astype(float))[0, 1] < -0.9
+
+
+def test_load_photo_corrupt_data_is_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    with pytest.raises(BadInputError):
+        load_photo(path, "png")
