@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None, help="Bind address (default MEDIMG_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="Port (default MEDIMG_PORT or 8000)")
 
+    commands.add_parser("new-key", help="Make an API key and print it with the sha256 to configure")
+
     worker = commands.add_parser("worker", help="Run a Celery worker (needs MEDIMG_REDIS_URL)")
     worker.add_argument("--queues", default=",".join(t.value for t in TaskName),
                         help="Comma-separated task queues to consume (default: all)")
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "worker":
         return _worker(args)
+    if args.command == "new-key":
+        return _new_key()
     return _predict(args)
 
 
@@ -51,12 +55,26 @@ def _serve(args: argparse.Namespace) -> int:
     from app.config import get_settings
     from app.logs import configure_logging
     from app.main import create_app
+    from app.security.keys import is_loopback, load_keys
 
     configure_logging()
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
+    if not is_loopback(host) and not load_keys(settings):
+        print(f"medimg serve: refusing to listen on {host} without API keys; configure MEDIMG_API_KEYS or "
+              "MEDIMG_API_KEYS_FILE (`medimg new-key` makes one), or bind to 127.0.0.1", file=sys.stderr)
+        return 2
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_keep_alive=30)
+    return 0
+
+
+def _new_key() -> int:
+    from app.security.keys import hash_key, new_key
+
+    key = new_key()
+    print(json.dumps({"key": key, "configure": {"name": "CHANGE-ME", "sha256": hash_key(key),
+                                                "scopes": ["submit", "read"]}}, indent=2))
     return 0
 
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+Scope = Literal["submit", "read", "admin"]
+
+
+class ApiKey(BaseModel):
+    """A caller's key, stored as the sha256 of the secret; the secret itself is never kept."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Who the caller is, in jobs and audit lines")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Scope] = Field(default_factory=lambda: ["submit", "read"])
 
 
 class Settings(BaseSettings):
@@ -31,6 +41,27 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(2000, ge=1, description="Files in one upload, ZIP members included")
     max_image_pixels: int = Field(200_000_000, ge=1, description="Largest declared rows x columns x frames")
     max_wait_seconds: float = Field(60.0, ge=0, description="Longest ?wait= long poll")
+    body_read_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest pause between two chunks of a request body (slow uploads get 408)"
+    )
+
+    api_keys: list[ApiKey] = Field(
+        default_factory=list, description='JSON list of {"name", "sha256", "scopes"}; see `medimg hash-key`'
+    )
+    api_keys_file: Path | None = Field(None, description="A JSON file of the same list, e.g. a mounted Secret")
+    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per API key per minute (burst the same)")
+    retention_input_hours: float = Field(24.0, gt=0, description="Inputs of finished jobs are purged after this")
+    retention_job_hours: float = Field(
+        168.0, gt=0, description="Finished jobs with their results and artifacts are purged after this"
+    )
+    purge_interval_seconds: float = Field(600.0, gt=0)
+    deidentify_inputs: bool = Field(False, description="Strip patient identifiers from stored DICOM inputs")
+    webhook_secret: str | None = Field(None, description="Standard Webhooks secret (whsec_<base64>) for signing")
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs callbacks may reach; empty allows public addresses only (never link-local or metadata)",
+    )
+    webhook_max_attempts: int = Field(6, ge=1)
 
     embedded_workers: int = Field(1, ge=1, le=64, description="Threads of the in-process worker pool")
     inference_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose")

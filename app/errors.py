@@ -13,10 +13,27 @@ class MedimgError(Exception):
     status = 500
     title = "Internal error"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers
         self.extra = extra
+
+
+class Unauthorized(MedimgError):
+    code, status, title = "unauthorized", 401, "API key missing or not recognised"
+
+
+class Forbidden(MedimgError):
+    code, status, title = "forbidden", 403, "Not allowed"
+
+
+class RateLimited(MedimgError):
+    code, status, title = "rate-limited", 429, "Too many requests"
+
+
+class RequestTimeout(MedimgError):
+    code, status, title = "request-timeout", 408, "Request body too slow"
 
 
 class JobNotFound(MedimgError):

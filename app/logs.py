@@ -16,6 +16,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        audit = getattr(record, "audit", None)
+        if audit is not None:
+            entry["audit"] = audit
         if record.exc_info:
             # Exception types and frames only: exception messages can quote input values.
             entry["exception"] = self.formatException(record.exc_info).splitlines()[-1].split(":")[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import asynccontextmanager
 
@@ -14,8 +15,13 @@ from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.dispatch import make_dispatcher
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from app.retention import purge_periodically
+from app.security.audit import audit_access
+from app.security.keys import KeyRing, load_keys
+from app.security.rate_limit import RateLimiter
 from app.storage.factory import make_blob_store, make_job_store, make_model_repository
 
+UNAUDITED_ROUTES = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes, every few seconds
 DESCRIPTION = """Medical-imaging inference: submit DICOM or PNG/JPEG inputs as jobs, read JSON results and
 download masks and overlays. Reference models are for research use only."""
 
@@ -27,20 +33,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.settings = settings
+        app.state.keyring = keyring
+        app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         app.state.jobs = make_job_store(settings)
         app.state.blobs = make_blob_store(settings)
         app.state.repository = make_model_repository(settings)
         app.state.dispatcher = make_dispatcher(settings, app.state.jobs, app.state.blobs)
         app.state.dispatcher.start()
+        purge = asyncio.create_task(purge_periodically(app.state.jobs, app.state.blobs, settings))
         try:
             yield
         finally:
+            purge.cancel()
             app.state.dispatcher.stop()
 
+    keyring = KeyRing(load_keys(settings))  # a broken key file stops the start, not the first request
     app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     install_problem_handlers(app)
     app.include_router(api_router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
+                       read_timeout=settings.body_read_timeout_seconds)
 
     @app.middleware("http")
     async def record_request(request: Request, call_next):
@@ -50,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         template = getattr(route, "path", "unmatched")
         HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
         HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
+        if template not in UNAUDITED_ROUTES:
+            audit_access(request, response.status_code)
         return response
 
     return app

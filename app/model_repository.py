@@ -95,9 +95,19 @@ class ModelRepository:
                 # One broken model must not take the others down; it is reported by /readyz and /v1/models.
                 self.errors[model_dir.name] = str(exc)
                 log.error("model %s/%s not loaded: %s", model_dir.name, wanted, exc)
+        for model_id, model in list(self.models.items()):
+            missing = [r for r in model.manifest.requires if r not in self.models]
+            if missing:
+                self.errors[model_id] = f"requires model(s) {missing}, which are not loaded"
+                log.error("model %s not served: it requires %s, which are not loaded", model_id, missing)
+                del self.models[model_id]
+        # A model another one requires is a stage of that model's pipeline, not a task's model of its own.
+        dependencies = {r for model in self.models.values() for r in model.manifest.requires}
         self._by_task: dict[TaskName, ModelVersion] = {}
         task_models = task_models or {}
         for model in self.models.values():
+            if model.manifest.id in dependencies:
+                continue
             task = model.manifest.task
             chosen = task_models.get(task.value)
             if chosen is not None and chosen != model.manifest.id:

@@ -50,10 +50,21 @@ class LoadedModel:
     load_seconds: float
     warmup_seconds: float = 0.0
     output_names: list[str] = field(default_factory=list)
+    # The models named in the manifest's `requires` (earlier stages of a cascade), loaded and warm.
+    requirements: dict[str, LoadedModel] = field(default_factory=dict)
 
     @property
     def manifest(self):
         return self.version.manifest
+
+    def required(self, model_id: str) -> LoadedModel:
+        """A model this one's pipeline also runs (a cascade stage), as named in the manifest's `requires`."""
+        try:
+            return self.requirements[model_id]
+        except KeyError:
+            raise KeyError(
+                f"{self.manifest.id} does not require {model_id!r}; it requires {self.manifest.requires}"
+            ) from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.output_names, feeds)

@@ -18,7 +18,7 @@ from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobStatus, ut
 from app.schemas.options import OPTIONS_BY_TASK
 from app.storage.blobs import BlobNotFound, job_prefix
 from workers.pipelines import PIPELINES
-from workers.pipelines.base import JobInput, PipelineOutput, StageTimer
+from workers.pipelines.base import JobContext, JobInput, PipelineOutput, StageTimer
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None]
         log.info("job %s was deleted while running; its outputs were discarded", job.id)
         return None
     _record_metrics(job)
+    _announce(runtime, job)
     log.info("job %s succeeded in %.3fs", job.id, sum(stages.seconds.values()))
     return job
 
@@ -103,6 +104,9 @@ def _run_pipeline(job: Job, runtime: WorkerRuntime, stages: StageTimer) -> Pipel
             f"{job.model.version} the job was accepted for; deploy matching model repositories"
         )
     inputs = [JobInput(path=runtime.blobs.local_path(i.key), format=i.format) for i in job.inputs]
+    if getattr(pipeline, "uses_job_context", False):
+        context = JobContext(job_id=job.id, caller=job.caller, jobs=runtime.jobs, blobs=runtime.blobs)
+        return pipeline.run(inputs, options, model, stages, context=context)
     return pipeline.run(inputs, options, model, stages)
 
 
@@ -123,10 +127,16 @@ def _finish_failed(
     job.error = JobError(code=code, kind=kind, detail=detail)
     if stages is not None:
         job.stage_seconds = stages.seconds
-    runtime.jobs.save(job)
-    _record_metrics(job)
+    if runtime.jobs.save(job):
+        _record_metrics(job)
+        _announce(runtime, job)
     log.warning("job %s failed: %s (%s)", job.id, code, kind)
     return job
+
+
+def _announce(runtime: WorkerRuntime, job: Job) -> None:
+    if runtime.webhooks is not None:
+        runtime.webhooks.job_finished(job)
 
 
 def _record_metrics(job: Job) -> None:

@@ -13,6 +13,7 @@ from app.storage.blobs import BlobStore
 from app.storage.factory import make_blob_store, make_job_store, make_model_repository
 from app.storage.jobs import JobStore
 from workers.onnx import LoadedModel, load_model
+from workers.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class WorkerRuntime:
     repository: ModelRepository
     jobs: JobStore
     blobs: BlobStore
+    webhooks: WebhookSender | None = None
     _loaded: dict[str, LoadedModel] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -33,20 +35,27 @@ class WorkerRuntime:
             repository=make_model_repository(settings),
             jobs=jobs or make_job_store(settings),
             blobs=blobs or make_blob_store(settings),
+            webhooks=WebhookSender(settings),
         )
 
     def model(self, model_id: str) -> LoadedModel:
+        """The loaded, warm model, with the models its manifest `requires` loaded into `requirements`."""
         with self._lock:
-            if model_id not in self._loaded:
-                loaded = load_model(
-                    self.repository.get(model_id), self.settings.providers, self.settings.inference_threads
-                )
-                loaded.warm_up()
-                self._loaded[model_id] = loaded
-            return self._loaded[model_id]
+            return self._load(model_id, ())
+
+    def _load(self, model_id: str, chain: tuple[str, ...]) -> LoadedModel:
+        if model_id in chain:
+            raise ValueError(f"models require each other in a cycle: {' -> '.join((*chain, model_id))}")
+        if model_id not in self._loaded:
+            loaded = load_model(self.repository.get(model_id), self.settings.providers, self.settings.inference_threads)
+            loaded.warm_up()
+            loaded.requirements = {r: self._load(r, (*chain, model_id)) for r in loaded.manifest.requires}
+            self._loaded[model_id] = loaded
+        return self._loaded[model_id]
 
     def warm_up(self, tasks: list[TaskName] | None = None) -> list[LoadedModel]:
-        """Loads and warms the model of every task this worker serves; a worker is ready only after this."""
+        """Loads and warms the model of every task this worker serves, and the models those require; a worker
+        is ready only after this."""
         warmed = []
         for version in self.repository.served():
             if tasks is None or version.manifest.task in tasks:

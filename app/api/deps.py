@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
-from app.config import Settings
+from app.config import Scope, Settings
+from app.errors import Forbidden, RateLimited, Unauthorized
 from app.dispatch import Dispatcher
 from app.intake.service import Intake
 from app.model_repository import ModelRepository
+from app.security.keys import Principal
+from app.security.rate_limit import retry_after_header
 from app.storage.blobs import BlobStore
 from app.storage.jobs import JobStore
 
@@ -39,9 +42,38 @@ def _intake(request: Request) -> Intake:
     return Intake(state.settings, state.repository, state.jobs, state.blobs, state.dispatcher)
 
 
-def _caller(request: Request) -> str:
-    # Every caller is the same until API keys arrive; jobs are already stored per caller.
-    return "anonymous"
+def _principal(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    presented = x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        presented = authorization[7:].strip()
+    principal = request.app.state.keyring.authenticate(presented)
+    if principal is None:
+        raise Unauthorized(
+            "Send a valid API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            headers={"WWW-Authenticate": 'Bearer realm="medimg"'},
+        )
+    request.state.principal = principal
+    wait = request.app.state.rate_limiter.acquire(principal.name)
+    if wait > 0:
+        raise RateLimited(
+            f"Caller {principal.name!r} exceeded {request.app.state.settings.rate_limit_per_minute} requests per "
+            f"minute (MEDIMG_RATE_LIMIT_PER_MINUTE); retry after the Retry-After seconds",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
+    return principal
+
+
+def _scoped(scope: Scope):
+    def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+        if scope not in principal.scopes and "admin" not in principal.scopes:
+            raise Forbidden(f"The API key of {principal.name!r} lacks the {scope!r} scope this request needs")
+        return principal
+
+    return check
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -50,4 +82,5 @@ BlobStoreDep = Annotated[BlobStore, Depends(_blobs)]
 RepositoryDep = Annotated[ModelRepository, Depends(_repository)]
 DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]
 IntakeDep = Annotated[Intake, Depends(_intake)]
-Caller = Annotated[str, Depends(_caller)]
+Submitter = Annotated[Principal, Depends(_scoped("submit"))]
+Reader = Annotated[Principal, Depends(_scoped("read"))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from app.schemas.problems import PROBLEM_MEDIA_TYPE
@@ -9,9 +11,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
 
     def _too_large(self) -> HTTPException:
         return HTTPException(
@@ -36,7 +39,15 @@ class BodySizeLimit:
 
         async def counting_receive() -> Message:
             nonlocal received
-            message = await receive()
+            try:
+                # A client that trickles its body (slow-loris) would hold a worker slot forever.
+                message = await asyncio.wait_for(receive(), timeout=self.read_timeout)
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"The request body stalled for over {self.read_timeout:g} s "
+                    "(MEDIMG_BODY_READ_TIMEOUT_SECONDS); send it again at a steady pace",
+                    headers={"Connection": "close"},
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import MedimgError, PayloadTooLarge
+from app.errors import MedimgError, PayloadTooLarge, RequestTimeout
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def problem_response(status: int, code: str, title: str, detail: str, request: R
 
 
 async def _medimg_error(request: Request, exc: MedimgError) -> JSONResponse:
-    return problem_response(exc.status, exc.code, exc.title, exc.detail, request, **exc.extra)
+    return problem_response(exc.status, exc.code, exc.title, exc.detail, request, headers=exc.headers, **exc.extra)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -35,6 +35,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     code = phrase.lower().replace(" ", "-").replace("'", "")
     if exc.status_code == 413:  # the same code whether the limit was declared or hit mid-stream
         code, phrase = PayloadTooLarge.code, PayloadTooLarge.title
+    elif exc.status_code == 408:
+        code, phrase = RequestTimeout.code, RequestTimeout.title
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else _default_detail(exc.status_code, request)
     return problem_response(exc.status_code, code, phrase, detail, request, headers=getattr(exc, "headers", None))
 

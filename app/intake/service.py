@@ -14,6 +14,7 @@ from app.config import Settings
 from app.dispatch import Dispatcher
 from app.errors import InvalidOptions
 from app.intake.checks import check_inputs, inspect_inputs
+from app.intake.deidentify import deidentify_files
 from app.intake.staging import EXTENSIONS, staging_area
 from app.model_repository import ModelRepository
 from app.schemas.jobs import InputFile, Job, ModelRef
@@ -21,6 +22,7 @@ from app.schemas.options import OPTIONS_BY_TASK, TaskOptions
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore, job_prefix
 from app.storage.jobs import JobStore
+from app.webhooks import check_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +42,22 @@ class Intake:
         options_json: str | None,
         caller: str,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> tuple[Job, bool]:
         """Returns the job and whether it is new (False: the same caller sent this idempotency key before)."""
         model = self.repository.for_task(task)
         options = parse_options(task, options_json)
         settings = self.settings
+        if callback_url is not None:
+            check_callback_url(callback_url, settings.webhook_allowed_networks)
         with staging_area(settings.staging_dir, settings.max_upload_bytes, settings.max_upload_files) as area:
             for index, upload in enumerate(uploads):
                 area.add_upload(upload, index)
             check_inputs(inspect_inputs(area.files, settings.max_image_pixels), model.manifest.accepts, task)
 
             job_id = str(uuid.uuid4())
+            if settings.deidentify_inputs:
+                deidentify_files([f.path for f in area.files if f.format == "dicom"], job_id)
             inputs = [
                 InputFile(
                     key=f"{job_prefix(job_id)}/inputs/{index:05d}{EXTENSIONS[staged.format]}",
@@ -69,6 +76,7 @@ class Intake:
                 inputs=inputs,
                 caller=caller,
                 idempotency_key=idempotency_key,
+                callback_url=callback_url,
             )
             job, created = self.jobs.create(job)
             if not created:

@@ -77,6 +77,7 @@ class Job(BaseModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     caller: str = "anonymous"
     idempotency_key: str | None = None
+    callback_url: str | None = None
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
     stage_seconds: dict[str, float] = Field(default_factory=dict)
 
@@ -99,6 +100,7 @@ class JobPublic(BaseModel):
     result: TaskResult | None = Field(None, description="Present when status is succeeded")
     error: JobError | None = Field(None, description="Present when status is failed")
     artifacts: list[ArtifactPublic]
+    callback_url: str | None = None
     stage_seconds: dict[str, float] = Field(
         default_factory=dict, description="Wall time of each pipeline stage (load, preprocess, infer, …)"
     )
@@ -124,5 +126,6 @@ class JobPublic(BaseModel):
                 )
                 for a in job.artifacts
             ],
+            callback_url=job.callback_url,
             stage_seconds=job.stage_seconds,
         )

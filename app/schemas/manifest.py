@@ -45,6 +45,10 @@ class InputConstraints(Strict):
     max_frames: int | None = Field(None, description="Largest accepted NumberOfFrames of one instance")
     min_instances: int = 1
     max_instances: int | None = None
+    volume: bool = Field(
+        False, description="The instances are the slices (or frames) of one volume: intake groups them by series, "
+        "picks one and checks its geometry (orientation, spacing, gantry tilt) before queueing",
+    )
 
 
 class Normalization(Strict):
@@ -69,13 +73,20 @@ class Preprocessing(Strict):
 class Decoding(Strict):
     """How raw outputs become findings."""
 
-    kind: Literal["ordinal-grade", "binary-probability", "segmentation-labels", "heatmap-detection"]
+    kind: Literal[
+        "ordinal-grade", "binary-probability", "segmentation-labels", "heatmap-detection", "segmentation-components"
+    ]
     activation: Literal["none", "softmax", "sigmoid"] = "softmax"
     positive_classes: list[int] = Field(
         default_factory=list, description="Classes whose summed probability is the positive finding"
     )
     min_component_voxels: int | None = None
     nms_radius_mm: float | None = None
+    candidate_threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="segmentation-components: voxels at or above this probability form candidate findings "
+        "(connected components); each is scored by its peak probability",
+    )
 
 
 class OperatingPoint(Strict):
@@ -112,6 +123,11 @@ class ModelManifest(Strict):
     default_operating_point: str
     metrics: dict[str, float] = Field(default_factory=dict, description="Measured on held-out data, see CARD.md")
     provenance: Provenance
+    requires: list[str] = Field(
+        default_factory=list,
+        description="Ids of other models in the repository this model's pipeline also runs (a cascade's earlier "
+        "stages); they are loaded with it and never serve a task on their own",
+    )
 
     @model_validator(mode="after")
     def _default_operating_point_exists(self) -> ModelManifest:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.tasks import TaskName
 
@@ -26,9 +26,37 @@ class CovidLesionSegmentationOptions(TaskOptions):
     series_instance_uid: str | None = Field(None, max_length=64)
 
 
+class RoiBox(TaskOptions):
+    """A caller's box around the nodule: [x0, y0, x1, y1] in pixels of the input frame, ends exclusive."""
+
+    box: tuple[int, int, int, int]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RoiBox:
+        x0, y0, x1, y1 = self.box
+        if min(self.box) < 0 or x1 <= x0 or y1 <= y0:
+            raise ValueError(f"box {list(self.box)} must be [x0, y0, x1, y1] with 0 <= x0 < x1 and 0 <= y0 < y1")
+        return self
+
+
+class ArtifactReference(TaskOptions):
+    job_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RoiMaskArtifact(TaskOptions):
+    """A mask PNG (non-zero = nodule, same rows and columns as the frame) from an earlier job of the same caller."""
+
+    mask_artifact: ArtifactReference
+
+
 class ThyroidMalignancyOptions(TaskOptions):
-    frame: int | None = Field(None, ge=0)
+    frame: int | None = Field(None, ge=0, description="Frame of a multi-frame DICOM instance, from 0")
     pixel_spacing_mm: float | None = Field(None, gt=0.0, le=10.0)
+    roi: RoiBox | RoiMaskArtifact | None = Field(
+        None, description='The nodule, given instead of segmenting it: {"box": [x0, y0, x1, y1]} or '
+        '{"mask_artifact": {"job_id": ..., "name": ...}}'
+    )
 
 
 OPTIONS_BY_TASK: dict[TaskName, type[TaskOptions]] = {

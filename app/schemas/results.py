@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, model_validator
+
+from app.schemas.tirads import Recommendation, RiskBand
 
 
 class OperatingPointUsed(BaseModel):
@@ -31,4 +35,106 @@ class DRGradingResult(BaseModel):
         return self
 
 
-TaskResult = DRGradingResult
+class KeySlice(BaseModel):
+    """The slice through a finding's centre, to open in a viewer."""
+
+    index: int = Field(ge=0, description="0-based position in the series sorted along the slice normal")
+    sop_instance_uid: str = Field(min_length=1)
+    frame_number: int | None = Field(
+        None, ge=1, description="1-based frame within an enhanced (multi-frame) instance; null for single-frame"
+    )
+
+
+class NoduleFinding(BaseModel):
+    id: int = Field(ge=1, description="1-based, in order of decreasing score; names the overlay nodule-<id>.png")
+    score: float = Field(ge=0.0, le=1.0, description="The model's confidence that this is a nodule")
+    center_mm: tuple[float, float, float] = Field(description="Centre in patient coordinates (DICOM LPS), mm")
+    center_voxel: tuple[float, float, float] = Field(
+        description="Centre as (column, row, slice) index in the series; slice as in key_slice.index"
+    )
+    diameter_mm: float = Field(gt=0.0, description="Diameter of the sphere of the same volume")
+    bbox_mm: tuple[tuple[float, float, float], tuple[float, float, float]] = Field(
+        description="[[x0, y0, z0], [x1, y1, z1]]: the finding's extent in patient LPS mm, lower corner first"
+    )
+    key_slice: KeySlice
+
+    @model_validator(mode="after")
+    def _bbox_is_ordered_and_holds_the_centre(self) -> NoduleFinding:
+        low, high = self.bbox_mm
+        if any(a > b for a, b in zip(low, high, strict=True)):
+            raise ValueError(f"bbox_mm lower corner {low} is above its upper corner {high}")
+        if any(not (a - 1e-3 <= c <= b + 1e-3) for a, c, b in zip(low, self.center_mm, high, strict=True)):
+            raise ValueError(f"center_mm {self.center_mm} lies outside bbox_mm {self.bbox_mm}")
+        return self
+
+
+class LungNoduleDetectionResult(BaseModel):
+    """Pulmonary nodules found in one CT series, each placed in patient millimetres and on a slice."""
+
+    series_instance_uid: str
+    nodules: list[NoduleFinding] = Field(description="Findings scoring at or above the threshold, best first")
+    spacing_mm: tuple[float, float, float] = Field(description="(column, row, slice) spacing of the series, mm")
+    n_slices: int = Field(ge=2)
+    operating_point: OperatingPointUsed
+    warnings: list[str] = Field(default_factory=list, description="E.g. missing slices the volume was interpolated over")
+    research_use_only: bool
+
+    @model_validator(mode="after")
+    def _findings_are_numbered_by_score(self) -> LungNoduleDetectionResult:
+        if [n.id for n in self.nodules] != list(range(1, len(self.nodules) + 1)):
+            raise ValueError("nodule ids must run 1..n")
+        scores = [n.score for n in self.nodules]
+        if scores != sorted(scores, reverse=True):
+            raise ValueError("nodules must be ordered by decreasing score")
+        if any(s < self.operating_point.threshold for s in scores):
+            raise ValueError(f"a nodule scores below the threshold {self.operating_point.threshold}")
+        if any(n.key_slice.index >= self.n_slices for n in self.nodules):
+            raise ValueError(f"a key slice index is beyond the series' {self.n_slices} slices")
+        return self
+
+
+class ThyroidNodule(BaseModel):
+    """The scored nodule, in pixels of the input frame."""
+
+    bbox_px: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1; x1 and y1 exclusive")
+    area_px: int = Field(ge=1)
+    max_diameter_mm: float | None = Field(None, ge=0.0, description="Maximum Feret diameter; null without spacing")
+    taller_than_wide: bool = Field(description="Anteroposterior extent greater than transverse (ACR shape)")
+    source: Literal["segmentation", "roi-box", "roi-mask"] = Field(
+        description="Who outlined the nodule: the segmentation model, or the caller's box or mask"
+    )
+
+    @model_validator(mode="after")
+    def _bbox_ordered(self) -> ThyroidNodule:
+        x0, y0, x1, y1 = self.bbox_px
+        if not (0 <= x0 < x1 and 0 <= y0 < y1):
+            raise ValueError(f"bbox_px {list(self.bbox_px)} is not x0 < x1, y0 < y1")
+        if self.area_px > (x1 - x0) * (y1 - y0):
+            raise ValueError("area_px exceeds the bounding box")
+        return self
+
+
+class ThyroidMalignancyResult(BaseModel):
+    """Malignancy probability of one thyroid nodule on one B-mode frame, its ACR TI-RADS band and recommendation."""
+
+    malignancy_probability: float = Field(ge=0.0, le=1.0)
+    risk_band: RiskBand = Field(description="ACR TI-RADS band mapped from the probability (see app/schemas/tirads.py)")
+    recommendation: Recommendation
+    nodule: ThyroidNodule
+    operating_point: OperatingPointUsed
+    pixel_spacing_mm: tuple[float, float] | None = Field(None, description="Row and column spacing; null if unknown")
+    spacing_source: Literal["ultrasound-regions", "pixel-spacing", "options", "none"]
+    research_use_only: bool
+
+    @model_validator(mode="after")
+    def _size_known_with_spacing(self) -> ThyroidMalignancyResult:
+        if (self.pixel_spacing_mm is None) != (self.spacing_source == "none"):
+            raise ValueError("spacing_source must be 'none' exactly when pixel_spacing_mm is null")
+        if (self.pixel_spacing_mm is None) != (self.nodule.max_diameter_mm is None):
+            raise ValueError("max_diameter_mm must be given exactly when the pixel spacing is known")
+        if self.pixel_spacing_mm is None and self.recommendation.action not in ("size-unknown", "no-fna"):
+            raise ValueError("without a size the recommendation cannot apply the size rule")
+        return self
+
+
+TaskResult = DRGradingResult | LungNoduleDetectionResult | ThyroidMalignancyResult

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Protocol
 
 import redis
@@ -27,6 +28,7 @@ class JobStore(Protocol):
 
     def delete(self, job_id: str) -> None: ...
     def unfinished(self) -> list[Job]: ...
+    def iter_jobs(self) -> Iterator[Job]: ...
     def ping(self) -> None: ...
 
 
@@ -91,6 +93,12 @@ class SqliteJobStore:
                 (JobStatus.QUEUED.value, JobStatus.RUNNING.value),
             ).fetchall()
         return [Job.model_validate_json(row[0]) for row in rows]
+
+    def iter_jobs(self) -> Iterator[Job]:
+        with self._lock:
+            rows = self._db.execute("SELECT document FROM jobs ORDER BY rowid").fetchall()
+        for row in rows:
+            yield Job.model_validate_json(row[0])
 
     def ping(self) -> None:
         with self._lock:
@@ -159,6 +167,12 @@ class RedisJobStore:
             except JobNotFound:
                 self._redis.srem(self.UNFINISHED, raw_id)
         return jobs
+
+    def iter_jobs(self) -> Iterator[Job]:
+        for key in self._redis.scan_iter(match=f"{self.PREFIX}*", count=500):
+            raw = self._redis.get(key)
+            if raw is not None:
+                yield Job.model_validate_json(raw)
 
     def ping(self) -> None:
         self._redis.ping()

@@ -39,10 +39,11 @@ SEED = 1234
 TARGET_SIZE = (224, 224)
 N_TRAIN = 6000
 N_VAL = 500
-EPOCHS = 12
+EPOCHS = 14
 BATCH = 32
 # Referable DR screening favours sensitivity; the val-split threshold is the highest one reaching this.
-TARGET_SENSITIVITY = 0.90
+# 0.95 rather than 0.90 leaves a margin so the held-out sensitivity stays at or above 0.90.
+TARGET_SENSITIVITY = 0.95
 POSITIVE_CLASSES = [2, 3, 4]
 
 
@@ -235,8 +236,8 @@ def build_manifest(onnx_path: Path, preprocessing: Preprocessing, threshold: flo
             "specificity": round(specificity, 4),
             "measured_on": (
                 f"threshold chosen on the synthetic val split (n={N_VAL}, seed {seeds['val']}) as the highest "
-                f"reaching >= {TARGET_SENSITIVITY:.2f} referable sensitivity; sensitivity/specificity here are "
-                f"from that val split until evaluate.py --write replaces them with the test split's"
+                f"reaching >= {TARGET_SENSITIVITY:.2f} referable sensitivity; sensitivity/specificity measured "
+                f"on that val split (evaluate.py --write replaces them with the test split's)"
             ),
         }],
         default_operating_point="referable",

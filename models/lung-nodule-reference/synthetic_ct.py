@@ -182,6 +182,8 @@ class Phantom:
 
 
 def _superellipsoid(x, y, z, centre, axes, power):
+    if power == 2.0:
+        return ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2
     return (np.abs((x - centre[0]) / axes[0]) ** power + np.abs((y - centre[1]) / axes[1]) ** power
             + ((z - centre[2]) / axes[2]) ** 2)
 
@@ -205,13 +207,13 @@ def make_phantom(rng: np.random.Generator, n_nodules: int | None = None, nodule_
         body_axes=(ax, ay),
         fat_mm=rng.uniform(6, 20),
         lungs=lungs,
-        lung_power=rng.uniform(2.2, 2.8),
+        lung_power=2.0,
         heart=heart,
         spine=(np.array([0.0, 0.72 * ay]), rng.uniform(16, 20)),
         aorta=(np.array([rng.uniform(15, 25), 0.45 * ay]), rng.uniform(10, 13)),
         rib_period=rng.uniform(22, 28),
         rib_phase=rng.uniform(0, 2 * math.pi),
-        texture=np.column_stack([rng.normal(0, 0.08, (6, 3)), rng.uniform(0, 2 * math.pi, 6)]),
+        texture=np.column_stack([rng.normal(0, 0.08, (2, 3)), rng.uniform(0, 2 * math.pi, 2)]),
     )
     _grow_trees(phantom, rng)
     _place_nodules(phantom, rng, n_nodules, nodule_diameters, part_solid_fraction, min_diameter, max_diameter,
@@ -270,7 +272,6 @@ def _place_nodules(phantom: Phantom, rng: np.random.Generator, n_nodules: int | 
     if diameters is None:
         n = int(rng.integers(0, 6)) if n_nodules is None else n_nodules
         diameters = np.exp(rng.uniform(math.log(min_diameter), math.log(max_diameter), n))
-    z_low, z_high = phantom.lung_extent_z
     for diameter in sorted(diameters, reverse=True):
         radius = diameter / 2
         for _ in range(400):
@@ -297,7 +298,6 @@ def _place_nodules(phantom: Phantom, rng: np.random.Generator, n_nodules: int | 
             ggo_hu=float(rng.uniform(-620, -420)),
             axes=tuple(float(v) for v in stretch),
         ))
-    del z_low, z_high
 
 
 def _inside_region(grid: Grid, point: np.ndarray, margin_mm: float) -> bool:
@@ -643,8 +643,6 @@ def write_ct_series(hu: np.ndarray, grid: Grid, out_dir: Path, *, ids: SeriesIds
     "signed" (intercept 0), or "varied" (slope and intercept change from slice to slice). positions /
     orientations override the grid's per slice (for tilted or mixed-orientation test series).
     """
-    from pydicom.dataset import Dataset
-
     ids = ids or SeriesIds.new()
     rng = rng or np.random.default_rng(0)
     out_dir = Path(out_dir)
@@ -684,8 +682,6 @@ def write_ct_series(hu: np.ndarray, grid: Grid, out_dir: Path, *, ids: SeriesIds
             ds.RescaleType = "HU"
         ds.WindowCenter, ds.WindowWidth = "-600", "1500"
         ds.PixelData = to_stored(hu[index], slope, intercept, signed).tobytes()
-        del Dataset  # noqa: F821 - only the type was needed above
-        from pydicom.dataset import Dataset  # noqa: F811
         path = out_dir / f"{name}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

@@ -4,7 +4,7 @@
 
 Frames come from `models/thyroid-malignancy-reference/synthetic_us.py` (the generator both models share).
 Each frame goes through the serving preprocessing (`workers.imaging.ultrasound`: imaging-region detection,
-resize to 128x128), a small U-Net learns the nodule mask with BCE + soft Dice, and `1/model.onnx` plus
+resize to 96x96), a small U-Net learns the nodule mask with BCE + soft Dice, and `1/model.onnx` plus
 `1/manifest.json` are written. Held-out Dice is added to the manifest by `evaluate.py --write`.
 """
 
@@ -39,10 +39,10 @@ MODEL_ID = "thyroid-nodule-segmentation-reference"
 VERSION_DIR = HERE / "1"
 CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 SEED = 4321
-SIZE = (128, 128)
-N_TRAIN = 2400
+SIZE = (96, 96)
+N_TRAIN = 1600
 N_VAL = 200
-EPOCHS = 14
+EPOCHS = 10
 BATCH = 16
 # Pixel statistics of region crops of the first train frames (grey/255); fixed so the manifest is stable.
 MEAN, STD = 0.42, 0.22
@@ -56,7 +56,7 @@ def preprocessing() -> Preprocessing:
 
 
 class UNet(nn.Module):
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 48, 96)) -> None:
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, 64)) -> None:
         super().__init__()
         a, b, c, d = widths
         self.enc1, self.enc2, self.enc3, self.bottom = _block(1, a), _block(a, b), _block(b, c), _block(c, d)
@@ -149,7 +149,7 @@ def train(epochs: int = EPOCHS, n_train: int = N_TRAIN, log=print) -> tuple[UNet
             schedule.step()
             total += float(loss) * len(x)
         dice = validation_dice(model, xv, yv)
-        log(f"epoch {epoch + 1}/{epochs} loss {total / len(order):.4f} val dice@128 {dice:.4f} "
+        log(f"epoch {epoch + 1}/{epochs} loss {total / len(order):.4f} val dice@96 {dice:.4f} "
             f"({time.time() - started:.0f}s)")
     return model, {"val_dice_128": dice, "train_seconds": time.time() - started}
 

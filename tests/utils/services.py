@@ -157,22 +157,19 @@ class Service:
         return worker
 
     def wait_listening(self, timeout: float = 90) -> None:
-        def listening() -> bool:
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait_until(listening, timeout, "gateway /healthz", self.gateway.log_path if self.gateway else None)
+        self._wait_for_200("/healthz", timeout)
 
     def wait_ready(self, timeout: float = 90) -> None:
-        def ready() -> bool:
+        self._wait_for_200("/readyz", timeout)
+
+    def _wait_for_200(self, path: str, timeout: float) -> None:
+        def answers() -> bool:
             try:
-                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+                return httpx.get(f"{self.url}{path}", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        _wait_until(ready, timeout, "gateway /readyz", self.gateway.log_path if self.gateway else None)
+        _wait_until(answers, timeout, f"gateway {path}", self.gateway.log_path if self.gateway else None)
 
     def stop(self) -> None:
         if self.gateway is not None:

@@ -195,7 +195,7 @@ def mask_from_probabilities(probabilities: np.ndarray, region: Box, frame_shape:
     """
     x0, y0, x1, y1 = region
     resized = np.asarray(
-        Image.fromarray(probabilities.astype(np.float32), mode="F").resize((x1 - x0, y1 - y0), Image.BILINEAR)
+        Image.fromarray(probabilities.astype(np.float32)).resize((x1 - x0, y1 - y0), Image.BILINEAR)
     )
     mask = np.zeros(frame_shape[:2], bool)
     above = resized >= threshold
@@ -305,8 +305,7 @@ def max_diameter_px(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0))
 
     Measured between outer pixel corners of the outline, so a one-pixel-wide line of n pixels is n long.
     """
-    boundary = mask & ~_erode(mask)
-    ys, xs = np.nonzero(boundary)
+    ys, xs = np.nonzero(mask_outline(mask))
     if ys.size == 0:
         return 0.0
     corners_y = np.concatenate([ys, ys, ys + 1, ys + 1]).astype(np.float64) * spacing[0]
@@ -315,6 +314,11 @@ def max_diameter_px(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0))
     points = _convex_hull(points)
     diff = points[:, None, :] - points[None, :, :]
     return float(np.sqrt((diff**2).sum(-1)).max())
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """Mask pixels with a 4-neighbour outside the mask: the one-pixel outline."""
+    return mask & ~_erode(mask)
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:

@@ -3,7 +3,9 @@
 from app.schemas.tasks import TaskName
 from workers.pipelines.base import Pipeline
 from workers.pipelines.dr_grading import DRGradingPipeline
+from workers.pipelines.thyroid_malignancy import ThyroidMalignancyPipeline
 
 PIPELINES: dict[TaskName, Pipeline] = {
     TaskName.DR_GRADING: DRGradingPipeline(),
+    TaskName.THYROID_MALIGNANCY: ThyroidMalignancyPipeline(),
 }

@@ -13,6 +13,8 @@ from pydantic import BaseModel
 
 from app.schemas.options import TaskOptions
 from app.schemas.tasks import TaskName
+from app.storage.blobs import BlobStore
+from app.storage.jobs import JobStore
 from workers.onnx import LoadedModel
 
 
@@ -20,6 +22,20 @@ from workers.onnx import LoadedModel
 class JobInput:
     path: Path
     format: str
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Who runs the job and the stores, for a pipeline that reads earlier jobs' artifacts (e.g. a caller's ROI).
+
+    Passed as `context=` only to pipelines whose class sets `uses_job_context = True`; others keep the
+    four-argument `run`.
+    """
+
+    job_id: str
+    caller: str
+    jobs: JobStore
+    blobs: BlobStore
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from app.api.deps import BlobStoreDep, Caller, IntakeDep, JobStoreDep, SettingsDep
+from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
 from app.errors import ArtifactNotFound, JobNotFound, MedimgError
 from app.metrics import JOBS_REJECTED, JOBS_SUBMITTED, UPLOAD_BYTES
 from app.schemas.jobs import Job, JobPublic
+from app.security.keys import Principal
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobNotFound, job_prefix
@@ -32,24 +33,30 @@ PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
         202: {"description": "Accepted and queued; `Location` names the job", "headers": {"Location": {"schema": {"type": "string"}}}},
         413: PROBLEM | {"description": "Upload larger than MEDIMG_MAX_UPLOAD_BYTES"},
         415: PROBLEM | {"description": "A file is neither DICOM, PNG, JPEG nor a ZIP of DICOM"},
+        401: PROBLEM | {"description": "API key missing or not recognised"},
+        403: PROBLEM | {"description": "The key lacks the submit scope"},
         422: PROBLEM | {"description": "Invalid options, or input that cannot serve the task"},
+        429: PROBLEM | {"description": "Rate limit exceeded; see Retry-After"},
         503: PROBLEM | {"description": "No model for the task, or the queue is unreachable"},
     },
 )
 async def create_job(
     response: Response,
     intake: IntakeDep,
-    caller: Caller,
+    caller: Submitter,
     task: Annotated[TaskName, Form(description="Which task to run")],
     files: Annotated[list[UploadFile], File(description="DICOM files, a ZIP of DICOM files, or a PNG/JPEG")],
     options: Annotated[str | None, Form(description="JSON object of task options")] = None,
+    callback_url: Annotated[
+        str | None, Form(max_length=2048, description="HTTPS URL told when the job ends (signed, Standard Webhooks)")
+    ] = None,
     idempotency_key: Annotated[
         str | None, Header(max_length=255, description="Same key from the same caller returns the same job")
     ] = None,
 ) -> JobPublic:
     try:
         job, created = await run_in_threadpool(
-            intake.accept, task, [f.file for f in files], options, caller, idempotency_key
+            intake.accept, task, [f.file for f in files], options, caller.name, idempotency_key, callback_url
         )
     except MedimgError as exc:
         JOBS_REJECTED.labels(task.value, exc.code).inc()
@@ -63,20 +70,21 @@ async def create_job(
     return JobPublic.from_job(job)
 
 
-async def _own_job(jobs, job_id: str, caller: str) -> Job:
+async def _own_job(jobs, job_id: str, caller: Principal) -> Job:
     job = await run_in_threadpool(jobs.get, job_id)
-    if job.caller != caller:
+    if not caller.may_read(job.caller):
+        # Another caller's job answers exactly like a missing one, so ids cannot be probed.
         raise JobNotFound(f"No job with id {job_id!r}; it never existed, or it was deleted")
     return job
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Read a job, optionally waiting for it to finish",
-            responses={404: PROBLEM})
+            responses={401: PROBLEM, 404: PROBLEM | {"description": "No such job, or another caller's"}})
 async def read_job(
     job_id: str,
     jobs: JobStoreDep,
     settings: SettingsDep,
-    caller: Caller,
+    caller: Reader,
     wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (long poll)")] = 0,
 ) -> JobPublic:
     deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
@@ -91,7 +99,7 @@ async def read_job(
 
 @router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (mask, overlay, report)",
             response_class=FileResponse, responses={404: PROBLEM, 200: {"content": {"application/octet-stream": {}}}})
-async def read_artifact(job_id: str, name: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Caller) -> FileResponse:
+async def read_artifact(job_id: str, name: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader) -> FileResponse:
     job = await _own_job(jobs, job_id, caller)
     artifact = next((a for a in job.artifacts if a.name == name), None)
     if artifact is None:
@@ -106,7 +114,7 @@ async def read_artifact(job_id: str, name: str, jobs: JobStoreDep, blobs: BlobSt
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a job with its inputs and outputs",
                responses={404: PROBLEM})
-async def delete_job(job_id: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Caller) -> Response:
+async def delete_job(job_id: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Submitter) -> Response:
     await _own_job(jobs, job_id, caller)
     await run_in_threadpool(jobs.delete, job_id)
     await run_in_threadpool(blobs.delete_prefix, job_prefix(job_id))

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
-from app.api.deps import RepositoryDep
+from app.api.deps import Reader, RepositoryDep
 from app.errors import ModelUnavailable
 from app.model_repository import ModelVersion
 from app.schemas.models import ModelPublic, ModelsPublic
@@ -22,13 +22,13 @@ def _public(version: ModelVersion) -> ModelPublic:
 
 
 @router.get("", response_model=ModelsPublic, summary="List the served models")
-async def list_models(repository: RepositoryDep) -> ModelsPublic:
+async def list_models(repository: RepositoryDep, caller: Reader) -> ModelsPublic:
     data = [_public(v) for v in repository.served()]
     return ModelsPublic(data=data, count=len(data))
 
 
 @router.get("/{model_id}/card", response_class=PlainTextResponse, summary="The model card (Markdown)")
-async def read_model_card(model_id: str, repository: RepositoryDep) -> PlainTextResponse:
+async def read_model_card(model_id: str, repository: RepositoryDep, caller: Reader) -> PlainTextResponse:
     version = repository.get(model_id)
     if not version.card_path.is_file():
         raise ModelUnavailable(f"Model {model_id!r} ships no CARD.md")

@@ -1,0 +1,238 @@
+"""Thyroid nodule malignancy on one B-mode ultrasound frame: segment the nodule, then classify image + mask.
+
+    load → preprocess (imaging region, pixel spacing) → segment (or the caller's ROI) → classify → decode → outputs
+
+The task's model is the classifier; the segmentation model is the one its manifest `requires`. A caller's
+`options.roi` (a box, or a mask artifact of an earlier job of theirs) replaces segmentation entirely.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from app.errors import BadInputError, JobNotFound, ModelError
+from app.schemas.manifest import ModelManifest
+from app.schemas.options import RoiBox, RoiMaskArtifact, ThyroidMalignancyOptions
+from app.schemas.results import OperatingPointUsed, ThyroidMalignancyResult, ThyroidNodule
+from app.schemas.tasks import TaskName
+from app.schemas.tirads import band_bounds_from_operating_points, band_for_probability, recommend
+from app.storage.blobs import BlobNotFound
+from workers.decoding import activate, positive_probability
+from workers.imaging.photo import load_photo
+from workers.imaging.ultrasound import (
+    Box,
+    Spacing,
+    bounding_box,
+    classifier_input,
+    ellipse_in_box,
+    find_imaging_region,
+    is_taller_than_wide,
+    mask_from_probabilities,
+    mask_outline,
+    max_diameter_px,
+    read_geometry,
+    resolve_spacing,
+    segmentation_input,
+    tissue_region,
+    to_grey,
+)
+from workers.onnx import LoadedModel
+from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer
+
+MASK_ARTIFACT = "nodule-mask.png"
+OVERLAY_ARTIFACT = "overlay.png"
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    frame: np.ndarray  # as decoded: uint8 grey or RGB
+    grey: np.ndarray
+    region: Box
+    spacing: Spacing
+
+
+@dataclass(frozen=True)
+class OutlinedNodule:
+    mask: np.ndarray  # bool, the frame's rows and columns
+    source: str  # "segmentation", "roi-box" or "roi-mask"
+
+
+class ThyroidMalignancyPipeline:
+    task = TaskName.THYROID_MALIGNANCY
+    stages = ("load", "preprocess", "segment", "classify", "decode", "outputs")
+    uses_job_context = True
+
+    def run(
+        self,
+        inputs: list[JobInput],
+        options: ThyroidMalignancyOptions,
+        model: LoadedModel,
+        stages: StageTimer,
+        context: JobContext | None = None,
+    ) -> PipelineOutput:
+        if len(inputs) != 1:
+            raise BadInputError(f"Thyroid malignancy scoring takes one ultrasound frame per job; got {len(inputs)}")
+        with stages("load"):
+            frame = load_frame(inputs[0], options.frame)
+        with stages("preprocess"):
+            prepared = prepare_frame(frame, inputs[0], options.pixel_spacing_mm)
+        with stages("segment"):
+            if options.roi is not None:
+                nodule = nodule_from_roi(options.roi, prepared.grey.shape, context)
+            else:
+                nodule = segment_nodule(prepared, segmentation_model(model))
+        with stages("classify"):
+            probability = classify_nodule(prepared.grey, nodule.mask, model)
+        with stages("decode"):
+            result = build_result(probability, nodule, prepared.spacing, model.manifest)
+        with stages("outputs"):
+            artifacts = [mask_png(nodule.mask), overlay_png(prepared.frame, nodule.mask)]
+        return PipelineOutput(result=result, artifacts=artifacts)
+
+
+def load_frame(job_input: JobInput, frame: int | None) -> np.ndarray:
+    if frame not in (None, 0) and job_input.format != "dicom":
+        raise BadInputError(f"options.frame={frame} applies to multi-frame DICOM; a {job_input.format} has one frame")
+    return load_photo(job_input.path, job_input.format, frame or 0)
+
+
+def prepare_frame(frame: np.ndarray, job_input: JobInput, option_spacing_mm: float | None) -> PreparedFrame:
+    """The imaging region (the DICOM US region when the file declares one, else detected) and pixel spacing."""
+    grey = to_grey(frame)
+    try:
+        geometry = read_geometry(job_input.path, job_input.format)
+    except Exception as exc:  # header already read at intake; a failure here is still the input's fault
+        raise BadInputError(f"The DICOM header could not be read ({type(exc).__name__})") from exc
+    region = tissue_region(geometry, grey.shape)
+    box = region.box if region is not None else find_imaging_region(grey)
+    return PreparedFrame(frame=frame, grey=grey, region=box, spacing=resolve_spacing(region, geometry, option_spacing_mm))
+
+
+def segmentation_model(model: LoadedModel) -> LoadedModel:
+    """The cascade's first stage: the model the classifier's manifest requires."""
+    if not model.manifest.requires:
+        raise ModelError(f"{model.manifest.id} requires no segmentation model; send options.roi instead")
+    segmenter = model.required(model.manifest.requires[0])
+    if segmenter.manifest.decoding.kind != "segmentation-labels":
+        raise ModelError(f"{segmenter.manifest.id} is not a segmentation model (decoding {segmenter.manifest.decoding.kind})")
+    return segmenter
+
+
+def segment_nodule(prepared: PreparedFrame, segmenter: LoadedModel) -> OutlinedNodule:
+    manifest = segmenter.manifest
+    tensor = segmentation_input(prepared.grey, prepared.region, manifest.preprocessing)
+    logits = segmenter.run({manifest.inputs[0].name: tensor[np.newaxis]})[manifest.outputs[0].name][0]
+    channel = manifest.decoding.positive_classes[0] if manifest.decoding.positive_classes else 0
+    probabilities = activate(logits[channel], manifest.decoding)
+    mask = mask_from_probabilities(probabilities, prepared.region, prepared.grey.shape,
+                                   manifest.operating_point().threshold)
+    if not mask.any():
+        raise BadInputError(
+            "No thyroid nodule was found in the imaging region; outline it with options.roi "
+            '({"box": [x0, y0, x1, y1]}) to score it'
+        )
+    return OutlinedNodule(mask=mask, source="segmentation")
+
+
+def nodule_from_roi(roi: RoiBox | RoiMaskArtifact, frame_shape: tuple[int, ...],
+                    context: JobContext | None) -> OutlinedNodule:
+    rows, cols = frame_shape[:2]
+    if isinstance(roi, RoiBox):
+        x0, y0, x1, y1 = roi.box
+        if x1 > cols or y1 > rows:
+            raise BadInputError(f"options.roi.box {list(roi.box)} reaches outside the {cols}x{rows} frame")
+        return OutlinedNodule(mask=ellipse_in_box(roi.box, frame_shape), source="roi-box")
+    mask = read_mask_artifact(roi, context)
+    if mask.shape != (rows, cols):
+        raise BadInputError(
+            f"options.roi.mask_artifact is {mask.shape[1]}x{mask.shape[0]} pixels; the frame is {cols}x{rows}"
+        )
+    if not mask.any():
+        raise BadInputError("options.roi.mask_artifact is empty (no non-zero pixel)")
+    return OutlinedNodule(mask=mask, source="roi-mask")
+
+
+def read_mask_artifact(roi: RoiMaskArtifact, context: JobContext | None) -> np.ndarray:
+    """An earlier job's PNG artifact, if it belongs to the same caller; non-zero pixels are the nodule."""
+    if context is None:
+        raise BadInputError("options.roi.mask_artifact needs the job store, which this run does not have")
+    ref = roi.mask_artifact
+    not_found = BadInputError(f"options.roi.mask_artifact: no job {ref.job_id!r} of yours")
+    try:
+        earlier = context.jobs.get(ref.job_id)
+    except JobNotFound:
+        raise not_found from None
+    if earlier.caller != context.caller:
+        raise not_found  # another caller's job is indistinguishable from a missing one
+    artifact = next((a for a in earlier.artifacts if a.name == ref.name), None)
+    if artifact is None:
+        available = ", ".join(a.name for a in earlier.artifacts) or "none"
+        raise BadInputError(f"options.roi.mask_artifact: job {ref.job_id} has no artifact {ref.name!r}; "
+                            f"available: {available}")
+    if artifact.media_type != "image/png":
+        raise BadInputError(f"options.roi.mask_artifact {ref.name!r} is {artifact.media_type}, not a PNG mask")
+    try:
+        with Image.open(context.blobs.local_path(artifact.key)) as image:
+            pixels = np.asarray(image.convert("L"))
+    except BlobNotFound:
+        raise BadInputError(f"options.roi.mask_artifact {ref.name!r} of job {ref.job_id} is no longer stored") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BadInputError(f"options.roi.mask_artifact {ref.name!r} is not a readable PNG") from exc
+    return pixels > 0
+
+
+def classify_nodule(grey: np.ndarray, mask: np.ndarray, model: LoadedModel) -> float:
+    manifest = model.manifest
+    tensor = classifier_input(grey, mask, manifest.preprocessing)
+    logits = model.run({manifest.inputs[0].name: tensor[np.newaxis]})[manifest.outputs[0].name][0]
+    return positive_probability(activate(logits, manifest.decoding), manifest.decoding)
+
+
+def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing,
+                 manifest: ModelManifest) -> ThyroidMalignancyResult:
+    band = band_for_probability(probability, band_bounds_from_operating_points(manifest.operating_points))
+    diameter = None if spacing.mm is None else round(max_diameter_px(nodule.mask, spacing.mm), 2)
+    point = manifest.operating_point()
+    return ThyroidMalignancyResult(
+        malignancy_probability=round(probability, 6),
+        risk_band=band,
+        recommendation=recommend(band, diameter),
+        nodule=ThyroidNodule(
+            bbox_px=bounding_box(nodule.mask),
+            area_px=int(nodule.mask.sum()),
+            max_diameter_mm=diameter,
+            taller_than_wide=is_taller_than_wide(nodule.mask, spacing.mm),
+            source=nodule.source,
+        ),
+        operating_point=OperatingPointUsed(
+            name=point.name, threshold=point.threshold, sensitivity=point.sensitivity, specificity=point.specificity
+        ),
+        pixel_spacing_mm=None if spacing.mm is None else (round(spacing.mm[0], 6), round(spacing.mm[1], 6)),
+        spacing_source=spacing.source,
+        research_use_only=manifest.research_use_only,
+    )
+
+
+def mask_png(mask: np.ndarray) -> ArtifactOutput:
+    """The nodule mask, 255 inside, with the input frame's rows and columns (usable as a later job's ROI)."""
+    return ArtifactOutput(name=MASK_ARTIFACT, media_type="image/png",
+                          data=_png(Image.fromarray(mask.astype(np.uint8) * 255)))
+
+
+def overlay_png(frame: np.ndarray, mask: np.ndarray) -> ArtifactOutput:
+    rgb = np.repeat(frame[..., None], 3, axis=-1) if frame.ndim == 2 else frame[..., :3].copy()
+    tinted = rgb.astype(np.float32)
+    tinted[mask] = 0.7 * tinted[mask] + 0.3 * np.array([255.0, 60.0, 60.0])
+    tinted[mask_outline(mask)] = (255.0, 220.0, 0.0)
+    return ArtifactOutput(name=OVERLAY_ARTIFACT, media_type="image/png",
+                          data=_png(Image.fromarray(tinted.clip(0, 255).astype(np.uint8))))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
