@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Literal
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +74,34 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(3, ge=1, description="Times a job may be started before it fails for good")
     worker_heartbeat_seconds: float = Field(10.0, gt=0)
     worker_queues: list[str] | None = Field(None, description="Queues (task names) a Celery worker consumes")
+    worker_heartbeat_file: Path | None = Field(
+        None, description="File each warmed worker process touches every heartbeat; `medimg worker-probe` reads it"
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of a Celery worker's /metrics (all its processes); unset: none"
+    )
+    worker_metrics_host: str = Field("127.0.0.1", description="Bind address of the worker's /metrics")
+
+    blob_url: str | None = Field(
+        None, description="Blob store: file:///path or s3://bucket/prefix; default a folder under MEDIMG_DATA_DIR"
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph); default AWS")
+    s3_region: str | None = Field(None, description="S3 region; default from the AWS configuration")
+    s3_access_key_id: str | None = Field(None, description="Default: the AWS credential chain (env, role)")
+    s3_secret_access_key: SecretStr | None = None
 
     @field_validator("environment")
     @classmethod
     def _known_environment(cls, value: str) -> str:
         if value not in {"development", "production"}:
             raise ValueError(f"MEDIMG_ENVIRONMENT={value!r} must be 'development' or 'production'")
+        return value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _known_blob_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("file:///") or value.startswith("s3://")):
+            raise ValueError(f"MEDIMG_BLOB_URL={value!r} must start with file:/// (absolute path) or s3://bucket")
         return value
 
     @field_validator("task_time_limit")
@@ -102,6 +124,11 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def blob_cache_dir(self) -> Path:
+        """Local copies of remote (S3) blobs, for code that needs a file path."""
+        return self.data_dir / "blob-cache"
 
     @property
     def staging_dir(self) -> Path:

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# The job a thread (or Celery process) is working on: every line logged meanwhile carries its id and task.
+_JOB_FIELDS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("medimg_job_fields", default=None)
+
+
+@contextmanager
+def job_log_context(job_id: str, task: str | None = None) -> Iterator[None]:
+    """Within the block, every log line of this thread or task gets `job_id` (and `task` once known)."""
+    token = _JOB_FIELDS.set({"job_id": job_id} | ({"task": str(task)} if task else {}))
+    try:
+        yield
+    finally:
+        _JOB_FIELDS.reset(token)
+
+
+def bind_job_task(task: str) -> None:
+    """Adds the task to the current job context once the job record is loaded."""
+    fields = _JOB_FIELDS.get()
+    if fields is not None:
+        _JOB_FIELDS.set(fields | {"task": str(task)})
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,6 +39,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        job_fields = _JOB_FIELDS.get()
+        if job_fields:
+            entry.update(job_fields)
         audit = getattr(record, "audit", None)
         if audit is not None:
             entry["audit"] = audit

@@ -1,6 +1,10 @@
 """Prometheus metrics of the gateway (and of the embedded worker pool, which runs in the same process).
 
 Labels carry task names, statuses and route templates only — never ids of patients or studies.
+
+Celery workers import the same objects; `medimg worker` switches prometheus_client to multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR) before this module is imported, so the prefork children's values add up on the
+worker's one /metrics endpoint (MEDIMG_WORKER_METRICS_PORT).
 """
 
 from prometheus_client import Counter, Histogram
@@ -14,4 +18,21 @@ JOBS_FINISHED = Counter("medimg_jobs_finished_total", "Jobs finished", ["task", 
 STAGE_SECONDS = Histogram(
     "medimg_pipeline_stage_seconds", "Duration of pipeline stages", ["task", "stage"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+JOBS_STARTED = Counter("medimg_jobs_started_total", "Job starts by a worker (redeliveries count)", ["task"])
+QUEUE_WAIT_SECONDS = Histogram(
+    "medimg_job_queue_wait_seconds", "From acceptance to a worker's first start of the job", ["task"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+BATCH_SIZE = Histogram(
+    "medimg_inference_batch_size", "Items in one model run (first dimension of the first input)", ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "medimg_model_load_seconds", "Creating a model's ONNX Runtime session", ["model", "provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+MODEL_WARMUP_SECONDS = Histogram(
+    "medimg_model_warmup_seconds", "A model's warm-up run", ["model", "provider"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )

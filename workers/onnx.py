@@ -14,6 +14,7 @@ from types import ModuleType
 
 import numpy as np
 
+from app.metrics import BATCH_SIZE, MODEL_LOAD_SECONDS, MODEL_WARMUP_SECONDS
 from app.model_repository import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class LoadedModel:
             ) from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        first = next(iter(feeds.values()), None)
+        if first is not None and getattr(first, "ndim", 0):
+            BATCH_SIZE.labels(self.manifest.id).observe(first.shape[0])
         outputs = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outputs, strict=True))
 
@@ -76,8 +80,10 @@ class LoadedModel:
         for spec in self.manifest.inputs:
             shape = [dim if isinstance(dim, int) and dim > 0 else 1 for dim in spec.shape]
             feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.dtype])
-        self.run(feeds)
+        self.session.run(self.output_names, feeds)  # not self.run: warm-up runs are not batches of work
         self.warmup_seconds = time.perf_counter() - started
+        MODEL_WARMUP_SECONDS.labels(self.manifest.id, self.providers[0] if self.providers else "").observe(
+            self.warmup_seconds)
 
 
 def load_model(version: ModelVersion, requested_providers: list[str] | None = None, threads: int = 0) -> LoadedModel:
@@ -96,6 +102,8 @@ def load_model(version: ModelVersion, requested_providers: list[str] | None = No
         output_names=[o.name for o in version.manifest.outputs],
     )
     _check_graph_matches_manifest(session, version)
+    MODEL_LOAD_SECONDS.labels(version.manifest.id, loaded.providers[0] if loaded.providers else "").observe(
+        loaded.load_seconds)
     log.info(
         "model %s/%s loaded on %s in %.2fs",
         version.manifest.id, version.manifest.version, ",".join(loaded.providers), loaded.load_seconds,

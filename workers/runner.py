@@ -13,7 +13,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from app.errors import BadInputError, JobNotFound, MedimgError
-from app.metrics import JOBS_FINISHED, STAGE_SECONDS
+from app.logs import bind_job_task, job_log_context
+from app.metrics import JOBS_FINISHED, JOBS_STARTED, QUEUE_WAIT_SECONDS, STAGE_SECONDS
 from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobStatus, utcnow
 from app.schemas.options import OPTIONS_BY_TASK
 from app.storage.blobs import BlobNotFound, job_prefix
@@ -25,11 +26,22 @@ log = logging.getLogger(__name__)
 
 
 def run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None] | None = None) -> Job | None:
+    # Every line logged while the job runs, by any module, carries its id and task (app/logs.py).
+    with job_log_context(job_id):
+        try:
+            return _run_job(job_id, runtime, on_stage)
+        finally:
+            # Remote blob stores keep local copies of inputs for the pipeline; they are not needed any more.
+            runtime.blobs.release_local(job_prefix(job_id))
+
+
+def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None] | None) -> Job | None:
     try:
         job = runtime.jobs.get(job_id)
     except JobNotFound:
         log.info("job %s was deleted before it ran; nothing to do", job_id)
         return None
+    bind_job_task(job.task.value)
     if job.status.finished:
         log.info("job %s already %s; not running it again", job_id, job.status.value)
         return job
@@ -45,6 +57,9 @@ def run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None]
     job.started_at = utcnow()
     if not runtime.jobs.save(job):
         return None
+    JOBS_STARTED.labels(job.task.value).inc()
+    if job.attempts == 1:
+        QUEUE_WAIT_SECONDS.labels(job.task.value).observe((job.started_at - job.created_at).total_seconds())
     log.info("job %s started (task %s, attempt %d)", job.id, job.task.value, job.attempts)
 
     stages = StageTimer(on_stage=on_stage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.errors import UnsuitableInput
+from app.intake.ct_headers import check_volume_files
 from app.intake.dicom_headers import DicomHeader, read_dicom_header
 from app.intake.raster_headers import RasterHeader, read_raster_header
 from app.intake.staging import StagedFile
@@ -35,7 +36,9 @@ def inspect_inputs(files: list[StagedFile], max_pixels: int) -> list[InspectedIn
     return inspected
 
 
-def check_inputs(inputs: list[InspectedInput], accepts: InputConstraints, task: TaskName) -> None:
+def check_inputs(
+    inputs: list[InspectedInput], accepts: InputConstraints, task: TaskName, series_instance_uid: str | None = None
+) -> None:
     if not inputs:
         raise UnsuitableInput("The upload holds no files; send at least one in the `files` field")
     formats = {i.staged.format for i in inputs}
@@ -53,11 +56,25 @@ def check_inputs(inputs: list[InspectedInput], accepts: InputConstraints, task: 
             f"Task {task.value!r} takes at most {accepts.max_instances} image(s) per job; got {len(inputs)}. "
             "Submit one job per image"
         )
+    if accepts.volume:
+        inputs = _check_volume(inputs, accepts, task, series_instance_uid)
     for item in inputs:
         if item.dicom is not None:
             _check_dicom(item.dicom, item.staged.label, accepts, task)
         elif item.raster is not None:
             _check_raster(item.raster, item.staged.label, accepts, task)
+
+
+def _check_volume(
+    inputs: list[InspectedInput], accepts: InputConstraints, task: TaskName, series_instance_uid: str | None
+) -> list[InspectedInput]:
+    """One series forming one volume (chosen, then its geometry checked); returns that series' inputs."""
+    series, _ = check_volume_files(
+        [(i.staged.path, i.staged.label) for i in inputs], accepts.modalities, f"task {task.value!r}",
+        series_instance_uid,
+    )
+    chosen = {instance.path for instance in series.instances}
+    return [i for i in inputs if i.staged.path in chosen]
 
 
 def _check_dicom(header: DicomHeader, label: str, accepts: InputConstraints, task: TaskName) -> None:

@@ -40,6 +40,14 @@ def read_dicom_header(path: Path, label: str) -> DicomHeader:
     except Exception as exc:  # pydicom raises many types on malformed input; none may crash intake
         raise UnsuitableInput(f"{label} is not a readable DICOM file ({type(exc).__name__})") from exc
 
+    raw_pixels = dataset.get_item(0x7FE00010)
+    declared = getattr(raw_pixels, "length", None)
+    if raw_pixels is not None and declared not in (None, 0xFFFFFFFF) and raw_pixels.value is not None \
+            and len(raw_pixels.value) < declared:
+        raise UnsuitableInput(
+            f"{label}: the pixel data element declares {declared} bytes but the file holds {len(raw_pixels.value)};"
+            " the file is truncated or its lengths are wrong"
+        )
     if "PixelData" not in dataset:
         raise UnsuitableInput(
             f"{label} has no pixel data: it is not an image, or the file is truncated"

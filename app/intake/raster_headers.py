@@ -39,7 +39,11 @@ def read_raster_header(path: Path, label: str, max_pixels: int) -> RasterHeader:
                     image.verify()  # walks every chunk and its CRC, so a cut-off PNG is caught here
     except UnsuitableInput:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise UnsuitableInput(
+            f"{label} declares far more pixels than the limit of {max_pixels} (MEDIMG_MAX_IMAGE_PIXELS)"
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UnsuitableInput(f"{label} is not a readable image ({type(exc).__name__}); it may be truncated") from exc
     if path.suffix == ".jpeg" and not _jpeg_has_end_marker(path):
         raise UnsuitableInput(f"{label} is a truncated JPEG (no end-of-image marker)")

@@ -53,7 +53,8 @@ class Intake:
         with staging_area(settings.staging_dir, settings.max_upload_bytes, settings.max_upload_files) as area:
             for index, upload in enumerate(uploads):
                 area.add_upload(upload, index)
-            check_inputs(inspect_inputs(area.files, settings.max_image_pixels), model.manifest.accepts, task)
+            check_inputs(inspect_inputs(area.files, settings.max_image_pixels), model.manifest.accepts, task,
+                         series_instance_uid=getattr(options, "series_instance_uid", None))
 
             job_id = str(uuid.uuid4())
             if settings.deidentify_inputs:

@@ -1,6 +1,7 @@
 """The blob store: inputs and artifacts by key, e.g. `jobs/<id>/inputs/00000.dcm`.
 
-Embedded mode and single-host Celery use a folder; several hosts share it as a mounted volume.
+Embedded mode and single-host Celery use a folder; several hosts share it as a mounted volume, or use an
+S3-compatible object store (app/storage/s3.py, MEDIMG_BLOB_URL=s3://bucket/prefix).
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ class BlobStore(Protocol):
     def put_file(self, key: str, source: Path) -> int: ...
     def put_bytes(self, key: str, data: bytes) -> int: ...
     def open(self, key: str) -> BinaryIO: ...
-    def local_path(self, key: str) -> Path: ...
+    def local_path(self, key: str) -> Path:
+        """A local file with the blob's bytes: the blob itself, or (remote stores) a cached copy."""
+
+    def release_local(self, prefix: str) -> None:
+        """Drops local copies made by `local_path` under `prefix`; the stored blobs stay."""
+
     def delete_prefix(self, prefix: str) -> None: ...
     def exists(self, key: str) -> bool: ...
 
@@ -64,6 +70,9 @@ class FilesystemBlobStore:
         if not path.is_file():
             raise BlobNotFound(key)
         return path
+
+    def release_local(self, prefix: str) -> None:
+        pass  # local_path is the blob itself
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)

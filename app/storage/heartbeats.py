@@ -1,6 +1,8 @@
 """Worker heartbeats in Redis: each warmed worker process refreshes a key naming the queues it consumes.
 
-The gateway's /readyz reads them; unlike `celery inspect ping`, a busy worker still beats.
+The gateway's /readyz reads them; unlike `celery inspect ping`, a busy worker still beats. The same thread
+also touches a local file (MEDIMG_WORKER_HEARTBEAT_FILE), whose age container probes check with
+`medimg worker-probe`: it is written only after warm-up, and keeps being written while Redis is down.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ import json
 import os
 import socket
 import threading
+import time
+from pathlib import Path
 
 import redis
 
@@ -30,13 +34,32 @@ def live_workers(client: redis.Redis) -> list[dict]:
     return workers
 
 
+def touch_heartbeat_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    os.utime(path)  # touch() leaves an existing file's time alone on some file systems
+
+
+def heartbeat_age(path: Path) -> float | None:
+    """Seconds since the file was last touched, or None when it does not exist."""
+    try:
+        return max(0.0, time.time() - path.stat().st_mtime)
+    except FileNotFoundError:
+        return None
+
+
 def start_beating(client: redis.Redis, queues: list[str], models: list[str], providers: list[str],
-                  interval: float) -> threading.Event:
+                  interval: float, heartbeat_file: Path | None = None) -> threading.Event:
     """Beats every `interval` seconds from a daemon thread until the returned event is set."""
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.is_set():
+            if heartbeat_file is not None:
+                try:
+                    touch_heartbeat_file(heartbeat_file)
+                except OSError:
+                    pass  # a full or read-only disk: the probe then fails, which is the signal we want
             try:
                 beat(client, queues, models, providers, ttl=interval * 3)
             except redis.RedisError:

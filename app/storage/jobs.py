@@ -16,6 +16,7 @@ import redis
 
 from app.errors import JobNotFound
 from app.schemas.jobs import Job, JobStatus
+from app.schemas.tasks import TaskName
 
 
 class JobStore(Protocol):
@@ -28,6 +29,9 @@ class JobStore(Protocol):
 
     def delete(self, job_id: str) -> None: ...
     def unfinished(self) -> list[Job]: ...
+    def unfinished_count(self, task: TaskName) -> int:
+        """Queued plus running jobs of one task."""
+
     def iter_jobs(self) -> Iterator[Job]: ...
     def ping(self) -> None: ...
 
@@ -94,6 +98,14 @@ class SqliteJobStore:
             ).fetchall()
         return [Job.model_validate_json(row[0]) for row in rows]
 
+    def unfinished_count(self, task: TaskName) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?) AND json_extract(document, '$.task') = ?",
+                (JobStatus.QUEUED.value, JobStatus.RUNNING.value, TaskName(task).value),
+            ).fetchone()
+        return int(row[0])
+
     def iter_jobs(self) -> Iterator[Job]:
         with self._lock:
             rows = self._db.execute("SELECT document FROM jobs ORDER BY rowid").fetchall()
@@ -109,9 +121,25 @@ class RedisJobStore:
     PREFIX = "medimg:job:"
     IDEMPOTENCY_PREFIX = "medimg:idempotency:"
     UNFINISHED = "medimg:jobs:unfinished"
+    # Per task, a list of the ids of its queued and running jobs, for autoscalers that read a list's length
+    # (KEDA's redis scaler): Celery's own queue list drops a job once a worker takes it, this one at its end.
+    UNFINISHED_BY_TASK_PREFIX = "medimg:jobs:unfinished:"
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+
+    @classmethod
+    def unfinished_list(cls, task: TaskName | str) -> str:
+        return f"{cls.UNFINISHED_BY_TASK_PREFIX}{TaskName(task).value}"
+
+    def unfinished_count(self, task: TaskName) -> int:
+        """Queued plus running jobs of `task`: what a worker autoscaler should scale on."""
+        return int(self._redis.llen(self.unfinished_list(task)))
+
+    def _forget_unfinished(self, pipe, job_id: str, task: TaskName | None) -> None:
+        pipe.srem(self.UNFINISHED, job_id)
+        for each in [task] if task is not None else list(TaskName):
+            pipe.lrem(self.unfinished_list(each), 0, job_id)
 
     @classmethod
     def from_url(cls, url: str) -> RedisJobStore:
@@ -131,6 +159,8 @@ class RedisJobStore:
         pipe = self._redis.pipeline()
         pipe.set(self.PREFIX + job.id, job.model_dump_json())
         pipe.sadd(self.UNFINISHED, job.id)
+        if not job.status.finished:
+            pipe.rpush(self.unfinished_list(job.task), job.id)
         pipe.execute()
         return job, True
 
@@ -143,7 +173,9 @@ class RedisJobStore:
     def save(self, job: Job) -> bool:
         stored = self._redis.set(self.PREFIX + job.id, job.model_dump_json(), xx=True)
         if stored and job.status.finished:
-            self._redis.srem(self.UNFINISHED, job.id)
+            pipe = self._redis.pipeline()
+            self._forget_unfinished(pipe, job.id, job.task)
+            pipe.execute()
         return bool(stored)
 
     def delete(self, job_id: str) -> None:
@@ -154,7 +186,7 @@ class RedisJobStore:
             pass
         pipe = self._redis.pipeline()
         pipe.delete(self.PREFIX + job_id)
-        pipe.srem(self.UNFINISHED, job_id)
+        self._forget_unfinished(pipe, job_id, job.task if job is not None else None)
         if job is not None and job.idempotency_key is not None:
             pipe.delete(f"{self.IDEMPOTENCY_PREFIX}{json.dumps([job.caller, job.idempotency_key])}")
         pipe.execute()
@@ -165,7 +197,9 @@ class RedisJobStore:
             try:
                 jobs.append(self.get(raw_id.decode()))
             except JobNotFound:
-                self._redis.srem(self.UNFINISHED, raw_id)
+                pipe = self._redis.pipeline()
+                self._forget_unfinished(pipe, raw_id.decode(), None)
+                pipe.execute()
         return jobs
 
     def iter_jobs(self) -> Iterator[Job]:

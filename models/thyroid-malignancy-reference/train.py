@@ -39,7 +39,6 @@ from app.model_repository import file_sha256, load_model_version  # noqa: E402
 from app.schemas.manifest import ModelManifest, Normalization, Preprocessing  # noqa: E402
 from workers.imaging.ultrasound import bounding_box, classifier_input, ellipse_in_box  # noqa: E402
 from workers.onnx import load_model  # noqa: E402
-from workers.pipelines.base import JobInput  # noqa: E402
 from workers.pipelines.thyroid_malignancy import PreparedFrame, segment_nodule  # noqa: E402
 
 MODEL_ID = "thyroid-malignancy-reference"

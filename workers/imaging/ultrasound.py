@@ -293,8 +293,11 @@ def ellipse_in_box(box: Box, frame_shape: tuple[int, ...]) -> np.ndarray:
     yy, xx = np.mgrid[0:rows, 0:cols]
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     ax, ay = max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
-    # Pixel centres are at +0.5; shrink by half a pixel so the outermost row and column centres qualify.
-    inside = (((xx + 0.5 - cx) / max(ax - 0.5, 0.5)) ** 2 + ((yy + 0.5 - cy) / max(ay - 0.5, 0.5)) ** 2) <= 1.0
+    # Pixel centres are at +0.5; shrink the axes by half a pixel so the outermost row and column centres
+    # qualify, with slack for a centre that falls between two pixels (odd sizes).
+    rx, ry = max(ax - 0.5, 0.5), max(ay - 0.5, 0.5)
+    slack = (0.5 / rx) ** 2 + (0.5 / ry) ** 2
+    inside = (((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2) <= 1.0 + slack
     inside[:, :x0] = inside[:, x1:] = False
     inside[:y0, :] = inside[y1:, :] = False
     return inside

@@ -3,9 +3,11 @@
 from app.schemas.tasks import TaskName
 from workers.pipelines.base import Pipeline
 from workers.pipelines.dr_grading import DRGradingPipeline
+from workers.pipelines.lung_nodule_detection import LungNoduleDetectionPipeline
 from workers.pipelines.thyroid_malignancy import ThyroidMalignancyPipeline
 
 PIPELINES: dict[TaskName, Pipeline] = {
     TaskName.DR_GRADING: DRGradingPipeline(),
+    TaskName.LUNG_NODULE_DETECTION: LungNoduleDetectionPipeline(),
     TaskName.THYROID_MALIGNANCY: ThyroidMalignancyPipeline(),
 }

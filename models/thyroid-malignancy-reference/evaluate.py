@@ -1,0 +1,169 @@
+"""Evaluate the committed thyroid cascade (segmentation + classifier) on the held-out synthetic test split.
+
+    .venv/bin/python models/thyroid-malignancy-reference/evaluate.py           # print the metrics
+    .venv/bin/python models/thyroid-malignancy-reference/evaluate.py --write   # store them in manifest.json and CARD.md
+    .venv/bin/python models/thyroid-malignancy-reference/evaluate.py --check   # exit 1 if they drift from the manifest
+
+Each test frame goes through the serving pipeline's own steps (`workers.pipelines.thyroid_malignancy`:
+imaging-region detection, segmentation by the committed segmentation model, the two-channel crop, the
+committed classifier through ONNX Runtime). Frames are screenshots to the pipeline (no spacing), and the
+nodule diameter is measured with the generator's known pixel size. The TI-RADS band bounds are read from
+the manifest; they were fixed from the synthetic risk model, never tuned on this split.
+
+The segmentation model's Dice is measured here too, in the same pass; its own evaluate.py writes it to
+its manifest and card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+for _path in (str(REPO_ROOT), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import synthetic_us  # noqa: E402
+from app.model_repository import load_model_version  # noqa: E402
+from app.schemas.manifest import ModelManifest  # noqa: E402
+from app.schemas.tirads import RiskBand, band_bounds_from_operating_points, band_for_probability  # noqa: E402
+
+VERSION_DIR = HERE / "1"
+MANIFEST_PATH = VERSION_DIR / "manifest.json"
+CARD_PATH = VERSION_DIR / "CARD.md"
+SEGMENTATION_DIR = REPO_ROOT / "models" / "thyroid-nodule-segmentation-reference" / "1"
+N_TEST = 300
+CHECK_TOLERANCE = 0.02
+METRIC_KEYS = ("malignancy_auc", "oracle_points_auc", "nodule_dice_mean", "diameter_abs_rel_error_median",
+               "tirads_band_exact", "tr4_sensitivity", "tr4_specificity")
+CARD_BEGIN = "<!-- metrics:begin (written by evaluate.py --write) -->"
+CARD_END = "<!-- metrics:end -->"
+
+
+def load_manifest(path: Path = MANIFEST_PATH) -> ModelManifest:
+    return ModelManifest.model_validate_json(path.read_text())
+
+
+def load_cascade():
+    from workers.onnx import load_model
+
+    classifier = load_model(load_model_version(VERSION_DIR), ["CPUExecutionProvider"])
+    segmenter = load_model(load_model_version(SEGMENTATION_DIR), ["CPUExecutionProvider"])
+    classifier.requirements = {segmenter.manifest.id: segmenter}
+    return classifier, segmenter
+
+
+def score_item(item, classifier, segmenter) -> dict:
+    """One frame through the serving steps; returns the probability, the mask's Dice and diameter."""
+    from workers.imaging.ultrasound import Spacing, find_imaging_region, max_diameter_px, to_grey
+    from workers.pipelines.thyroid_malignancy import PreparedFrame, classify_nodule, segment_nodule
+
+    grey = to_grey(item.frame)
+    prepared = PreparedFrame(item.frame, grey, find_imaging_region(grey), Spacing(None, "none"))
+    mask = segment_nodule(prepared, segmenter).mask
+    probability = classify_nodule(grey, mask, classifier)
+    dice = 2.0 * float((mask & item.mask).sum()) / float(mask.sum() + item.mask.sum())
+    spacing = (item.pixel_spacing_mm, item.pixel_spacing_mm)
+    return {"probability": probability, "dice": dice, "diameter_mm": max_diameter_px(mask, spacing)}
+
+
+def evaluate(n_images: int = N_TEST) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    classifier, segmenter = load_cascade()
+    bounds = band_bounds_from_operating_points(classifier.manifest.operating_points)
+    rows = []
+    for index in range(n_images):
+        item = synthetic_us.split_item("test", index)
+        scored = score_item(item, classifier, segmenter)
+        rows.append({**scored, "malignant": item.malignant, "points": item.points, "tirads": item.tirads,
+                     "true_diameter_mm": item.max_diameter_mm})
+    labels = np.array([r["malignant"] for r in rows])
+    probabilities = np.array([r["probability"] for r in rows])
+    bands = np.array([band_for_probability(p, bounds).level for p in probabilities])
+    suspicious = bands >= RiskBand.TR4.level
+    errors = np.array([abs(r["diameter_mm"] / r["true_diameter_mm"] - 1) for r in rows])
+    results = {
+        "n_images": n_images,
+        "malignancy_auc": float(roc_auc_score(labels, probabilities)),
+        "oracle_points_auc": float(roc_auc_score(labels, [r["points"] for r in rows])),
+        "nodule_dice_mean": float(np.mean([r["dice"] for r in rows])),
+        "nodule_dice_min": float(np.min([r["dice"] for r in rows])),
+        "diameter_abs_rel_error_median": float(np.median(errors)),
+        "tirads_band_exact": float(np.mean(bands == np.array([r["tirads"] for r in rows]))),
+        "tr4_sensitivity": float(suspicious[labels].mean()),
+        "tr4_specificity": float((~suspicious[~labels]).mean()),
+        "prevalence": float(labels.mean()),
+        "sha256": hashlib.sha256((VERSION_DIR / "model.onnx").read_bytes()).hexdigest(),
+        "segmentation_sha256": segmenter.manifest.sha256,
+    }
+    for band in (RiskBand.TR2, RiskBand.TR3, RiskBand.TR5):
+        at_least = bands >= band.level
+        results[f"{band.value.lower()}_sensitivity"] = float(at_least[labels].mean())
+        results[f"{band.value.lower()}_specificity"] = float((~at_least[~labels]).mean())
+    return results
+
+
+def write(results: dict) -> None:
+    raw = json.loads(MANIFEST_PATH.read_text())
+    raw["metrics"] = {k: round(results[k], 4) for k in METRIC_KEYS}
+    for point in raw["operating_points"]:
+        key = point["name"].lower()
+        point["sensitivity"] = round(results[f"{key}_sensitivity"], 4)
+        point["specificity"] = round(results[f"{key}_specificity"], 4)
+        point["measured_on"] = (
+            f"lower probability bound of {point['name']} (app/schemas/tirads.py); sensitivity and specificity of "
+            f"'band >= {point['name']}' for the drawn malignancy label on the held-out synthetic test split "
+            f"(n={results['n_images']}, seed {synthetic_us.SPLIT_SEEDS['test']}), through the full cascade"
+        )
+    ModelManifest.model_validate(raw)
+    MANIFEST_PATH.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+    table = "\n".join(
+        ["| metric | value |", "|---|---|"]
+        + [f"| {k} | {results[k]:.4f} |" for k in (*METRIC_KEYS, "nodule_dice_min", "prevalence",
+                                                     "tr2_sensitivity", "tr2_specificity", "tr3_sensitivity",
+                                                     "tr3_specificity", "tr5_sensitivity", "tr5_specificity")]
+        + [f"| n_images | {results['n_images']} |"]
+    )
+    block = f"{CARD_BEGIN}\n{table}\n{CARD_END}"
+    card = CARD_PATH.read_text()
+    CARD_PATH.write_text(re.sub(re.escape(CARD_BEGIN) + ".*?" + re.escape(CARD_END), lambda _: block, card,
+                                flags=re.S))
+
+
+def check(results: dict, manifest: ModelManifest) -> list[str]:
+    drift = []
+    for key in METRIC_KEYS:
+        stored = manifest.metrics.get(key)
+        if stored is None or abs(stored - results[key]) > CHECK_TOLERANCE:
+            drift.append(f"{key}: manifest {stored}, measured {results[key]:.4f}")
+    return drift
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("-n", type=int, default=N_TEST)
+    args = parser.parse_args()
+    results = evaluate(args.n)
+    print(json.dumps(results, indent=2))
+    if args.write:
+        write(results)
+    if args.check:
+        drift = check(results, load_manifest())
+        if drift:
+            print("\n".join(drift), file=sys.stderr)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

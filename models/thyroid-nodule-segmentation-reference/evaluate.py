@@ -1,0 +1,115 @@
+"""Evaluate the committed thyroid nodule segmentation model on the held-out synthetic test split.
+
+    .venv/bin/python models/thyroid-nodule-segmentation-reference/evaluate.py           # print the metrics
+    .venv/bin/python models/thyroid-nodule-segmentation-reference/evaluate.py --write   # into manifest.json and CARD.md
+    .venv/bin/python models/thyroid-nodule-segmentation-reference/evaluate.py --check   # exit 1 on drift
+
+Each test frame goes through the serving steps (`workers.pipelines.thyroid_malignancy.segment_nodule`:
+imaging-region detection on the screenshot, 96x96 input, probability map resized back to the region,
+threshold, most confident blob) and the mask is compared with the generator's at full resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+GENERATOR_DIR = REPO_ROOT / "models" / "thyroid-malignancy-reference"
+for _path in (str(REPO_ROOT), str(GENERATOR_DIR)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import synthetic_us  # noqa: E402
+from app.model_repository import load_model_version  # noqa: E402
+from app.schemas.manifest import ModelManifest  # noqa: E402
+
+VERSION_DIR = HERE / "1"
+MANIFEST_PATH = VERSION_DIR / "manifest.json"
+CARD_PATH = VERSION_DIR / "CARD.md"
+N_TEST = 300
+CHECK_TOLERANCE = 0.02
+METRIC_KEYS = ("dice_mean", "dice_median", "dice_p10", "detection_rate", "diameter_abs_rel_error_median")
+CARD_BEGIN = "<!-- metrics:begin (written by evaluate.py --write) -->"
+CARD_END = "<!-- metrics:end -->"
+
+
+def evaluate(n_images: int = N_TEST) -> dict:
+    from app.errors import BadInputError
+    from workers.imaging.ultrasound import Spacing, find_imaging_region, max_diameter_px, to_grey
+    from workers.onnx import load_model
+    from workers.pipelines.thyroid_malignancy import PreparedFrame, segment_nodule
+
+    segmenter = load_model(load_model_version(VERSION_DIR), ["CPUExecutionProvider"])
+    dice, found, errors = [], [], []
+    for index in range(n_images):
+        item = synthetic_us.split_item("test", index)
+        grey = to_grey(item.frame)
+        prepared = PreparedFrame(item.frame, grey, find_imaging_region(grey), Spacing(None, "none"))
+        try:
+            mask = segment_nodule(prepared, segmenter).mask
+        except BadInputError:
+            mask = np.zeros_like(item.mask)
+        found.append(bool(mask.any()))
+        dice.append(2.0 * float((mask & item.mask).sum()) / float(mask.sum() + item.mask.sum()))
+        if mask.any():
+            measured = max_diameter_px(mask, (item.pixel_spacing_mm,) * 2)
+            errors.append(abs(measured / item.max_diameter_mm - 1))
+    return {
+        "n_images": n_images,
+        "dice_mean": float(np.mean(dice)),
+        "dice_median": float(np.median(dice)),
+        "dice_p10": float(np.percentile(dice, 10)),
+        "detection_rate": float(np.mean(found)),
+        "diameter_abs_rel_error_median": float(np.median(errors)),
+        "sha256": segmenter.manifest.sha256,
+    }
+
+
+def write(results: dict) -> None:
+    raw = json.loads(MANIFEST_PATH.read_text())
+    raw["metrics"] = {k: round(results[k], 4) for k in METRIC_KEYS}
+    ModelManifest.model_validate(raw)
+    MANIFEST_PATH.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+    table = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {results[k]:.4f} |" for k in METRIC_KEYS]
+                      + [f"| n_images | {results['n_images']} |"])
+    block = f"{CARD_BEGIN}\n{table}\n{CARD_END}"
+    card = CARD_PATH.read_text()
+    CARD_PATH.write_text(re.sub(re.escape(CARD_BEGIN) + ".*?" + re.escape(CARD_END), lambda _: block, card,
+                                flags=re.S))
+
+
+def check(results: dict, manifest: ModelManifest) -> list[str]:
+    drift = []
+    for key in METRIC_KEYS:
+        stored = manifest.metrics.get(key)
+        if stored is None or abs(stored - results[key]) > CHECK_TOLERANCE:
+            drift.append(f"{key}: manifest {stored}, measured {results[key]:.4f}")
+    return drift
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("-n", type=int, default=N_TEST)
+    args = parser.parse_args()
+    results = evaluate(args.n)
+    print(json.dumps(results, indent=2))
+    if args.write:
+        write(results)
+    if args.check:
+        drift = check(results, ModelManifest.model_validate_json(MANIFEST_PATH.read_text()))
+        if drift:
+            print("\n".join(drift), file=sys.stderr)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Hostile uploads get a clean 4xx (or a closed connection), never a crash, a full disk or a stray file."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import time
+import uuid
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.utils.api import submit_job, wait_job
+from tests.utils.fundus import dicom_fundus_bytes, make_fundus, png_bytes
+from tests.utils.services import Service, service_env
+
+LIMIT = 3_000_000
+
+
+@pytest.fixture(scope="module")
+def guarded_service(tmp_path_factory) -> Iterator[Service]:
+    data_dir = tmp_path_factory.mktemp("guarded")
+    service = Service(data_dir, service_env(data_dir, MEDIMG_MAX_UPLOAD_BYTES=str(LIMIT),
+                                            MEDIMG_BODY_READ_TIMEOUT_SECONDS="2",
+                                            MEDIMG_MAX_IMAGE_PIXELS="50000000"))
+    service.start_gateway()
+    yield service
+    assert service.gateway.process.poll() is None, "the gateway must survive every hostile input"
+    service.stop()
+
+
+def _left_behind(service: Service) -> list[Path]:
+    staging = service.data_dir / "staging"
+    return [p for p in staging.rglob("*")] if staging.exists() else []
+
+
+def test_zip_path_traversal_cannot_escape(guarded_service: Service) -> None:
+    target = f"medimg-escape-{uuid.uuid4().hex}.dcm"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(f"../../../../../../tmp/{target}", dicom_fundus_bytes(make_fundus(1).rgb))
+    response = submit_job(guarded_service, "dr-grading", [("study.zip", buffer.getvalue())])
+    assert response.status_code == 202, response.text
+    assert wait_job(guarded_service, response.json()["id"])["status"] == "succeeded"
+    assert not (Path("/tmp") / target).exists()
+    assert not list(guarded_service.data_dir.parent.rglob(target))
+
+
+def test_zip_bomb_refused(guarded_service: Service) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb.dcm", bytes(200_000_000))  # 200 MB of zeros, about 200 kB packed
+    assert len(buffer.getvalue()) < LIMIT
+    response = submit_job(guarded_service, "dr-grading", [("study.zip", buffer.getvalue())])
+    assert response.status_code == 413
+    assert "once unpacked" in response.json()["detail"]
+    assert _left_behind(guarded_service) == []
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    real = png_bytes(make_fundus(1).rgb[:16, :16])
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return real[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + real[33:]
+
+
+def test_png_decompression_bomb_refused(guarded_service: Service) -> None:
+    response = submit_job(guarded_service, "dr-grading", [("bomb.png", _png_declaring(100_000, 100_000))])
+    assert response.status_code == 422
+    assert "MEDIMG_MAX_IMAGE_PIXELS" in response.json()["detail"]
+    # Below Pillow's own bomb threshold, our limit still answers, naming the declared size.
+    response = submit_job(guarded_service, "dr-grading", [("big.png", _png_declaring(10_000, 10_000))])
+    assert response.status_code == 422 and "10000x10000" in response.json()["detail"]
+
+
+def test_dicom_huge_declared_dimensions_refused(guarded_service: Service) -> None:
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_fundus_bytes(make_fundus(1).rgb[:200, :200])))
+    dataset.Rows = dataset.Columns = 65535
+    dataset.NumberOfFrames = 500
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    response = submit_job(guarded_service, "dr-grading", [("bomb.dcm", buffer.getvalue())])
+    assert response.status_code == 422
+    assert _left_behind(guarded_service) == []
+
+
+def test_dicom_lying_element_length_refused(guarded_service: Service) -> None:
+    data = bytearray(dicom_fundus_bytes(make_fundus(1).rgb[:200, :200]))
+    pixel_tag = data.rfind(b"\xe0\x7f\x10\x00")
+    data[pixel_tag + 8 : pixel_tag + 12] = struct.pack("<I", 0x7FFFFFF0)  # PixelData claims ~2 GB
+    response = submit_job(guarded_service, "dr-grading", [("liar.dcm", bytes(data))])
+    assert response.status_code == 422
+
+
+def test_thousands_of_parts_refused(guarded_service: Service) -> None:
+    files = [("files", (f"{i}.png", b"x")) for i in range(3000)]
+    response = httpx.post(f"{guarded_service.url}/v1/jobs", data={"task": "dr-grading"}, files=files, timeout=60)
+    assert 400 <= response.status_code < 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert _left_behind(guarded_service) == []
+
+
+def test_slow_loris_body_times_out(guarded_service: Service) -> None:
+    boundary = "slowloris"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"task\"\r\n\r\ndr-grading\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", guarded_service.port), timeout=15) as sock:
+        sock.sendall((f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                      f"boundary={boundary}\r\nContent-Length: 100000\r\n\r\n").encode() + head.encode())
+        started = time.monotonic()
+        answer = b""
+        try:
+            while chunk := sock.recv(4096):  # then nothing more: the body never comes
+                answer += chunk
+                if b"\r\n\r\n" in answer and b"}" in answer:
+                    break
+        except (ConnectionResetError, TimeoutError):
+            pass
+        waited = time.monotonic() - started
+    assert waited < 12, "a stalled body must not hold the connection"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert _left_behind(guarded_service) == []
