@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--concurrency", type=int, default=1, help="Worker processes (default 1)")
     worker.add_argument("--loglevel", default="INFO")
 
+    probe = commands.add_parser(
+        "worker-probe", help="Exit 0 if this host's warmed worker beat recently (container liveness/readiness)"
+    )
+    probe.add_argument("--max-age", type=float, default=60.0,
+                       help="Seconds since the last heartbeat (MEDIMG_WORKER_HEARTBEAT_FILE) still counted alive")
+
     predict = commands.add_parser("predict", help="Run one job in-process and print its result")
     predict.add_argument("--task", required=True, choices=[t.value for t in TaskName])
     predict.add_argument("files", nargs="+", type=Path)
@@ -46,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
     if args.command == "new-key":
         return _new_key()
+    if args.command == "worker-probe":
+        return _worker_probe(args)
     return _predict(args)
 
 
@@ -95,12 +103,37 @@ def _worker(args: argparse.Namespace) -> int:
         print("medimg worker: set MEDIMG_REDIS_URL (e.g. redis://127.0.0.1:6379/0)", file=sys.stderr)
         return 2
     configure_logging()
+    from workers.metrics_endpoint import enable_multiprocess, serve_metrics
+
+    enable_multiprocess(get_settings())  # before any metric is imported
     from workers.celery_app import celery_app
 
+    serve_metrics(get_settings())
     celery_app.worker_main(
         ["worker", "--queues", ",".join(queues), "--concurrency", str(args.concurrency),
          "--loglevel", args.loglevel, "--pool", "prefork", "--without-gossip", "--without-mingle"]
     )
+    return 0
+
+
+def _worker_probe(args: argparse.Namespace) -> int:
+    """Cheap on purpose (no Redis, no Celery): probes run every few seconds in every worker container."""
+    from app.config import get_settings
+    from app.storage.heartbeats import heartbeat_age
+
+    path = get_settings().worker_heartbeat_file
+    if path is None:
+        print("medimg worker-probe: set MEDIMG_WORKER_HEARTBEAT_FILE (the worker touches it)", file=sys.stderr)
+        return 2
+    age = heartbeat_age(path)
+    if age is None:
+        print(f"medimg worker-probe: no heartbeat yet at {path} (models still warming up, or no worker)",
+              file=sys.stderr)
+        return 1
+    if age > args.max_age:
+        print(f"medimg worker-probe: last heartbeat {age:.0f}s ago (> {args.max_age:g}s) at {path}", file=sys.stderr)
+        return 1
+    print(f"ok: heartbeat {age:.1f}s ago")
     return 0
 
 

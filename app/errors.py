@@ -66,6 +66,14 @@ class UnsuitableInput(MedimgError):
     code, status, title = "unsuitable-input", 422, "Input cannot serve this task"
 
 
+class TaskNotServed(MedimgError):
+    code, status, title = "task-not-served", 422, "Task not served here"
+
+
+class ModelNotFound(MedimgError):
+    code, status, title = "model-not-found", 404, "Model not found"
+
+
 class ModelUnavailable(MedimgError):
     code, status, title = "model-unavailable", 503, "Model unavailable"
 

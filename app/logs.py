@@ -6,6 +6,7 @@ import contextvars
 import json
 import logging
 import sys
+import warnings
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,5 +58,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pydicom",):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # pydicom's warnings quote element values, which can be patient names: keep them out of every log.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")

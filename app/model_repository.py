@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.errors import ModelUnavailable
+from app.errors import ModelNotFound, TaskNotServed
 from app.schemas.manifest import ModelManifest
 from app.schemas.tasks import TaskName
 
@@ -122,16 +122,16 @@ class ModelRepository:
         try:
             return self._by_task[task]
         except KeyError:
-            raise ModelUnavailable(
-                f"No model for task {task.value!r} is installed in the model repository; "
-                f"installed tasks: {sorted(t.value for t in self._by_task) or 'none'}"
+            raise TaskNotServed(
+                f"This deployment serves no model for task {task.value!r}; tasks served here: "
+                f"{', '.join(sorted(t.value for t in self._by_task)) or 'none'} (GET /v1/models lists them)"
             ) from None
 
     def get(self, model_id: str) -> ModelVersion:
         try:
             return self.models[model_id]
         except KeyError:
-            raise ModelUnavailable(f"Model {model_id!r} is not loaded") from None
+            raise ModelNotFound(f"No model {model_id!r} is loaded; GET /v1/models lists the served models") from None
 
     def served(self) -> list[ModelVersion]:
         return list(self._by_task.values())

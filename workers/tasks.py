@@ -51,6 +51,7 @@ def _prepare_process(**_) -> None:
         redis.Redis.from_url(settings.redis_url), queues,
         [f"{m.manifest.id}/{m.manifest.version}" for m in warmed],
         sorted({p for m in warmed for p in m.providers}), settings.worker_heartbeat_seconds,
+        heartbeat_file=settings.worker_heartbeat_file,
     )
 
 

@@ -38,7 +38,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     elif exc.status_code == 408:
         code, phrase = RequestTimeout.code, RequestTimeout.title
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else _default_detail(exc.status_code, request)
-    return problem_response(exc.status_code, code, phrase, detail, request, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(exc.status_code, code, phrase, detail, request, headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """All methods of every route on this path; Starlette names only the first route's."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def _default_detail(status: int, request: Request) -> str:

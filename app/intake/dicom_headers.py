@@ -32,6 +32,15 @@ class DicomHeader:
 def read_dicom_header(path: Path, label: str) -> DicomHeader:
     """`label` names the file in error details (an upload index, never the caller's file name)."""
     try:
+        return _read_dicom_header(path, label)
+    except UnsuitableInput:
+        raise
+    except Exception as exc:  # a malformed value surfaces as any type once it is used; the answer stays a 422
+        raise UnsuitableInput(f"{label} has malformed DICOM attributes ({type(exc).__name__})") from exc
+
+
+def _read_dicom_header(path: Path, label: str) -> DicomHeader:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dataset = pydicom.dcmread(path, force=True)

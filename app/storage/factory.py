@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
 from app.config import Settings
 from app.model_repository import ModelRepository
 from app.storage.blobs import BlobStore, FilesystemBlobStore
@@ -15,6 +18,14 @@ def make_job_store(settings: Settings) -> JobStore:
 
 
 def make_blob_store(settings: Settings) -> BlobStore:
+    """MEDIMG_BLOB_URL picks the store: s3://bucket/prefix, file:///path, or (unset) MEDIMG_DATA_DIR/blobs."""
+    url = settings.blob_url
+    if url and url.startswith("s3://"):
+        from app.storage.s3 import S3BlobStore
+
+        return S3BlobStore.from_settings(settings)
+    if url and url.startswith("file://"):
+        return FilesystemBlobStore(Path(unquote(urlparse(url).path)))
     return FilesystemBlobStore(settings.blob_dir)
 
 

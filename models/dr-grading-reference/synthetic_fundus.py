@@ -299,11 +299,10 @@ def _draw_beading(rng: np.random.Generator, draw: ImageDraw.ImageDraw, eye: _Eye
 
 def _draw_tuft(rng: np.random.Generator, draw: ImageDraw.ImageDraw, eye: _Eye, x0: float, y0: float) -> None:
     """A neovascular frond: many fine, tortuous, looping vessels in a small patch."""
-    extent = eye.radius * rng.uniform(0.07, 0.12)
-    # At least ~1 px after the model's resize to 224, or a frond fades into texture.
-    width = max(1, int(round(0.008 * eye.radius)))
+    extent = eye.radius * rng.uniform(0.06, 0.11)
+    width = max(1, int(round(0.006 * eye.radius)))
     step = 0.012 * eye.radius
-    for _ in range(int(rng.integers(12, 20))):
+    for _ in range(int(rng.integers(10, 18))):
         x, y = x0 + rng.normal(0, 0.3 * extent), y0 + rng.normal(0, 0.3 * extent)
         angle = rng.uniform(0, 2 * np.pi)
         points = [(x, y)]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 
 from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
 from app.errors import ArtifactNotFound, JobNotFound, MedimgError
@@ -17,7 +19,7 @@ from app.schemas.jobs import Job, JobPublic
 from app.security.keys import Principal
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas.tasks import TaskName
-from app.storage.blobs import BlobNotFound, job_prefix
+from app.storage.blobs import BlobNotFound, FilesystemBlobStore, job_prefix
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -45,7 +47,9 @@ async def create_job(
     intake: IntakeDep,
     caller: Submitter,
     task: Annotated[TaskName, Form(description="Which task to run")],
-    files: Annotated[list[UploadFile], File(description="DICOM files, a ZIP of DICOM files, or a PNG/JPEG")],
+    files: Annotated[
+        list[UploadFile], File(min_length=1, description="DICOM files, a ZIP of DICOM files, or a PNG/JPEG")
+    ],
     options: Annotated[str | None, Form(description="JSON object of task options")] = None,
     callback_url: Annotated[
         str | None, Form(max_length=2048, description="HTTPS URL told when the job ends (signed, Standard Webhooks)")
@@ -99,17 +103,29 @@ async def read_job(
 
 @router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (mask, overlay, report)",
             response_class=FileResponse, responses={404: PROBLEM, 200: {"content": {"application/octet-stream": {}}}})
-async def read_artifact(job_id: str, name: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader) -> FileResponse:
+async def read_artifact(job_id: str, name: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader) -> Response:
     job = await _own_job(jobs, job_id, caller)
     artifact = next((a for a in job.artifacts if a.name == name), None)
     if artifact is None:
         available = ", ".join(a.name for a in job.artifacts) or "none yet"
         raise ArtifactNotFound(f"Job {job_id} has no artifact {name!r}; available: {available}")
     try:
+        if not isinstance(blobs, FilesystemBlobStore):
+            # A remote store (S3): stream the object through in chunks, never whole in memory or on disk.
+            body = await run_in_threadpool(blobs.open, artifact.key)
+            return StreamingResponse(iterate_in_threadpool(_chunks(body)), media_type=artifact.media_type)
         path = await run_in_threadpool(blobs.local_path, artifact.key)
     except BlobNotFound:
         raise ArtifactNotFound(f"Artifact {name!r} of job {job_id} is no longer stored") from None
     return FileResponse(path, media_type=artifact.media_type)
+
+
+def _chunks(body, size: int = 1 << 20) -> Iterator[bytes]:
+    try:
+        while chunk := body.read(size):
+            yield chunk
+    finally:
+        body.close()
 
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a job with its inputs and outputs",

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from app.api.deps import Reader, RepositoryDep
-from app.errors import ModelUnavailable
+from app.errors import ModelNotFound
 from app.model_repository import ModelVersion
 from app.schemas.models import ModelPublic, ModelsPublic
 
@@ -27,9 +27,10 @@ async def list_models(repository: RepositoryDep, caller: Reader) -> ModelsPublic
     return ModelsPublic(data=data, count=len(data))
 
 
-@router.get("/{model_id}/card", response_class=PlainTextResponse, summary="The model card (Markdown)")
+@router.get("/{model_id}/card", response_class=PlainTextResponse, summary="The model card (Markdown)",
+            responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}})
 async def read_model_card(model_id: str, repository: RepositoryDep, caller: Reader) -> PlainTextResponse:
     version = repository.get(model_id)
     if not version.card_path.is_file():
-        raise ModelUnavailable(f"Model {model_id!r} ships no CARD.md")
+        raise ModelNotFound(f"Model {model_id!r} ships no CARD.md")
     return PlainTextResponse(version.card_path.read_text(encoding="utf-8"), media_type="text/markdown")

@@ -25,4 +25,4 @@ def test_read_model_card_is_markdown(embedded_service: Service) -> None:
 
 def test_read_model_card_unknown_model(embedded_service: Service) -> None:
     response = httpx.get(f"{embedded_service.url}/v1/models/nope/card")
-    assert response.status_code == 503 and response.json()["code"] == "model-unavailable"
+    assert response.status_code == 404 and response.json()["code"] == "model-not-found"

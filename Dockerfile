@@ -1,0 +1,108 @@
+# syntax=docker/dockerfile:1
+# medimg images, one Dockerfile, three targets:
+#   docker build --target gateway    -t medimg-gateway .     FastAPI gateway, no ONNX Runtime in it
+#   docker build --target worker-cpu -t medimg-worker-cpu .  Celery worker, onnxruntime (CPU)
+#   docker build --target worker-gpu -t medimg-worker-gpu .  Celery worker, onnxruntime-gpu on CUDA + cuDNN
+#
+# GPU pairing (ONNX Runtime docs, "CUDA Execution Provider" > Requirements): from 1.19 the onnxruntime-gpu
+# wheels on PyPI are built with CUDA 12.x and cuDNN 9.x; CUDA 12 builds run on any CUDA 12.x (minor version
+# compatibility), and cuDNN 8 and 9 builds are not interchangeable. So the pinned onnxruntime-gpu 1.22.0
+# runs on the CUDA 12.8 + cuDNN 9 runtime base below. Host: NVIDIA driver >= 570 (CUDA 12.8) and the NVIDIA
+# Container Toolkit. Change ORT_GPU_VERSION and CUDA_IMAGE together, never one alone.
+#
+# The reference models are baked in at /opt/medimg/models (read-only, owned by root); mount a model
+# repository over it, read-only, to serve others.
+
+ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+# --- the medimg wheel (pure Python), built once and installed by every target ---
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY workers ./workers
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# --- what all Debian-based targets share: a non-root user, a venv, the models ---
+FROM ${PYTHON_IMAGE} AS runtime-base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    MEDIMG_ENVIRONMENT=production \
+    MEDIMG_DATA_DIR=/data \
+    MEDIMG_MODEL_REPOSITORY=/opt/medimg/models
+RUN groupadd --system --gid 10001 medimg \
+    && useradd --system --uid 10001 --gid medimg --no-create-home --shell /usr/sbin/nologin medimg \
+    && python -m venv /opt/venv \
+    && install -d -o medimg -g medimg /data
+COPY models/ /opt/medimg/models/
+
+# --- gateway: API only; jobs go to the workers through Redis (MEDIMG_REDIS_URL) ---
+FROM runtime-base AS gateway
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir "$(find /wheels -name 'medimg-*.whl')[s3]" && rm -rf /wheels
+ENV MEDIMG_HOST=0.0.0.0 MEDIMG_PORT=8000
+USER 10001:10001
+WORKDIR /data
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# Exec form: uvicorn is PID 1 and receives SIGTERM itself (graceful shutdown of open requests).
+ENTRYPOINT ["medimg"]
+CMD ["serve"]
+
+# --- worker-cpu: Celery worker with ONNX Runtime on the CPU ---
+FROM runtime-base AS worker-cpu
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir "$(find /wheels -name 'medimg-*.whl')[cpu,s3]" && rm -rf /wheels
+ENV MEDIMG_WORKER_HEARTBEAT_FILE=/tmp/medimg/worker.heartbeat \
+    MEDIMG_WORKER_METRICS_PORT=9100 \
+    MEDIMG_WORKER_METRICS_HOST=0.0.0.0
+USER 10001:10001
+WORKDIR /data
+EXPOSE 9100
+# Alive = a warmed worker process touched the heartbeat file lately (a busy worker still beats).
+HEALTHCHECK --interval=15s --timeout=10s --start-period=300s --retries=4 \
+    CMD ["medimg", "worker-probe", "--max-age", "60"]
+# Exec form: the Celery parent is PID 1, so SIGTERM starts its warm shutdown (running jobs finish).
+ENTRYPOINT ["medimg"]
+CMD ["worker"]
+
+# --- worker-gpu: the same worker on the NVIDIA CUDA runtime with cuDNN, onnxruntime-gpu pinned ---
+FROM ${CUDA_IMAGE} AS worker-gpu
+ARG ORT_GPU_VERSION=1.22.0
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    MEDIMG_ENVIRONMENT=production \
+    MEDIMG_DATA_DIR=/data \
+    MEDIMG_MODEL_REPOSITORY=/opt/medimg/models \
+    MEDIMG_WORKER_HEARTBEAT_FILE=/tmp/medimg/worker.heartbeat \
+    MEDIMG_WORKER_METRICS_PORT=9100 \
+    MEDIMG_WORKER_METRICS_HOST=0.0.0.0 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# Ubuntu 24.04's own Python 3.12; its security updates come with the distribution, so no version pins here.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 medimg \
+    && useradd --system --uid 10001 --gid medimg --no-create-home --shell /usr/sbin/nologin medimg \
+    && python3 -m venv /opt/venv \
+    && install -d -o medimg -g medimg /data
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir "$(find /wheels -name 'medimg-*.whl')[gpu,s3]" "onnxruntime-gpu==${ORT_GPU_VERSION}" \
+    && rm -rf /wheels
+COPY models/ /opt/medimg/models/
+USER 10001:10001
+WORKDIR /data
+EXPOSE 9100
+HEALTHCHECK --interval=15s --timeout=10s --start-period=600s --retries=4 \
+    CMD ["medimg", "worker-probe", "--max-age", "60"]
+ENTRYPOINT ["medimg"]
+CMD ["worker"]
