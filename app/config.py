@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(540, ge=1, description="Seconds before a job is asked to stop")
     task_time_limit: int = Field(600, ge=1, description="Seconds before a job's worker process is killed")
     max_deliveries: int = Field(3, ge=1, description="Times a job may be started before it fails for good")
+    lost_job_check_seconds: float = Field(30.0, gt=0, description="How often the gateway looks for lost messages")
+    lost_job_grace_seconds: float = Field(
+        60.0, gt=0, description="A queued job whose message is in no queue for this long is dispatched again"
+    )
     worker_heartbeat_seconds: float = Field(10.0, gt=0)
     worker_queues: list[str] | None = Field(None, description="Queues (task names) a Celery worker consumes")
     worker_heartbeat_file: Path | None = Field(

@@ -15,6 +15,7 @@ from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.dispatch import make_dispatcher
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from app.dispatch.recovery import recover_periodically
 from app.retention import purge_periodically
 from app.security.audit import audit_access
 from app.security.keys import KeyRing, load_keys
@@ -40,11 +41,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.repository = make_model_repository(settings)
         app.state.dispatcher = make_dispatcher(settings, app.state.jobs, app.state.blobs)
         app.state.dispatcher.start()
-        purge = asyncio.create_task(purge_periodically(app.state.jobs, app.state.blobs, settings))
+        background = [
+            asyncio.create_task(purge_periodically(app.state.jobs, app.state.blobs, settings)),
+            asyncio.create_task(recover_periodically(app.state.dispatcher, app.state.jobs, settings)),
+        ]
         try:
             yield
         finally:
-            purge.cancel()
+            for task in background:
+                task.cancel()
             app.state.dispatcher.stop()
 
     keyring = KeyRing(load_keys(settings))  # a broken key file stops the start, not the first request

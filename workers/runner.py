@@ -52,10 +52,12 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
             "(crash, out of memory or a killed container). The input may be too large or malformed for the "
             "model; it was not retried again.",
         )
+    previous_attempts = job.attempts
     job.attempts += 1
     job.status = JobStatus.RUNNING
     job.started_at = utcnow()
-    if not runtime.jobs.save(job):
+    if not runtime.jobs.transition(job, previous_attempts):
+        log.info("job %s was started or finished by another delivery; this one stands down", job.id)
         return None
     JOBS_STARTED.labels(job.task.value).inc()
     if job.attempts == 1:
@@ -95,10 +97,7 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
     job.status = JobStatus.SUCCEEDED
     job.finished_at = utcnow()
     job.stage_seconds = stages.seconds
-    if not runtime.jobs.save(job):
-        # Deleted while it ran: what it just wrote must not outlive the deletion.
-        runtime.blobs.delete_prefix(job_prefix(job.id))
-        log.info("job %s was deleted while running; its outputs were discarded", job.id)
+    if not _record_outcome(runtime, job):
         return None
     _record_metrics(job)
     _announce(runtime, job)
@@ -136,17 +135,32 @@ def _store_artifacts(job: Job, output: PipelineOutput, runtime: WorkerRuntime) -
 
 def _finish_failed(
     runtime: WorkerRuntime, job: Job, code: str, kind: FailureKind, detail: str, stages: StageTimer | None = None
-) -> Job:
+) -> Job | None:
     job.status = JobStatus.FAILED
     job.finished_at = utcnow()
     job.error = JobError(code=code, kind=kind, detail=detail)
     if stages is not None:
         job.stage_seconds = stages.seconds
-    if runtime.jobs.save(job):
-        _record_metrics(job)
-        _announce(runtime, job)
+    if not _record_outcome(runtime, job):
+        return None
+    _record_metrics(job)
+    _announce(runtime, job)
     log.warning("job %s failed: %s (%s)", job.id, code, kind)
     return job
+
+
+def _record_outcome(runtime: WorkerRuntime, job: Job) -> bool:
+    """Stores the outcome unless another delivery took the job over or it was deleted meanwhile."""
+    if runtime.jobs.transition(job, job.attempts):
+        return True
+    try:
+        runtime.jobs.get(job.id)
+        log.info("job %s: a later delivery took over; this delivery's outcome is discarded", job.id)
+    except JobNotFound:
+        # Deleted while it ran: what it just wrote must not outlive the deletion.
+        runtime.blobs.delete_prefix(job_prefix(job.id))
+        log.info("job %s was deleted while running; its outputs were discarded", job.id)
+    return False
 
 
 def _announce(runtime: WorkerRuntime, job: Job) -> None:

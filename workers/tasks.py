@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import redis
+from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from app.config import get_settings
@@ -63,5 +64,13 @@ def _stop_process(**_) -> None:
 
 @celery_app.task(name=RUN_JOB_TASK, acks_late=True)
 def run_job_task(job_id: str) -> str | None:
-    job = run_job(job_id, get_runtime())
+    try:
+        job = run_job(job_id, get_runtime())
+    except redis.RedisError as exc:
+        # The job store is unreachable (Redis restarting): hand the message back rather than let Celery
+        # acknowledge a failure. If the broker is down too, the message stays unacknowledged and Redis
+        # redelivers it after the visibility timeout.
+        log.warning("job %s: job store unreachable (%s); the message goes back to the queue", job_id,
+                    type(exc).__name__)
+        raise Reject(f"job store unreachable: {type(exc).__name__}", requeue=True) from exc
     return None if job is None else job.status.value

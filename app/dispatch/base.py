@@ -21,4 +21,7 @@ class Dispatcher(Protocol):
         """Hands the job to a worker; raises ServiceUnavailable when that is impossible right now."""
 
     def readiness(self) -> Readiness: ...
+    def recover_lost(self, jobs, older_than_seconds: float) -> list[str]:
+        """Dispatches again queued jobs whose message was lost; returns their ids."""
+
     def stop(self) -> None: ...

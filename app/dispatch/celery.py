@@ -14,12 +14,16 @@ from kombu.exceptions import OperationalError
 from app.config import Settings
 from app.dispatch.base import Readiness
 from app.errors import ServiceUnavailable
-from app.schemas.jobs import Job
+from app.schemas.jobs import Job, utcnow
+from app.storage.jobs import JobStore
 from app.schemas.tasks import RUN_JOB_TASK, TaskName
 from app.storage.heartbeats import live_workers
 
 log = logging.getLogger(__name__)
 
+UNACKED_KEY = "unacked"
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
 
@@ -41,8 +45,10 @@ class CeleryDispatcher:
 
     def submit(self, job: Job) -> None:
         try:
+            # The task id is the job id, so a queued message can be found by its job (see recover_lost).
             self.client.send_task(
-                RUN_JOB_TASK, args=[job.id], queue=job.task.value, retry=True, retry_policy=PUBLISH_RETRY
+                RUN_JOB_TASK, args=[job.id], task_id=job.id, queue=job.task.value, retry=True,
+                retry_policy=PUBLISH_RETRY,
             )
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise ServiceUnavailable(
@@ -62,6 +68,37 @@ class CeleryDispatcher:
         if not workers:
             return Readiness(False, "No worker with warmed models is consuming any queue", checks)
         return Readiness(True, f"{len(workers)} worker process(es) consuming {', '.join(served)}", checks)
+
+    def recover_lost(self, jobs: JobStore, older_than_seconds: float) -> list[str]:
+        """Sends again every unfinished job whose message is in no queue and in no worker's hands.
+
+        Redis hands a message to a worker with BRPOP; if the server stops between the pop and the reply,
+        the message is gone though the job is still queued. A running job's message stays in the
+        `unacked` hash until its worker acknowledges it (late acks), so a running job without one has
+        lost its worker and its message. Resending is safe: the job store lets only one delivery start
+        a job and only the latest attempt record an outcome.
+        """
+        now = utcnow()
+        stale = [job for job in jobs.unfinished()
+                 if (now - (job.started_at or job.created_at)).total_seconds() > older_than_seconds]
+        if not stale:
+            return []
+        in_broker = self._messages_in_broker({job.task.value for job in stale})
+        lost = [job for job in stale if job.id.encode() not in in_broker]
+        for job in lost:
+            log.warning("job %s is %s but its message is gone from the broker; sending it again", job.id,
+                        job.status.value)
+            self.submit(job)
+        return [job.id for job in lost]
+
+    def _messages_in_broker(self, queues: set[str]) -> bytes:
+        # kombu keeps one list per queue (and per priority step) and an `unacked` hash of delivered messages.
+        chunks = []
+        for queue in queues:
+            for key in [queue, *(f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS)]:
+                chunks.extend(self._redis.lrange(key, 0, -1))
+        chunks.extend(self._redis.hvals(UNACKED_KEY))
+        return b"\n".join(chunks)
 
     def stop(self) -> None:
         self._redis.close()

@@ -60,6 +60,9 @@ class EmbeddedDispatcher:
         except Exception:
             log.exception("job %s: the runner itself failed", job_id)
 
+    def recover_lost(self, jobs, older_than_seconds: float) -> list[str]:
+        return []  # the pool lives in this process: queued jobs are resumed at start
+
     def submit(self, job: Job) -> None:
         if self._executor is None:
             raise ServiceUnavailable("The worker pool is not running; retry shortly")

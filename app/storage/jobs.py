@@ -27,6 +27,13 @@ class JobStore(Protocol):
     def save(self, job: Job) -> bool:
         """Overwrites an existing record; False when the job was deleted meanwhile."""
 
+    def transition(self, job: Job, expected_attempts: int) -> bool:
+        """Saves `job` only if the stored record is unfinished and has `expected_attempts` starts.
+
+        Two deliveries of one job race through here; exactly one starts it, and only the delivery that
+        started the latest attempt records its outcome.
+        """
+
     def delete(self, job_id: str) -> None: ...
     def unfinished(self) -> list[Job]: ...
     def unfinished_count(self, task: TaskName) -> int:
@@ -86,6 +93,18 @@ class SqliteJobStore:
             )
         return cursor.rowcount == 1
 
+    def transition(self, job: Job, expected_attempts: int) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT document FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            if row is None:
+                return False
+            stored = Job.model_validate_json(row[0])
+            if stored.status.finished or stored.attempts != expected_attempts:
+                return False
+            self._db.execute("UPDATE jobs SET status = ?, document = ? WHERE id = ?",
+                             (job.status.value, job.model_dump_json(), job.id))
+        return True
+
     def delete(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
@@ -125,8 +144,21 @@ class RedisJobStore:
     # (KEDA's redis scaler): Celery's own queue list drops a job once a worker takes it, this one at its end.
     UNFINISHED_BY_TASK_PREFIX = "medimg:jobs:unfinished:"
 
+    # Compare-and-set in one server-side step, so racing deliveries on different hosts cannot both win.
+    TRANSITION_SCRIPT = """
+    local raw = redis.call('GET', KEYS[1])
+    if not raw then return 0 end
+    local stored = cjson.decode(raw)
+    if stored['status'] == 'succeeded' or stored['status'] == 'failed' then return 0 end
+    if tonumber(stored['attempts']) ~= tonumber(ARGV[2]) then return 0 end
+    redis.call('SET', KEYS[1], ARGV[1])
+    if ARGV[3] == '1' then redis.call('SREM', KEYS[2], ARGV[4]) end
+    return 1
+    """
+
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
+        self._transition = client.register_script(self.TRANSITION_SCRIPT)
 
     @classmethod
     def unfinished_list(cls, task: TaskName | str) -> str:
@@ -177,6 +209,11 @@ class RedisJobStore:
             self._forget_unfinished(pipe, job.id, job.task)
             pipe.execute()
         return bool(stored)
+
+    def transition(self, job: Job, expected_attempts: int) -> bool:
+        finished = "1" if job.status.finished else "0"
+        return bool(self._transition(keys=[self.PREFIX + job.id, self.UNFINISHED],
+                                     args=[job.model_dump_json(), expected_attempts, finished, job.id]))
 
     def delete(self, job_id: str) -> None:
         job = None

@@ -43,7 +43,7 @@ SEGMENTATION_DIR = REPO_ROOT / "models" / "thyroid-nodule-segmentation-reference
 N_TEST = 300
 CHECK_TOLERANCE = 0.02
 METRIC_KEYS = ("malignancy_auc", "oracle_points_auc", "nodule_dice_mean", "diameter_abs_rel_error_median",
-               "tirads_band_exact", "tr4_sensitivity", "tr4_specificity")
+               "diameter_within_10pct", "tirads_band_exact", "tr4_sensitivity", "tr4_specificity")
 CARD_BEGIN = "<!-- metrics:begin (written by evaluate.py --write) -->"
 CARD_END = "<!-- metrics:end -->"
 
@@ -98,6 +98,7 @@ def evaluate(n_images: int = N_TEST) -> dict:
         "nodule_dice_mean": float(np.mean([r["dice"] for r in rows])),
         "nodule_dice_min": float(np.min([r["dice"] for r in rows])),
         "diameter_abs_rel_error_median": float(np.median(errors)),
+        "diameter_within_10pct": float(np.mean(errors <= 0.10)),
         "tirads_band_exact": float(np.mean(bands == np.array([r["tirads"] for r in rows]))),
         "tr4_sensitivity": float(suspicious[labels].mean()),
         "tr4_specificity": float((~suspicious[~labels]).mean()),

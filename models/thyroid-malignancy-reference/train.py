@@ -52,7 +52,7 @@ SIZE = (96, 96)
 TRAIN_START = 1600
 N_TRAIN = 3000
 N_VAL = 400
-EPOCHS = 16
+EPOCHS = 18
 BATCH = 32
 MEAN, STD = 0.40, 0.24
 # Lower probability bounds of TR2..TR5: geometric midpoints of the synthetic risks of adjacent point totals
@@ -72,12 +72,12 @@ def preprocessing() -> Preprocessing:
 class MaskedNoduleNet(nn.Module):
     """Strided conv stack over (image, mask); mean and max pooling feed one malignancy logit."""
 
-    def __init__(self, widths: tuple[int, ...] = (24, 48, 64, 96)) -> None:
+    def __init__(self, widths: tuple[int, ...] = (16, 24, 32, 48)) -> None:
         super().__init__()
         a, b, c, d = widths
         self.features = nn.Sequential(
-            _conv(2, a, 1), _conv(a, a, 2), _conv(a, b, 1), _conv(b, b, 2), _conv(b, c, 1), _conv(c, c, 2),
-            _conv(c, d, 1), _conv(d, d, 2),
+            _conv(2, a, 2), _conv(a, b, 1), _conv(b, b, 2), _conv(b, c, 1), _conv(c, c, 2), _conv(c, d, 1),
+            _conv(d, d, 2),
         )
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(2 * d, 1)
@@ -171,21 +171,23 @@ def train(epochs: int = EPOCHS, n_train: int = N_TRAIN, log=print) -> tuple[Mask
     val_crops, _, val_labels, val_dice = load_split("val", N_VAL)
     log(f"data ready in {time.time() - started:.0f}s: train {crops.shape}; segmentation dice on train frames "
         f"{dice.mean():.3f}, val {val_dice.mean():.3f}")
-    x_all = _to_tensor(crops.reshape(-1, 2, *SIZE))  # both samples of each frame
-    y_all = torch.from_numpy(np.repeat(soft, 2)).float()
+    x_pairs = _to_tensor(crops.reshape(-1, 2, *SIZE)).reshape(len(crops), 2, 2, *SIZE)
+    y_all = torch.from_numpy(soft).float()
     xv = _to_tensor(val_crops[:, 0])  # the segmentation model's masks, as served
     model = MaskedNoduleNet()
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
-    steps = epochs * (len(x_all) // BATCH)
+    steps = epochs * (len(x_pairs) // BATCH)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=steps, pct_start=0.15)
     auc = 0.0
     for epoch in range(epochs):
         model.train()
-        order = rng.permutation(len(x_all))
+        order = rng.permutation(len(x_pairs))
+        # Each epoch sees every frame once, with its predicted or its true/jittered/box mask at random.
+        view = torch.from_numpy(rng.integers(0, 2, len(x_pairs)))
         total = 0.0
         for start in range(0, len(order) - BATCH + 1, BATCH):
             idx = torch.from_numpy(order[start:start + BATCH])
-            x, y = x_all[idx].clone(), y_all[idx]
+            x, y = x_pairs[idx, view[idx]].clone(), y_all[idx]
             flip = torch.rand(len(x)) < 0.5
             x[flip] = x[flip].flip(-1)
             x[:, :1] = x[:, :1] * (1 + 0.12 * torch.randn(len(x), 1, 1, 1)) + 0.12 * torch.randn(len(x), 1, 1, 1)
@@ -270,6 +272,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, stats = train(args.epochs, args.n_train, log=lambda m: print(m, flush=True))
+    CACHE_DIR.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), CACHE_DIR / "classifier-state.pt")  # for fine-tuning; not committed
     manifest = export(model, stats)
     print(json.dumps({"sha256": manifest.sha256, **stats}, indent=2))
 

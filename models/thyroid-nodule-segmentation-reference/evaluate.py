@@ -35,7 +35,8 @@ MANIFEST_PATH = VERSION_DIR / "manifest.json"
 CARD_PATH = VERSION_DIR / "CARD.md"
 N_TEST = 300
 CHECK_TOLERANCE = 0.02
-METRIC_KEYS = ("dice_mean", "dice_median", "dice_p10", "detection_rate", "diameter_abs_rel_error_median")
+METRIC_KEYS = ("dice_mean", "dice_median", "dice_p10", "detection_rate", "diameter_abs_rel_error_median",
+               "diameter_within_10pct")
 CARD_BEGIN = "<!-- metrics:begin (written by evaluate.py --write) -->"
 CARD_END = "<!-- metrics:end -->"
 
@@ -68,6 +69,7 @@ def evaluate(n_images: int = N_TEST) -> dict:
         "dice_p10": float(np.percentile(dice, 10)),
         "detection_rate": float(np.mean(found)),
         "diameter_abs_rel_error_median": float(np.median(errors)),
+        "diameter_within_10pct": float(np.mean(np.array(errors) <= 0.10)),
         "sha256": segmenter.manifest.sha256,
     }
 

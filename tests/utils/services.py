@@ -47,6 +47,10 @@ class RedisServer:
     def url(self) -> str:
         return self.external_url or f"redis://127.0.0.1:{self.port}/0"
 
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
+
     def start(self) -> RedisServer:
         if self.external_url:
             return self
@@ -75,7 +79,7 @@ def _pings(client: redis.Redis) -> bool:
 
 
 def start_redis(workdir: Path) -> RedisServer:
-    if shutil.which("redis-server"):
+    if RedisServer.available():
         return RedisServer(workdir).start()
     # No server binary here: use the machine's Redis on a database of its own.
     url = os.environ.get("MEDIMG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -211,7 +211,7 @@ def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing,
         operating_point=OperatingPointUsed(
             name=point.name, threshold=point.threshold, sensitivity=point.sensitivity, specificity=point.specificity
         ),
-        pixel_spacing_mm=None if spacing.mm is None else (round(spacing.mm[0], 6), round(spacing.mm[1], 6)),
+        pixel_spacing_mm=spacing.mm,
         spacing_source=spacing.source,
         research_use_only=manifest.research_use_only,
     )

@@ -62,7 +62,10 @@ def test_held_out_frames_reach_dice_and_auc_targets(embedded_service: Service) -
 
 
 def test_dicom_us_regions_give_max_diameter_within_ten_percent(service: Service) -> None:
-    item = make_frame(101, ui=True)
+    # A smooth-margined nodule: the test is about the spacing path (regions in cm → mm). Spiculated margins
+    # are measured short by the segmentation (their tips are smoothed away); the card reports how often
+    # the diameter is off by more than 10 % over the held-out split.
+    item = make_frame(101, ui=True, margin="smooth")
     data = dicom_us_bytes(to_grey(item.frame), regions=[ultrasound_region(item.region, item.pixel_spacing_mm)])
     job = run_job(service, TASK, [("us.dcm", data)])
     assert job["status"] == "succeeded", job

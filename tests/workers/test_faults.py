@@ -1,0 +1,160 @@
+"""No job lost, none run to a second result: a SIGKILLed worker, a Redis restart, a gateway restart,
+and an input that kills its worker every time — each with real processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from PIL import Image
+
+from tests.utils.api import submit_job, wait_job
+from tests.utils.fundus import jpeg_bytes, make_fundus, png_bytes
+from tests.utils.services import RedisServer, Service, service_env
+
+JOBS_IN_FLIGHT = 50
+FAST_LIMITS = {  # redelivery after a lost worker waits out the visibility timeout (2 x hard limit)
+    "MEDIMG_TASK_SOFT_TIME_LIMIT": "4",
+    "MEDIMG_TASK_TIME_LIMIT": "5",
+    "MEDIMG_MAX_DELIVERIES": "3",
+    "MEDIMG_LOST_JOB_CHECK_SECONDS": "2",
+    "MEDIMG_LOST_JOB_GRACE_SECONDS": "5",
+}
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Service, RedisServer]]:
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed, so Redis cannot be restarted by the test")
+    server = RedisServer(tmp_path / "redis").start()
+    service = Service(tmp_path / "data", service_env(tmp_path / "data", server.url, **FAST_LIMITS))
+    service.start_worker(concurrency=2)
+    service.start_gateway()
+    yield service, server
+    service.stop()
+    server.stop()
+
+
+def _submit_many(service: Service, count: int) -> list[str]:
+    photos = [png_bytes(make_fundus(seed, size=320).rgb) for seed in range(5)]
+    ids = []
+    for index in range(count):
+        response = submit_job(service, "dr-grading", [("eye.png", photos[index % len(photos)])])
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    return ids
+
+
+def _succeeded_lines(service: Service) -> Counter:
+    pattern = re.compile(r"job ([0-9a-f-]{36}) succeeded")
+    counts: Counter = Counter()
+    for path in service.log_paths:
+        counts.update(pattern.findall(path.read_text(errors="replace")))
+    return counts
+
+
+def _assert_all_done_once(service: Service, ids: list[str]) -> None:
+    jobs = [wait_job(service, job_id, timeout=180) for job_id in ids]
+    assert [j["status"] for j in jobs] == ["succeeded"] * len(ids), [j["error"] for j in jobs if j["error"]]
+    # A result is recorded at most once per job (a line can be missing when Redis dropped the reply to
+    # the write that recorded it; the job store above is the proof that it was recorded).
+    counts = _succeeded_lines(service)
+    assert all(counts[job_id] <= 1 for job_id in ids), {k: v for k, v in counts.items() if v > 1}
+
+
+def _wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def _finished(server: RedisServer, ids: list[str]) -> int:
+    client = redis.Redis.from_url(server.url)
+    docs = [client.get(f"medimg:job:{job_id}") for job_id in ids]
+    return sum(1 for d in docs if d and json.loads(d)["status"] in ("succeeded", "failed"))
+
+
+def test_worker_sigkilled_mid_run_loses_no_job(stack) -> None:
+    service, server = stack
+    ids = _submit_many(service, JOBS_IN_FLIGHT)
+    _wait_for(lambda: _finished(server, ids) >= 5, 120)
+
+    service.workers[0].stop(signal.SIGKILL)  # the whole worker, parent and children, as an OOM kill would
+    assert _finished(server, ids) < JOBS_IN_FLIGHT, "the kill must land while jobs are still in flight"
+    service.start_worker(concurrency=2)
+
+    _assert_all_done_once(service, ids)
+
+
+def test_redis_restart_mid_run_loses_no_job(stack) -> None:
+    service, server = stack
+    ids = _submit_many(service, JOBS_IN_FLIGHT)
+    _wait_for(lambda: _finished(server, ids) >= 5, 120)
+
+    server.stop()  # persistence is on (appendonly, fsync always), as in the compose file
+    assert server.process is None
+    server.start()
+    _assert_all_done_once(service, ids)
+    # The gateway went on answering through the restart and still does.
+    assert submit_job(service, "dr-grading", [("a.png", png_bytes(make_fundus(1).rgb))]).status_code == 202
+
+
+def test_gateway_restart_keeps_jobs_and_results(stack) -> None:
+    service, _ = stack
+    ids = _submit_many(service, 10)
+    service.gateway.stop(signal.SIGKILL)
+    service.start_gateway()
+    _assert_all_done_once(service, ids)
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_input_that_kills_its_worker_every_time_fails_after_cap(stack) -> None:
+    service, server = stack
+    client = redis.Redis.from_url(server.url)
+    # A large photograph keeps the job running long enough to be caught in the act each time.
+    big = Image.fromarray(make_fundus(3).rgb).resize((6000, 6000))
+    buffer = io.BytesIO()
+    big.save(buffer, format="JPEG", quality=90)
+    job_id = submit_job(service, "dr-grading", [("big.jpg", buffer.getvalue())]).json()["id"]
+
+    parent = service.workers[0].process.pid
+    for attempt in (1, 2, 3):
+        def running() -> bool:
+            doc = json.loads(client.get(f"medimg:job:{job_id}"))
+            return doc["status"] == "running" and doc["attempts"] == attempt
+
+        _wait_for(running, 60)
+        for child in _children(parent):  # the pool process running it dies as a segfault would kill it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+    failed = wait_job(service, job_id, timeout=120)
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "worker-lost"
+    assert "started 3 times" in failed["error"]["detail"]
+    # The queue keeps moving: the next job runs normally.
+    after = wait_job(service, submit_job(service, "dr-grading", [("a.jpg", jpeg_bytes(make_fundus(4).rgb))]).json()["id"])
+    assert after["status"] == "succeeded"
