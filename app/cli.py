@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     worker = commands.add_parser("worker", help="Run a Celery worker (needs MEDIMG_REDIS_URL)")
     worker.add_argument("--queues", default=",".join(t.value for t in TaskName),
                         help="Comma-separated task queues to consume (default: all)")
-    worker.add_argument("--concurrency", type=int, default=1, help="Worker processes (default 1)")
+    worker.add_argument("--concurrency", type=int, default=1, help="Jobs at once: processes or threads (default 1)")
+    worker.add_argument("--pool", choices=["prefork", "threads"], default=None,
+                        help="prefork (default, MEDIMG_WORKER_POOL): a process per job; threads: jobs share the "
+                        "models and their inference is micro-batched")
     worker.add_argument("--loglevel", default="INFO")
 
     probe = commands.add_parser(
@@ -95,6 +98,8 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     # Worker processes read their queues from the settings after the fork.
     os.environ["MEDIMG_WORKER_QUEUES"] = json.dumps(queues)
+    if args.pool:
+        os.environ["MEDIMG_WORKER_POOL"] = args.pool
     from app.config import get_settings
     from app.logs import configure_logging
 
@@ -111,7 +116,7 @@ def _worker(args: argparse.Namespace) -> int:
     serve_metrics(get_settings())
     celery_app.worker_main(
         ["worker", "--queues", ",".join(queues), "--concurrency", str(args.concurrency),
-         "--loglevel", args.loglevel, "--pool", "prefork", "--without-gossip", "--without-mingle"]
+         "--loglevel", args.loglevel, "--pool", get_settings().worker_pool, "--without-gossip", "--without-mingle"]
     )
     return 0
 

@@ -63,7 +63,17 @@ class Settings(BaseSettings):
     )
     webhook_max_attempts: int = Field(6, ge=1)
 
-    embedded_workers: int = Field(1, ge=1, le=64, description="Threads of the in-process worker pool")
+    embedded_workers: int = Field(
+        4, ge=1, le=64, description="Threads of the in-process worker pool; they preprocess in parallel and "
+        "share model runs through micro-batching"
+    )
+    batch_max_rows: int = Field(
+        8, ge=1, description="Micro-batching: most rows one session run takes from concurrent jobs (1 turns it off)"
+    )
+    batch_max_wait_ms: float = Field(
+        0.0, ge=0, description="Micro-batching: how long a batch waits for company; 0 batches only what is "
+        "already waiting, so an idle service adds no latency"
+    )
     inference_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose")
     providers: list[str] | None = Field(
         None, description="ONNX Runtime providers to try in order; default TensorRT, CUDA, then CPU"
@@ -78,6 +88,10 @@ class Settings(BaseSettings):
     )
     worker_heartbeat_seconds: float = Field(10.0, gt=0)
     worker_queues: list[str] | None = Field(None, description="Queues (task names) a Celery worker consumes")
+    worker_pool: Literal["prefork", "threads"] = Field(
+        "prefork", description="prefork: one job per process, isolated; threads: jobs share one process and "
+        "its models, so their inference is micro-batched"
+    )
     worker_heartbeat_file: Path | None = Field(
         None, description="File each warmed worker process touches every heartbeat; `medimg worker-probe` reads it"
     )

@@ -16,6 +16,7 @@ import numpy as np
 
 from app.metrics import BATCH_SIZE, MODEL_LOAD_SECONDS, MODEL_WARMUP_SECONDS
 from app.model_repository import ModelVersion
+from workers.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,20 @@ class LoadedModel:
                 f"{self.manifest.id} does not require {model_id!r}; it requires {self.manifest.requires}"
             ) from None
 
+    batcher: MicroBatcher | None = None
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs one request; with micro-batching on, concurrent requests share one session run."""
+        if self.batcher is not None:
+            return self.batcher.run(feeds)
+        return self._run_batch(feeds)
+
+    def enable_batching(self, max_rows: int, max_wait_seconds: float) -> None:
+        dynamic_batch = all(spec.shape and not isinstance(spec.shape[0], int) for spec in self.manifest.inputs)
+        if max_rows > 1 and dynamic_batch:
+            self.batcher = MicroBatcher(self._run_batch, max_rows, max_wait_seconds)
+
+    def _run_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         first = next(iter(feeds.values()), None)
         if first is not None and getattr(first, "ndim", 0):
             BATCH_SIZE.labels(self.manifest.id).observe(first.shape[0])

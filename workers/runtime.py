@@ -49,6 +49,7 @@ class WorkerRuntime:
         if model_id not in self._loaded:
             loaded = load_model(self.repository.get(model_id), self.settings.providers, self.settings.inference_threads)
             loaded.warm_up()
+            loaded.enable_batching(self.settings.batch_max_rows, self.settings.batch_max_wait_ms / 1000)
             loaded.requirements = {r: self._load(r, (*chain, model_id)) for r in loaded.manifest.requires}
             self._loaded[model_id] = loaded
         return self._loaded[model_id]

@@ -2,6 +2,7 @@
 
 Each worker process builds its own runtime after the fork (ONNX Runtime sessions are not fork-safe),
 warms the models of the queues it consumes, and only then starts its heartbeat, so readiness means warm.
+With `--pool threads` one process runs several jobs at once and their model runs are micro-batched.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 
 import redis
 from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from app.config import get_settings
 from app.schemas.tasks import RUN_JOB_TASK, TaskName
@@ -35,6 +36,13 @@ def get_runtime() -> WorkerRuntime:
     if _runtime is None:
         _runtime = WorkerRuntime.create(get_settings())
     return _runtime
+
+
+@worker_ready.connect
+def _prepare_thread_pool(sender=None, **_) -> None:
+    # Pools of threads share the parent process, where worker_process_init never fires.
+    if get_settings().worker_pool == "threads":
+        _prepare_process()
 
 
 @worker_process_init.connect

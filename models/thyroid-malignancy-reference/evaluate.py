@@ -63,16 +63,20 @@ def load_cascade():
 
 def score_item(item, classifier, segmenter) -> dict:
     """One frame through the serving steps; returns the probability, the mask's Dice and diameter."""
+    from app.errors import BadInputError
     from workers.imaging.ultrasound import Spacing, find_imaging_region, max_diameter_px, to_grey
     from workers.pipelines.thyroid_malignancy import PreparedFrame, classify_nodule, segment_nodule
 
     grey = to_grey(item.frame)
     prepared = PreparedFrame(item.frame, grey, find_imaging_region(grey), Spacing(None, "none"))
-    mask = segment_nodule(prepared, segmenter).mask
+    try:
+        mask = segment_nodule(prepared, segmenter).mask
+    except BadInputError:  # nothing found: counted as a miss, scored as not suspicious
+        return {"probability": 0.0, "dice": 0.0, "diameter_mm": float("nan"), "found": False}
     probability = classify_nodule(grey, mask, classifier)
     dice = 2.0 * float((mask & item.mask).sum()) / float(mask.sum() + item.mask.sum())
     spacing = (item.pixel_spacing_mm, item.pixel_spacing_mm)
-    return {"probability": probability, "dice": dice, "diameter_mm": max_diameter_px(mask, spacing)}
+    return {"probability": probability, "dice": dice, "diameter_mm": max_diameter_px(mask, spacing), "found": True}
 
 
 def evaluate(n_images: int = N_TEST) -> dict:
@@ -90,13 +94,17 @@ def evaluate(n_images: int = N_TEST) -> dict:
     probabilities = np.array([r["probability"] for r in rows])
     bands = np.array([band_for_probability(p, bounds).level for p in probabilities])
     suspicious = bands >= RiskBand.TR4.level
-    errors = np.array([abs(r["diameter_mm"] / r["true_diameter_mm"] - 1) for r in rows])
+    errors = np.array([abs(r["diameter_mm"] / r["true_diameter_mm"] - 1) for r in rows if r["found"]])
+    dices = np.array([r["dice"] for r in rows])
     results = {
         "n_images": n_images,
         "malignancy_auc": float(roc_auc_score(labels, probabilities)),
         "oracle_points_auc": float(roc_auc_score(labels, [r["points"] for r in rows])),
-        "nodule_dice_mean": float(np.mean([r["dice"] for r in rows])),
-        "nodule_dice_min": float(np.min([r["dice"] for r in rows])),
+        "nodule_dice_mean": float(dices.mean()),
+        "nodule_dice_median": float(np.median(dices)),
+        "nodule_dice_p10": float(np.percentile(dices, 10)),
+        "nodule_dice_min": float(dices.min()),
+        "detection_rate": float(np.mean([r["found"] for r in rows])),
         "diameter_abs_rel_error_median": float(np.median(errors)),
         "diameter_within_10pct": float(np.mean(errors <= 0.10)),
         "tirads_band_exact": float(np.mean(bands == np.array([r["tirads"] for r in rows]))),

@@ -52,7 +52,7 @@ SIZE = (96, 96)
 TRAIN_START = 1600
 N_TRAIN = 3000
 N_VAL = 400
-EPOCHS = 18
+EPOCHS = 12
 BATCH = 32
 MEAN, STD = 0.40, 0.24
 # Lower probability bounds of TR2..TR5: geometric midpoints of the synthetic risks of adjacent point totals

@@ -152,8 +152,8 @@ class Service:
         else:
             self.wait_listening(timeout)
 
-    def start_worker(self, queues: str | None = None, concurrency: int = 1) -> Process:
-        args = [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency)]
+    def start_worker(self, queues: str | None = None, concurrency: int = 1, pool: str = "prefork") -> Process:
+        args = [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency), "--pool", pool]
         if queues:
             args += ["--queues", queues]
         worker = Process(args, self.env, self.data_dir / "logs" / f"worker-{len(self.workers)}.log").start()

@@ -1,0 +1,100 @@
+"""Micro-batching gives every job exactly the result it would get alone."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from app.schemas.tasks import TaskName
+from tests.utils.fundus import make_fundus
+from tests.utils.jobs import make_settings
+from workers.batching import MicroBatcher
+from workers.imaging.fundus import preprocess_fundus
+from workers.runtime import WorkerRuntime
+
+
+@pytest.fixture(scope="module")
+def dr_model(tmp_path_factory):
+    runtime = WorkerRuntime.create(make_settings(tmp_path_factory.mktemp("batching"), batch_max_rows=8,
+                                                 batch_max_wait_ms=20))
+    return runtime.model(runtime.repository.for_task(TaskName.DR_GRADING).manifest.id)
+
+
+def test_batched_results_equal_single_results(dr_model) -> None:
+    manifest = dr_model.manifest
+    tensors = [preprocess_fundus(make_fundus(seed).rgb, manifest.preprocessing)[np.newaxis] for seed in range(12)]
+    name, output = manifest.inputs[0].name, manifest.outputs[0].name
+    alone = [dr_model._run_batch({name: t})[output] for t in tensors]
+    sizes: list[int] = []
+    original = dr_model.batcher._run_batch
+
+    def counting(feeds):
+        sizes.append(next(iter(feeds.values())).shape[0])
+        return original(feeds)
+
+    dr_model.batcher._run_batch = counting
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            together = list(pool.map(lambda t: dr_model.run({name: t})[output], tensors))
+    finally:
+        dr_model.batcher._run_batch = original
+
+    assert max(sizes) > 1, "concurrent calls should have shared a session run"
+    assert sum(sizes) == len(tensors)
+    for single, batched in zip(alone, together, strict=True):
+        np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_batcher_mixed_shapes_and_errors_reach_their_callers() -> None:
+    calls = []
+
+    def run(feeds):
+        x = feeds["x"]
+        calls.append(x.shape)
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return {"y": x * 2}
+
+    batcher = MicroBatcher(run, max_rows=16, max_wait_seconds=0.05)
+    inputs = [np.full((1, 3), i, dtype=np.float32) for i in range(6)] + [np.ones((2, 5), dtype=np.float32)]
+    with ThreadPoolExecutor(len(inputs)) as pool:
+        results = list(pool.map(lambda x: batcher.run({"x": x})["y"], inputs))
+    for x, y in zip(inputs, results, strict=True):
+        np.testing.assert_array_equal(y, x * 2)
+    assert any(shape[1] == 5 for shape in calls) and any(shape[1] == 3 and shape[0] > 1 for shape in calls)
+
+    barrier = threading.Barrier(2)
+
+    def failing(x):
+        barrier.wait()
+        return batcher.run({"x": x})
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(failing, np.full((1, 3), v, dtype=np.float32)) for v in (1.0, -1.0)]
+    errors = [f.exception() for f in futures]
+    assert any(isinstance(e, ValueError) for e in errors)
+
+
+def test_celery_thread_pool_batches_jobs_with_unchanged_results(tmp_path, redis_server, embedded_service) -> None:
+    from tests.utils.api import run_job, submit_job, wait_job
+    from tests.utils.fundus import png_bytes
+    from tests.utils.services import Service, service_env
+
+    db = redis_server.url.rsplit("/", 1)[0] + "/9"
+    service = Service(tmp_path, service_env(tmp_path, db, MEDIMG_BATCH_MAX_WAIT_MS="20"))
+    service.start_worker(concurrency=4, pool="threads")
+    service.start_gateway()
+    try:
+        photos = [png_bytes(make_fundus(seed).rgb) for seed in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(lambda p: submit_job(service, "dr-grading", [("a.png", p)]).json()["id"], photos))
+        batched = [wait_job(service, job_id) for job_id in ids]
+        alone = [run_job(embedded_service, "dr-grading", [("a.png", p)]) for p in photos]
+        for one, other in zip(batched, alone, strict=True):
+            assert one["status"] == "succeeded"
+            assert one["result"]["probabilities"] == pytest.approx(other["result"]["probabilities"], abs=1e-4)
+    finally:
+        service.stop()

@@ -1,0 +1,113 @@
+"""Micro-batching: concurrent `run` calls on one model share a single `session.run`.
+
+The first caller to find no batch in progress becomes the leader: it waits at most `max_wait` for
+company (or until `max_rows` rows are pending), runs everyone's rows as one batch along axis 0, and hands
+each caller its own slice of the outputs. Under load, callers that arrive while a batch runs form the next
+one, so batches grow with the load without anyone waiting when the service is idle (`max_wait` 0).
+Calls whose non-batch shapes differ from the leader's run in a batch of their own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass
+class _Pending:
+    feeds: Feeds
+    rows: int
+    signature: tuple
+    done: threading.Event = field(default_factory=threading.Event)
+    outputs: Outputs | None = None
+    error: BaseException | None = None
+
+
+def _signature(feeds: Feeds) -> tuple:
+    return tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(feeds.items()))
+
+
+class MicroBatcher:
+    def __init__(self, run_batch: Callable[[Feeds], Outputs], max_rows: int, max_wait_seconds: float) -> None:
+        self._run_batch = run_batch
+        self.max_rows = max_rows
+        self.max_wait = max_wait_seconds
+        self._pending: list[_Pending] = []
+        self._lock = threading.Condition()
+        self._leader_active = False
+
+    def run(self, feeds: Feeds) -> Outputs:
+        rows = next(iter(feeds.values())).shape[0]
+        if self.max_rows <= 1 or rows >= self.max_rows:
+            return self._run_batch(feeds)
+        item = _Pending(feeds, rows, _signature(feeds))
+        with self._lock:
+            self._pending.append(item)
+            self._lock.notify_all()
+            lead = not self._leader_active
+            if lead:
+                self._leader_active = True
+        if lead:
+            self._lead()
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.outputs
+
+    def _lead(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    deadline = time.monotonic() + self.max_wait
+                    while self._pending_rows() < self.max_rows and (left := deadline - time.monotonic()) > 0:
+                        self._lock.wait(left)
+                    batch = self._take_batch()
+                    if not batch:
+                        self._leader_active = False
+                        return
+                self._execute(batch)
+        except BaseException:
+            with self._lock:
+                self._leader_active = False
+            raise
+
+    def _pending_rows(self) -> int:
+        return sum(item.rows for item in self._pending)
+
+    def _take_batch(self) -> list[_Pending]:
+        if not self._pending:
+            return []
+        signature = self._pending[0].signature
+        batch, rows = [], 0
+        for item in list(self._pending):
+            if item.signature == signature and (not batch or rows + item.rows <= self.max_rows):
+                batch.append(item)
+                rows += item.rows
+                self._pending.remove(item)
+        return batch
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            if len(batch) == 1:
+                outputs = self._run_batch(batch[0].feeds)
+                batch[0].outputs = outputs
+            else:
+                joined = {name: np.concatenate([item.feeds[name] for item in batch]) for name in batch[0].feeds}
+                outputs = self._run_batch(joined)
+                start = 0
+                for item in batch:
+                    item.outputs = {name: value[start : start + item.rows] for name, value in outputs.items()}
+                    start += item.rows
+        except BaseException as exc:  # every caller of the batch hears of the failure
+            for item in batch:
+                item.error = exc
+        finally:
+            for item in batch:
+                item.done.set()
