@@ -28,11 +28,13 @@ class _RunLater:
 
 
 def predict_files(
-    settings: Settings, task: TaskName, files: list[Path], options_json: str | None, show_progress: bool = True
+    settings: Settings, task: TaskName, files: list[Path], options_json: str | None, show_progress: bool = True,
+    runtime: WorkerRuntime | None = None,
 ) -> tuple[Job, dict[str, bytes]]:
+    """`runtime` lets a caller running many predictions (the benchmark) load the models once."""
     from tqdm import tqdm
 
-    runtime = WorkerRuntime.create(settings)
+    runtime = runtime or WorkerRuntime.create(settings)
     intake = Intake(settings, runtime.repository, runtime.jobs, runtime.blobs, _RunLater())
     streams = [path.open("rb") for path in files]
     try:

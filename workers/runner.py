@@ -18,6 +18,7 @@ from app.metrics import JOBS_FINISHED, JOBS_STARTED, QUEUE_WAIT_SECONDS, STAGE_S
 from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobStatus, utcnow
 from app.schemas.options import OPTIONS_BY_TASK
 from app.storage.blobs import BlobNotFound, job_prefix
+from workers.dicom_results import dicom_results
 from workers.pipelines import PIPELINES
 from workers.pipelines.base import JobContext, JobInput, PipelineOutput, StageTimer
 from workers.runtime import WorkerRuntime
@@ -67,6 +68,11 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
     stages = StageTimer(on_stage=on_stage)
     try:
         output = _run_pipeline(job, runtime, stages)
+        with stages("dicom-results"):
+            dicom = dicom_results(job, output, [JobInput(path=runtime.blobs.local_path(i.key), format=i.format)
+                                                for i in job.inputs])
+        output.artifacts.extend(dicom.artifacts)
+        job.notes = dicom.notes
         job.artifacts = _store_artifacts(job, output, runtime)
         job.result = output.result.model_dump(mode="json")
     except BadInputError as exc:

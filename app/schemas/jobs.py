@@ -80,6 +80,7 @@ class Job(BaseModel):
     callback_url: str | None = None
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
 
 
 class ArtifactPublic(BaseModel):
@@ -103,6 +104,10 @@ class JobPublic(BaseModel):
     callback_url: str | None = None
     stage_seconds: dict[str, float] = Field(
         default_factory=dict, description="Wall time of each pipeline stage (load, preprocess, infer, …)"
+    )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Why an output is absent, e.g. no DICOM SEG/SR (seg.dcm, sr.dcm) for a PNG or JPEG input",
     )
 
     @classmethod
@@ -128,4 +133,5 @@ class JobPublic(BaseModel):
             ],
             callback_url=job.callback_url,
             stage_seconds=job.stage_seconds,
+            notes=job.notes,
         )

@@ -68,6 +68,9 @@ class Preprocessing(Strict):
     window_hu: tuple[float, float] | None = Field(None, description="Lower and upper Hounsfield unit bounds")
     patch_size: tuple[int, ...] | None = None
     patch_overlap: float | None = Field(None, ge=0.0, lt=1.0)
+    batch_size: int | None = Field(
+        None, ge=1, description="Slices or patches per inference run; null leaves it to the pipeline's default"
+    )
 
 
 class Decoding(Strict):

@@ -137,4 +137,78 @@ class ThyroidMalignancyResult(BaseModel):
         return self
 
 
-TaskResult = DRGradingResult | LungNoduleDetectionResult | ThyroidMalignancyResult
+class LungVolumes(BaseModel):
+    """Volume of each lung's mask in millilitres; left and right are the patient's sides."""
+
+    left: float = Field(ge=0.0)
+    right: float = Field(ge=0.0)
+
+
+class LesionVolumes(BaseModel):
+    """Lesion volume inside the lungs in millilitres, by class; total is ground-glass plus consolidation."""
+
+    ggo: float = Field(ge=0.0, description="Ground-glass opacity (about -700 to -400 HU)")
+    consolidation: float = Field(ge=0.0, description="Consolidation (about -100 to +50 HU)")
+    total: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _total_is_the_sum(self) -> LesionVolumes:
+        if abs(self.total - self.ggo - self.consolidation) > 0.02:
+            raise ValueError(f"total {self.total} is not ggo {self.ggo} + consolidation {self.consolidation}")
+        return self
+
+
+class InvolvementPercent(BaseModel):
+    """Lesion volume as a percentage of lung volume: per lung, and over both lungs for total."""
+
+    left: float = Field(ge=0.0, le=100.0)
+    right: float = Field(ge=0.0, le=100.0)
+    total: float = Field(ge=0.0, le=100.0)
+
+
+class ZoneInvolvement(BaseModel):
+    """Lesion percentage of one lung in geometric thirds of that lung's height along the patient's
+    superior-inferior axis (not anatomical lobes: lobes are not segmented)."""
+
+    upper: float = Field(ge=0.0, le=100.0, description="Superior third of the lung's height")
+    middle: float = Field(ge=0.0, le=100.0, description="Middle third of the lung's height")
+    lower: float = Field(ge=0.0, le=100.0, description="Inferior third of the lung's height")
+
+
+class InvolvementByZone(BaseModel):
+    left: ZoneInvolvement
+    right: ZoneInvolvement
+
+
+class CovidLesionSegmentationResult(BaseModel):
+    """COVID-19 pneumonia lesions (ground-glass opacity, consolidation) in one CT series: volumes and the share
+    of each lung involved. No lobe-based CT severity score: lobes are not segmented."""
+
+    series_instance_uid: str
+    lung_volume_ml: LungVolumes
+    lesion_volume_ml: LesionVolumes
+    involvement_percent: InvolvementPercent
+    involvement_by_zone: InvolvementByZone = Field(
+        description="Per lung, lesion percentage in the upper, middle and lower thirds of that lung's height along "
+        "the patient's superior-inferior axis"
+    )
+    affected_slices: list[int] = Field(
+        description="0-based slice indices (series sorted along the slice normal) holding lesion; artifacts "
+        "slice-<index:04d>-mask.png and -overlay.png, and slices.json mapping index to SOPInstanceUID"
+    )
+    spacing_mm: tuple[float, float, float] = Field(description="(column, row, slice) spacing of the series, mm")
+    n_slices: int = Field(ge=1)
+    definitions: dict[str, str] = Field(description="One sentence per figure saying exactly what it is")
+    warnings: list[str] = Field(default_factory=list)
+    research_use_only: bool
+
+    @model_validator(mode="after")
+    def _slices_in_range_and_sorted(self) -> CovidLesionSegmentationResult:
+        if self.affected_slices != sorted(set(self.affected_slices)):
+            raise ValueError("affected_slices must be sorted and distinct")
+        if self.affected_slices and (self.affected_slices[0] < 0 or self.affected_slices[-1] >= self.n_slices):
+            raise ValueError(f"an affected slice is outside the series' {self.n_slices} slices")
+        return self
+
+
+TaskResult = DRGradingResult | LungNoduleDetectionResult | ThyroidMalignancyResult | CovidLesionSegmentationResult

@@ -73,7 +73,7 @@ class Case:
 
 def make_lesions(phantom, rng: np.random.Generator, n_lesions: int | None = None) -> list[Lesion]:
     """Random lesions inside the lungs, mostly peripheral and basal."""
-    n = int(rng.integers(0, 7)) if n_lesions is None else n_lesions
+    n = int(rng.integers(0, 9)) if n_lesions is None else n_lesions
     lesions = []
     for _ in range(n):
         for _attempt in range(200):
@@ -89,7 +89,7 @@ def make_lesions(phantom, rng: np.random.Generator, n_lesions: int | None = None
         else:
             continue
         kind = str(rng.choice(["ggo", "mixed", "consolidation"], p=[0.5, 0.3, 0.2]))
-        radius = float(np.exp(rng.uniform(math.log(8), math.log(32))))
+        radius = float(np.exp(rng.uniform(math.log(10), math.log(40))))
         radii = tuple(float(radius * v) for v in rng.uniform(0.7, 1.3, 3))
         wobble = tuple((float(a), float(b), float(c), float(d)) for a, b, c, d in
                        np.column_stack([rng.normal(0, 0.12, (3, 3)), rng.uniform(0, 2 * math.pi, 3)]))
@@ -145,6 +145,21 @@ def paint_lesions(hu: np.ndarray, lung_mask: np.ndarray, grid, lesions: list[Les
     return labels
 
 
+def lungs_inside_body(phantom, margin: float = 0.08) -> bool:
+    """False when a lung reaches within `margin` (fraction of the body radius) of the skin: some random
+    phantoms poke a lung through the chest wall, which no real chest does."""
+    ax, ay = phantom.body_axes
+    for centre, axes in phantom.lungs:
+        t = np.linspace(0, 2 * math.pi, 72)
+        for fz in (0.0, 0.5):
+            scale = math.sqrt(1 - fz ** 2)
+            x = centre[0] + axes[0] * scale * np.cos(t)
+            y = centre[1] + axes[1] * scale * np.sin(t)
+            if np.max(np.sqrt((x / ax) ** 2 + (y / ay) ** 2)) > 1 - margin:
+                return False
+    return True
+
+
 def whole_chest_grid(sc, phantom, rng: np.random.Generator, matrix: int, slice_spacing: float,
                      orientation: str, pixel_spacing: float | None = None, z_margin_mm: float = 15.0):
     """A grid over the whole chest in plane and the whole lung height along z."""
@@ -161,7 +176,10 @@ def simulate_case(rng: np.random.Generator, matrix: int = 128, slice_spacing: fl
                   orientation: str | None = None, pixel_spacing: float | None = None,
                   n_lesions: int | None = None, noise_hu: float | None = None) -> Case:
     sc = synthetic_ct()
-    phantom = sc.make_phantom(rng, n_nodules=0)
+    for _ in range(50):
+        phantom = sc.make_phantom(rng, n_nodules=0)
+        if lungs_inside_body(phantom):
+            break
     slice_spacing = float(rng.choice([2.5, 3.0, 5.0])) if slice_spacing is None else slice_spacing
     orientation = orientation or str(rng.choice(["HFS", "FFS", "HFP", "FFP"], p=[0.55, 0.25, 0.1, 0.1]))
     grid = whole_chest_grid(sc, phantom, rng, matrix, slice_spacing, orientation, pixel_spacing)

@@ -28,6 +28,10 @@ SEG_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
 
 
+class ResultNotWritten(Exception):
+    """A DICOM result that cannot be written for this input; the message goes into the job's notes."""
+
+
 def private_code(value: str, meaning: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning)
 
@@ -88,10 +92,22 @@ def declare_private_scheme(dataset: Dataset) -> None:
     dataset.CodingSchemeIdentificationSequence = [item]
 
 
+# Type 2 attributes of the Patient and General Study modules that results copy from their source: a source
+# without them (de-identified, or a minimal modality) gets them empty, which is what type 2 allows.
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def read_sources(paths: Sequence[Path], pixels: bool = False) -> list[Dataset]:
+    """The source instances (headers only unless `pixels`), with absent type 2 patient/study attributes empty."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return [pydicom.dcmread(p, stop_before_pixels=not pixels, force=True) for p in paths]
+        datasets = [pydicom.dcmread(p, stop_before_pixels=not pixels, force=True) for p in paths]
+    for dataset in datasets:
+        for keyword in TYPE2_COPIED:
+            if keyword not in dataset:
+                setattr(dataset, keyword, None)
+    return datasets
 
 
 def encode(dataset: Dataset) -> bytes:

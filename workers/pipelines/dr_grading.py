@@ -18,7 +18,7 @@ from workers.imaging.photo import load_photo
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
 
-RETINA_PREVIEW_SIDE = 512
+RETINA_PREVIEW_SIDE = 256  # enough to check the crop; larger previews cost more than the model
 
 
 class DRGradingPipeline:
@@ -34,13 +34,15 @@ class DRGradingPipeline:
         with stages("load"):
             photo = load_photo(inputs[0].path, inputs[0].format)
         with stages("preprocess"):
-            tensor = preprocess_fundus(photo, manifest.preprocessing)
+            # Cropped once here, so the preview below shows exactly the region the model graded.
+            graded = crop_to_retina(_as_rgb(photo)) if manifest.preprocessing.crop == "retina-disc" else photo
+            tensor = preprocess_fundus(graded, manifest.preprocessing.model_copy(update={"crop": "none"}))
         with stages("infer"):
             logits = model.run({manifest.inputs[0].name: tensor[np.newaxis]})[manifest.outputs[0].name][0]
         with stages("decode"):
             result = grade_from_logits(logits, manifest, options)
         with stages("outputs"):
-            artifacts = [retina_preview(photo)]
+            artifacts = [retina_preview(graded)]
         return PipelineOutput(result=result, artifacts=artifacts)
 
 
@@ -68,11 +70,14 @@ def grade_from_logits(logits: np.ndarray, manifest: ModelManifest, options: DRGr
     )
 
 
-def retina_preview(photo: np.ndarray) -> ArtifactOutput:
-    """The retina crop the model graded, so a reader can check that the right region was used."""
-    crop = crop_to_retina(photo if photo.ndim == 3 else np.repeat(photo[..., None], 3, axis=-1))
-    image = Image.fromarray(crop)
-    image.thumbnail((RETINA_PREVIEW_SIDE, RETINA_PREVIEW_SIDE))
+def _as_rgb(photo: np.ndarray) -> np.ndarray:
+    return photo if photo.ndim == 3 else np.repeat(photo[..., None], 3, axis=-1)
+
+
+def retina_preview(graded: np.ndarray) -> ArtifactOutput:
+    """The region the model graded, so a reader can check that the right region was used."""
+    image = Image.fromarray(graded)
+    image.thumbnail((RETINA_PREVIEW_SIDE, RETINA_PREVIEW_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=3)
+    image.save(buffer, format="PNG", compress_level=1)
     return ArtifactOutput(name="retina.png", media_type="image/png", data=buffer.getvalue())

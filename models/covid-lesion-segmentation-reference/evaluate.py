@@ -1,0 +1,144 @@
+"""Evaluate the COVID lesion reference model on held-out synthetic scans, through the serving pipeline's steps.
+
+    .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py            # print the metrics
+    .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py --write    # into manifest + CARD.md
+    .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py --check    # reproduce them (exit 1 if not)
+
+Held-out scans are the test split of `train.py` (seeds 50000000+i), never seen in training. Each scan goes
+through `workers/pipelines/covid_lesion_segmentation.py` exactly as served (classical lung mask, 2.5D
+inference, small-component removal, lesions kept in the lungs, masks on the source grid), minus DICOM I/O.
+
+Metrics: Dice of ground-glass, of consolidation and of any lesion, pooled over all test voxels; total lesion
+volume error |predicted - true| / true per scan (mean and max over scans with at least 5 ml of lesion);
+involvement error |predicted % - true %| in points (mean and max over all scans; the truth's lung is the
+phantom's); lung mask Dice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+for _path in (str(REPO_ROOT), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from train import MODEL_ID, SPLIT_SEEDS, VERSION_DIR, make_case  # noqa: E402
+
+N_TEST_SCANS = 12
+MIN_VOLUME_ML = 5.0
+TOLERANCE = {"dice": 0.02, "volume_error": 0.03, "involvement_error": 0.5}
+CARD_BEGIN, CARD_END = "<!-- metrics:begin -->", "<!-- metrics:end -->"
+
+
+def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2) -> dict[str, float]:
+    from app.model_repository import load_model_version
+    from workers.onnx import load_model
+    from workers.pipelines.covid_lesion_segmentation import ArrayCase, onnx_runner, segment_arrays
+
+    model = load_model(load_model_version(VERSION_DIR), threads=threads)
+    manifest, run = model.manifest, onnx_runner(model)
+    inter = {1: 0, 2: 0, "any": 0, "lung": 0}
+    sums = {1: 0, 2: 0, "any": 0, "lung": 0}
+    volume_errors, involvement_errors = [], []
+    for index in range(n_scans):
+        case = make_case("test", index)
+        labels, lungs = segment_arrays(ArrayCase(case.hu, case.grid.affine, case.grid.spacing), manifest, run)
+        for key, pred, true in ((1, labels == 1, case.labels == 1), (2, labels == 2, case.labels == 2),
+                                ("any", labels > 0, case.labels > 0), ("lung", lungs.both, case.lung_mask)):
+            inter[key] += int((pred & true).sum())
+            sums[key] += int(pred.sum() + true.sum())
+        true_volume, pred_volume = int((case.labels > 0).sum()), int((labels > 0).sum())
+        voxel_ml = float(np.prod(case.grid.spacing)) / 1000.0
+        if true_volume * voxel_ml >= MIN_VOLUME_ML:
+            volume_errors.append(abs(pred_volume - true_volume) / true_volume)
+        true_inv = case.involvement_percent()
+        pred_inv = 100.0 * pred_volume / max(int(lungs.both.sum()), 1)
+        involvement_errors.append(abs(pred_inv - true_inv))
+        print(f"scan {index}: {case.hu.shape}, lesion {true_volume * voxel_ml:.1f} ml true / "
+              f"{pred_volume * voxel_ml:.1f} ml predicted; involvement {true_inv:.2f} % / {pred_inv:.2f} %",
+              file=sys.stderr, flush=True)
+
+    def dice(key) -> float:
+        return round(2 * inter[key] / sums[key], 4) if sums[key] else 1.0
+
+    return {
+        "dice_ggo": dice(1), "dice_consolidation": dice(2), "dice_lesion": dice("any"), "dice_lung": dice("lung"),
+        "volume_error_mean": round(float(np.mean(volume_errors)), 4) if volume_errors else 0.0,
+        "volume_error_max": round(float(np.max(volume_errors)), 4) if volume_errors else 0.0,
+        "involvement_error_mean_points": round(float(np.mean(involvement_errors)), 3),
+        "involvement_error_max_points": round(float(np.max(involvement_errors)), 3),
+        "n_test_scans": float(n_scans),
+    }
+
+
+def card_table(metrics: dict[str, float]) -> str:
+    n = int(metrics["n_test_scans"])
+    rows = [
+        ("Dice, ground-glass opacity (pooled voxels)", metrics["dice_ggo"]),
+        ("Dice, consolidation (pooled voxels)", metrics["dice_consolidation"]),
+        ("Dice, any lesion (pooled voxels)", metrics["dice_lesion"]),
+        ("Dice, lung mask (classical, lesion-extended)", metrics["dice_lung"]),
+        (f"Total lesion volume error, mean (scans with ≥ {MIN_VOLUME_ML:g} ml)", metrics["volume_error_mean"]),
+        ("Total lesion volume error, max", metrics["volume_error_max"]),
+        ("Involvement error, mean (percentage points)", metrics["involvement_error_mean_points"]),
+        ("Involvement error, max (percentage points)", metrics["involvement_error_max_points"]),
+    ]
+    lines = [CARD_BEGIN, f"Held-out synthetic scans: {n} (test split, seeds {SPLIT_SEEDS['test']}+i), measured by "
+             "`evaluate.py --write`.", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    lines.append(CARD_END)
+    return "\n".join(lines)
+
+
+def write(metrics: dict[str, float]) -> None:
+    manifest_path = VERSION_DIR / "manifest.json"
+    document = json.loads(manifest_path.read_text())
+    document["metrics"] = metrics
+    manifest_path.write_text(json.dumps(document, indent=2) + "\n")
+    card_path = VERSION_DIR / "CARD.md"
+    card = card_path.read_text() if card_path.exists() else f"# {MODEL_ID}\n\n{CARD_BEGIN}\n{CARD_END}\n"
+    head, rest = card.split(CARD_BEGIN, 1)
+    tail = rest.split(CARD_END, 1)[1]
+    card_path.write_text(head + card_table(metrics) + tail)
+
+
+def check(metrics: dict[str, float]) -> list[str]:
+    """Differences between freshly measured metrics and the manifest's beyond the tolerances."""
+    recorded = json.loads((VERSION_DIR / "manifest.json").read_text()).get("metrics", {})
+    problems = []
+    for key, value in metrics.items():
+        tolerance = next((t for prefix, t in TOLERANCE.items() if key.startswith(prefix)), 0.0)
+        if key not in recorded:
+            problems.append(f"{key}: not in the manifest")
+        elif abs(recorded[key] - value) > tolerance + 1e-9:
+            problems.append(f"{key}: measured {value}, manifest says {recorded[key]} (tolerance {tolerance})")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, default=N_TEST_SCANS)
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    metrics = evaluate(args.scans)
+    print(json.dumps(metrics, indent=2))
+    if args.write:
+        write(metrics)
+    if args.check:
+        problems = check(metrics)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

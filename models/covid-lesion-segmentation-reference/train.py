@@ -1,0 +1,195 @@
+"""Train the COVID lesion reference segmenter on synthetic chest CT and export it to ONNX.
+
+    .venv/bin/python models/covid-lesion-segmentation-reference/train.py     # ~10 min on 2 busy CPU cores
+
+1. Generates whole-chest synthetic scans (`synthetic_covid.py`: the lung-nodule phantom plus ground-glass and
+   consolidation lesions of known masks) and passes every slice through the serving preprocessing
+   (`workers/pipelines/covid_lesion_segmentation.py`: HU window, in-plane resize, 3 neighbouring slices).
+2. Trains `network.LesionNet` (2.5D U-Net, ~0.1 M parameters) with cross-entropy + soft Dice, for a fixed
+   wall-clock budget, lesion slices oversampled.
+3. Exports `1/model.onnx` (opset 17, dynamic batch) and writes `1/manifest.json`. Held-out metrics are added
+   by `evaluate.py --write`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+for _path in (str(REPO_ROOT), str(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import synthetic_covid as sv  # noqa: E402
+from app.schemas.manifest import ModelManifest  # noqa: E402
+from workers.pipelines.covid_lesion_segmentation import _resize, model_slices, stack_neighbours  # noqa: E402
+
+MODEL_ID = "covid-lesion-segmentation-reference"
+VERSION_DIR = HERE / "1"
+SEED = 2468
+SPLIT_SEEDS = {"train": 40_000_000, "test": 50_000_000}
+SIZE = (128, 128)
+WINDOW_HU = (-1350.0, 150.0)
+CHANNELS = 3
+BATCH = 16
+SERVE_BATCH = 8
+MIN_COMPONENT_VOXELS = 20
+N_TRAIN_SCANS = 28
+MINUTES = 7.0
+
+
+def scan_kwargs(rng: np.random.Generator) -> dict:
+    """Acquisition of a training or held-out scan: whole chest, 96-192 pixel matrix, 2.5-5 mm slices."""
+    return {"matrix": int(rng.choice([96, 128, 160])), "slice_spacing": float(rng.choice([2.5, 3.0, 5.0]))}
+
+
+def make_case(split: str, index: int) -> "sv.Case":
+    rng = np.random.default_rng(SPLIT_SEEDS[split] + index)
+    return sv.simulate_case(rng, **scan_kwargs(rng))
+
+
+def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None, notes: str = "") -> ModelManifest:
+    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest() if onnx_path and onnx_path.exists() else "0" * 64
+    return ModelManifest.model_validate({
+        "id": MODEL_ID, "version": 1, "task": "covid-lesion-segmentation",
+        "title": "COVID-19 lesion segmentation on chest CT (ground-glass, consolidation), synthetic reference model",
+        "intended_use": "Research use only: a reference model for exercising the CT lesion-segmentation pipeline end "
+        "to end (series assembly, lung mask, slice-wise inference, masks on the source grid, volumes and "
+        "involvement). Trained and evaluated only on synthetic phantoms; not for clinical use or any diagnostic "
+        "decision.",
+        "research_use_only": True,
+        "sha256": sha,
+        "accepts": {"formats": ["dicom"], "modalities": ["CT"], "samples_per_pixel": [1], "min_rows": 64,
+                    "min_columns": 64, "min_instances": 8, "volume": True},
+        "inputs": [{"name": "ct_slices", "dtype": "float32", "layout": "NCHW", "shape": ["batch", CHANNELS, *SIZE]}],
+        "outputs": [{"name": "lesion_logits", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, *SIZE]}],
+        "preprocessing": {"color_order": "GRAY", "target_size": list(SIZE), "window_hu": list(WINDOW_HU),
+                          "batch_size": SERVE_BATCH},
+        "decoding": {"kind": "segmentation-labels", "activation": "softmax", "positive_classes": [1, 2],
+                     "min_component_voxels": MIN_COMPONENT_VOXELS},
+        "class_names": sv.CLASS_NAMES,
+        "operating_points": [{"name": "argmax", "threshold": 0.5, "measured_on": "not a threshold: each voxel takes "
+                              "its most probable class; Dice and volume errors in metrics and CARD.md"}],
+        "default_operating_point": "argmax",
+        "metrics": metrics or {},
+        "provenance": {
+            "created": datetime.date.today().isoformat(),
+            "framework": "PyTorch 2.13.0 CPU → ONNX opset 17",
+            "training_data": f"synthetic whole-chest CT from models/{MODEL_ID}/synthetic_covid.py over the "
+            f"lung-nodule phantom: {N_TRAIN_SCANS} scans (seeds {SPLIT_SEEDS['train']}+i), 96-160 pixel matrix, "
+            f"2.5-5 mm slices, HFS/FFS/HFP/FFP, 0-8 lesions each (GGO, consolidation, mixed). {notes}",
+            "training_script": f"models/{MODEL_ID}/train.py",
+        },
+    })
+
+
+def build_dataset(n_scans: int, manifest: ModelManifest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    images, targets, has_lesion = [], [], []
+    for index in range(n_scans):
+        case = make_case("train", index)
+        small = model_slices(case.hu, manifest)
+        labels = _resize(case.labels, SIZE, order=0)
+        keep = np.nonzero(case.lung_mask.any(axis=(1, 2)))[0]
+        images.append(stack_neighbours(small, keep, CHANNELS).astype(np.float16))
+        targets.append(labels[keep])
+        has_lesion.append(labels[keep].any(axis=(1, 2)))
+        print(f"scan {index + 1}/{n_scans}: {len(keep)} lung slices, {int(has_lesion[-1].sum())} with lesion",
+              flush=True)
+    return np.concatenate(images), np.concatenate(targets), np.concatenate(has_lesion)
+
+
+def train(images: np.ndarray, targets: np.ndarray, has_lesion: np.ndarray, minutes: float, max_steps: int):
+    import torch
+    import torch.nn.functional as F
+
+    from network import LesionNet
+
+    torch.manual_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    model = LesionNet()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    weights = torch.tensor([1.0, 3.0, 3.0])
+    lesion_idx, other_idx = np.nonzero(has_lesion)[0], np.nonzero(~has_lesion)[0]
+    started = time.perf_counter()
+    step = 0
+    deadline = started + minutes * 60
+    while step < max_steps and time.perf_counter() < deadline:
+        n_lesion = int(BATCH * 0.75) if len(lesion_idx) else 0
+        pick = np.concatenate([rng.choice(lesion_idx, n_lesion), rng.choice(other_idx, BATCH - n_lesion)])
+        x = torch.from_numpy(images[pick].astype(np.float32))
+        y = torch.from_numpy(targets[pick].astype(np.int64))
+        if rng.random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        if rng.random() < 0.5:
+            x, y = x.flip(-2), y.flip(-2)
+        x = x + 0.02 * torch.randn_like(x)
+        logits = model(x)
+        ce = F.cross_entropy(logits, y, weight=weights)
+        prob = logits.softmax(1)
+        onehot = F.one_hot(y, 3).permute(0, 3, 1, 2).float()
+        inter = (prob * onehot)[:, 1:].sum((0, 2, 3))
+        dice = 1 - ((2 * inter + 1) / (prob[:, 1:].sum((0, 2, 3)) + onehot[:, 1:].sum((0, 2, 3)) + 1)).mean()
+        loss = ce + dice
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        step += 1
+        elapsed = time.perf_counter() - started
+        for group in optimiser.param_groups:  # cosine decay over the time budget
+            group["lr"] = 3e-3 * 0.5 * (1 + np.cos(np.pi * min(elapsed / (minutes * 60), 1.0)))
+        if step % 50 == 0:
+            print(f"step {step} {elapsed:.0f}s loss {loss.item():.3f} (ce {ce.item():.3f} dice {dice.item():.3f})",
+                  flush=True)
+    return model.eval(), step, time.perf_counter() - started
+
+
+def export_onnx(model, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, (torch.zeros(1, CHANNELS, *SIZE),), str(path), dynamo=False, opset_version=17,
+                      input_names=["ct_slices"], output_names=["lesion_logits"],
+                      dynamic_axes={"ct_slices": {0: "batch"}, "lesion_logits": {0: "batch"}})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, default=N_TRAIN_SCANS)
+    parser.add_argument("--minutes", type=float, default=MINUTES, help="wall-clock training budget")
+    parser.add_argument("--max-steps", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+    manifest = manifest_for(None)
+    images, targets, has_lesion = build_dataset(args.scans, manifest)
+    data_seconds = time.perf_counter() - wall
+    model, steps, train_seconds = train(images, targets, has_lesion, args.minutes, args.max_steps)
+    onnx_path = VERSION_DIR / "model.onnx"
+    export_onnx(model, onnx_path)
+    previous = {}
+    manifest_path = VERSION_DIR / "manifest.json"
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text()).get("metrics", {})
+    notes = (f"{len(images)} lung slices; {steps} steps of {BATCH} slices (3/4 with lesion) in {train_seconds:.0f} s "
+             f"after {data_seconds:.0f} s of data generation.")
+    manifest = manifest_for(onnx_path, previous if previous else None, notes)
+    manifest_path.write_text(manifest.model_dump_json(indent=2) + "\n")
+    print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) and {manifest_path}; "
+          f"total {time.perf_counter() - wall:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

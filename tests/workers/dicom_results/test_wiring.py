@@ -1,0 +1,53 @@
+"""The runner's DICOM step: real jobs through intake and runner (workers/local.py), real reference models."""
+
+from __future__ import annotations
+
+import io
+
+import highdicom as hd
+import pydicom
+from pydicom.sr.codedict import codes
+
+from app.config import Settings
+from app.schemas.tasks import TaskName
+from tests.utils.dicom_validation import dciodvfy_errors
+from tests.utils.fundus import make_fundus, png_bytes
+from tests.utils.ultrasound import dicom_us_bytes, make_frame
+from workers.local import predict_files
+
+
+def test_thyroid_job_on_dicom_writes_seg_and_sr(tmp_path) -> None:
+    item = make_frame(3)
+    path = tmp_path / "us.dcm"
+    path.write_bytes(dicom_us_bytes(item.frame, pixel_spacing_mm=0.1))
+    source = pydicom.dcmread(path)
+
+    job, artifacts = predict_files(Settings(data_dir=tmp_path / "data"), TaskName.THYROID_MALIGNANCY, [path], None,
+                                   show_progress=False)
+
+    assert job.status == "succeeded", job.error
+    assert job.notes == []
+    media = {a.name: a.media_type for a in job.artifacts}
+    assert media["seg.dcm"] == media["sr.dcm"] == "application/dicom"
+    for name in ("seg.dcm", "sr.dcm"):
+        assert dciodvfy_errors(artifacts[name], tmp_path, name) == []
+    seg = hd.seg.segread(io.BytesIO(artifacts["seg.dcm"]))
+    assert seg.get_source_image_uids()[0][2] == source.SOPInstanceUID
+    assert int(seg.pixel_array.astype(bool).sum()) == job.result["nodule"]["area_px"]
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(artifacts["sr.dcm"])))
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    (group,) = sr.content.get_image_measurement_groups()
+    (probability,) = group.get_measurements(name=codes.DCM.ProbabilityOfCancer)
+    assert abs(probability.value - job.result["malignancy_probability"]) < 1e-6
+
+
+def test_png_input_gets_no_dicom_results_and_a_note(tmp_path) -> None:
+    path = tmp_path / "fundus.png"
+    path.write_bytes(png_bytes(make_fundus(0, size=256).rgb))
+
+    job, artifacts = predict_files(Settings(data_dir=tmp_path / "data"), TaskName.DR_GRADING, [path], None,
+                                   show_progress=False)
+
+    assert job.status == "succeeded", job.error
+    assert "sr.dcm" not in artifacts and "seg.dcm" not in artifacts
+    assert len(job.notes) == 1 and "PNG" in job.notes[0]

@@ -1,0 +1,123 @@
+"""BINARY DICOM Segmentations with highdicom: the thyroid nodule on its ultrasound frame, COVID-19 lesions on CT.
+
+Each is a new series in the source study, references the exact source instances (and frames), carries the
+algorithm identification in every segment and the Contributing Equipment item; empty frames are omitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from app.schemas.jobs import ModelRef
+from workers.dicom_results.common import (
+    MANUFACTURER,
+    ResultNotWritten,
+    SEG_SERIES_NUMBER,
+    contributing_equipment,
+    declare_private_scheme,
+    private_code,
+    derived_uid,
+    seg_algorithm,
+)
+
+# Segment label -> (category, property type): SNOMED CT where CID 7150/7151 name the concept, else our scheme.
+COVID_SEGMENTS: dict[str, tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]] = {
+    "ground-glass": (hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+                     private_code("GGO", "Ground-glass opacity")),
+    "consolidation": (hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+                      hd.sr.CodedConcept("95436008", "SCT", "Lung consolidation")),
+    "lungs": (hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure"),
+              hd.sr.CodedConcept("39607008", "SCT", "Lung")),
+}
+
+
+def _segment(number: int, label: str, category: hd.sr.CodedConcept, prop: hd.sr.CodedConcept,
+             model: ModelRef, tracking_uid: str) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label,
+        segmented_property_category=category,
+        segmented_property_type=prop,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=seg_algorithm(model),
+        tracking_uid=tracking_uid,
+        tracking_id=label,
+    )
+
+
+def _segmentation(sources: Sequence[Dataset], pixels: np.ndarray, segments: list[hd.seg.SegmentDescription],
+                  model: ModelRef, job_id: str, description: str) -> hd.seg.Segmentation:
+    seg = hd.seg.Segmentation(
+        source_images=list(sources),
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments,
+        series_instance_uid=derived_uid(job_id, "seg-series"),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=derived_uid(job_id, "seg-instance"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model.id,
+        software_versions=str(model.version),
+        device_serial_number=model.sha256[:16],
+        content_label="AI_SEG",
+        content_description=description[:64],
+        series_description=f"AI {description}"[:64],
+        omit_empty_frames=True,
+        contributing_equipment=[contributing_equipment(model)],
+    )
+    if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
+        seg.PatientOrientation = None  # type 2C when the images have no frame of reference (e.g. US): empty
+    return seg
+
+
+def thyroid_nodule_seg(source: Dataset, mask: np.ndarray, frame: int, model: ModelRef,
+                       job_id: str) -> hd.seg.Segmentation:
+    """The nodule on frame `frame` (0-based) of one US instance; a multi-frame source gets only that frame."""
+    rows, columns = int(source.Rows), int(source.Columns)
+    if mask.shape != (rows, columns):
+        raise ValueError(f"the mask is {mask.shape}, the source frame {(rows, columns)}")
+    n_frames = int(getattr(source, "NumberOfFrames", 1) or 1)
+    if not 0 <= frame < n_frames:
+        raise ValueError(f"frame {frame} is outside the source's {n_frames} frames")
+    if n_frames > 1 and "FrameOfReferenceUID" not in source:
+        raise ResultNotWritten(
+            "No DICOM SEG: the source is a multi-frame image without a frame of reference, which highdicom "
+            "segments only as a single frame"
+        )
+    pixels = np.zeros((n_frames, rows, columns), dtype=bool)
+    pixels[frame] = mask.astype(bool)
+    segment = _segment(1, "Thyroid nodule", hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+                       hd.sr.CodedConcept("237495005", "SCT", "Thyroid nodule"), model,
+                       derived_uid(job_id, "finding", "thyroid-nodule"))
+    return _segmentation([source], pixels if n_frames > 1 else pixels[0], [segment], model, job_id,
+                         "Thyroid nodule segmentation")
+
+
+def covid_lesion_seg(sources: Sequence[Dataset], masks: Mapping[str, np.ndarray], model: ModelRef,
+                     job_id: str) -> hd.seg.Segmentation:
+    """Ground-glass, consolidation and lungs on a single-frame CT series.
+
+    `sources` are the slices in the order of the masks' first axis; `masks` maps a label of COVID_SEGMENTS to a
+    boolean (slices, rows, columns) array. Slices where every segment is empty are omitted.
+    """
+    unknown = set(masks) - set(COVID_SEGMENTS)
+    if unknown:
+        raise ValueError(f"unknown COVID segment label(s) {sorted(unknown)}; known: {sorted(COVID_SEGMENTS)}")
+    labels = [label for label in COVID_SEGMENTS if label in masks]
+    shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    for label in labels:
+        if masks[label].shape != shape:
+            raise ValueError(f"mask {label!r} is {masks[label].shape}; the series is {shape}")
+    pixels = np.stack([masks[label].astype(bool) for label in labels], axis=-1)
+    segments = [
+        _segment(number, label, *COVID_SEGMENTS[label], model, derived_uid(job_id, "segment", label))
+        for number, label in enumerate(labels, start=1)
+    ]
+    seg = _segmentation(sources, pixels, segments, model, job_id, "COVID-19 lesion segmentation")
+    declare_private_scheme(seg)
+    return seg

@@ -1,0 +1,333 @@
+"""COVID-19 lesion segmentation on one CT series: lesion masks on the source grid, volumes, lung involvement.
+
+load (CT series → HU volume + geometry, `workers.imaging.ct_series`) → lungs (classical mask, left and right,
+`workers.imaging.lungs`) → preprocess (per slice: the slice and its two neighbours as channels, the
+manifest's HU window, resized in-plane to the manifest's target size) → infer (batches of slices, as many
+as the manifest's batch size) → decode (softmax, argmax resized back to the source rows and columns: labels
+background / ground-glass / consolidation; small components removed; only lesions in the lungs kept)
+→ outputs (figures from the true voxel spacing; NIfTI label volume; mask and overlay PNG per affected slice).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.errors import ModelError
+from app.schemas.manifest import ModelManifest
+from app.schemas.options import CovidLesionSegmentationOptions
+from app.schemas.results import (
+    CovidLesionSegmentationResult,
+    InvolvementByZone,
+    InvolvementPercent,
+    LesionVolumes,
+    LungVolumes,
+    ZoneInvolvement,
+)
+from app.schemas.tasks import TaskName
+from workers.decoding import activate
+from workers.imaging.ct_series import CTVolume, load_ct_series
+from workers.imaging.lungs import LungMask, patient_x, patient_z_per_voxel, segment_lungs
+from workers.onnx import LoadedModel
+from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
+
+BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
+DEFAULT_BATCH = 8
+OVERLAY_WINDOW_HU = (-1350.0, 150.0)  # lung window: level -600, width 1500
+OVERLAY_COLOURS = {GGO: (255, 200, 0), CONSOLIDATION: (230, 30, 30)}
+OVERLAY_ALPHA = 0.45
+MASK_GREY = {GGO: 128, CONSOLIDATION: 255}
+NIFTI_NAME = "lesions.nii.gz"
+SLICES_NAME = "slices.json"
+
+
+class CovidLesionSegmentationPipeline:
+    task = TaskName.COVID_LESION_SEGMENTATION
+    stages = ("load", "lungs", "infer", "decode", "outputs")
+
+    def run(self, inputs: list[JobInput], options: CovidLesionSegmentationOptions, model: LoadedModel,
+            stages: StageTimer) -> PipelineOutput:
+        manifest = model.manifest
+        with stages("load"):
+            ct = load_ct_series([i.path for i in inputs if i.format == "dicom"], options.series_instance_uid,
+                                manifest.accepts.modalities or ("CT",), task=f"task {self.task.value!r}")
+        with stages("lungs"):
+            lungs = segment_lungs(ct.hu, ct.affine, ct.spacing_mm)
+        with stages("infer"):
+            raw = predict_labels(ct.hu, manifest, onnx_runner(model))
+        with stages("decode"):
+            labels, lungs = decode_labels(raw, lungs, ct.affine, manifest)
+            del raw
+            result = build_result(ct, labels, lungs, manifest)
+        with stages("outputs"):
+            artifacts = write_artifacts(ct, labels, result.affected_slices)
+        return PipelineOutput(result=result, artifacts=artifacts)
+
+
+# --- steps ----------------------------------------------------------------------------------------
+
+
+def onnx_runner(model: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
+    input_name, output_name = model.manifest.inputs[0].name, model.manifest.outputs[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return model.run({input_name: batch})[output_name]
+
+    return run
+
+
+def _resize(array: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndarray:
+    """Resize the last two axes to `size` (pixel areas aligned, as an image resize)."""
+    from scipy import ndimage
+
+    if tuple(array.shape[-2:]) == tuple(size):
+        return array
+    factors = (1.0,) * (array.ndim - 2) + (size[0] / array.shape[-2], size[1] / array.shape[-1])
+    out = ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True, prefilter=False)
+    if out.shape[-2:] != tuple(size):  # rounding in zoom: pad or crop by at most one pixel
+        fixed = np.zeros(array.shape[:-2] + tuple(size), out.dtype)
+        h, w = min(size[0], out.shape[-2]), min(size[1], out.shape[-1])
+        fixed[..., :h, :w] = out[..., :h, :w]
+        out = fixed
+    return out
+
+
+def model_slices(hu: np.ndarray, manifest: ModelManifest) -> np.ndarray:
+    """Every slice windowed to [0, 1] and resized in-plane to the model's size: float32 (slices, H, W)."""
+    spec = manifest.preprocessing
+    if spec.window_hu is None or spec.target_size is None:
+        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.window_hu and target_size")
+    low, high = spec.window_hu
+    out = np.empty((hu.shape[0], *spec.target_size), np.float32)
+    for index in range(hu.shape[0]):
+        windowed = np.clip((hu[index] - low) / (high - low), 0.0, 1.0)
+        out[index] = _resize(windowed, spec.target_size)
+    return out
+
+
+def stack_neighbours(slices: np.ndarray, indices: np.ndarray, channels: int) -> np.ndarray:
+    """(len(indices), channels, H, W): each slice with its neighbours along the series (edges repeated)."""
+    half = channels // 2
+    offsets = np.arange(-half, half + 1)
+    picks = np.clip(indices[:, None] + offsets[None, :], 0, slices.shape[0] - 1)
+    return slices[picks]
+
+
+def predict_labels(hu: np.ndarray, manifest: ModelManifest, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Labels 0/1/2 on the source grid (uint8, same shape as `hu`); probabilities resized back per slice."""
+    channels = int(manifest.inputs[0].shape[1])
+    batch_size = manifest.preprocessing.batch_size or DEFAULT_BATCH
+    small = model_slices(hu, manifest)
+    labels = np.empty(hu.shape, np.uint8)
+    for first in range(0, hu.shape[0], batch_size):
+        indices = np.arange(first, min(first + batch_size, hu.shape[0]))
+        logits = run(stack_neighbours(small, indices, channels))
+        if logits.shape[0] != len(indices) or logits.shape[1] != len(manifest.class_names):
+            raise ModelError(f"the model returned {logits.shape} for a batch of {len(indices)} slices")
+        probability = activate(logits, manifest.decoding, axis=1).astype(np.float32)
+        for offset, index in enumerate(indices):
+            labels[index] = np.argmax(_resize(probability[offset], hu.shape[1:]), axis=0)
+    return labels
+
+
+def decode_labels(raw: np.ndarray, lungs: LungMask, affine: np.ndarray,
+                  manifest: ModelManifest) -> tuple[np.ndarray, LungMask]:
+    """Small lesion components removed; lesions kept only where they belong to the lungs.
+
+    The classical lung mask is air, so dense consolidation against the chest wall falls outside it: a lesion
+    component that touches the lung mask is kept whole and added to the lung it lies in (by patient x);
+    components not touching the lungs are dropped. Returns the labels and the lungs so extended.
+    """
+    from scipy import ndimage
+
+    min_voxels = manifest.decoding.min_component_voxels or 0
+    lesion = raw > 0
+    components, count = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
+    labels = np.zeros(raw.shape, np.uint8)
+    extended = lungs.labels.copy()
+    if count == 0:
+        return labels, LungMask(extended)
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    lung_near = ndimage.binary_dilation(lungs.both, structure=ndimage.generate_binary_structure(3, 1))
+    touching = np.zeros(count + 1, bool)
+    touching[np.unique(components[lung_near & lesion])] = True
+    keep = touching & (sizes >= max(min_voxels, 1))
+    keep[0] = False
+    kept = keep[components]
+    labels[kept] = raw[kept]
+    grow = kept & (extended == 0)
+    if grow.any():
+        s, r, c = np.nonzero(grow)
+        x = patient_x(affine, s, r, c)
+        right_x = _mean_x(lungs.right, affine)
+        left_x = _mean_x(lungs.left, affine)
+        midline = (right_x + left_x) / 2 if right_x is not None and left_x is not None else 0.0
+        extended[s, r, c] = np.where(x > midline, LungMask.LEFT, LungMask.RIGHT)
+    return labels, LungMask(extended)
+
+
+def _mean_x(mask: np.ndarray, affine: np.ndarray) -> float | None:
+    s, r, c = np.nonzero(mask[:, ::4, ::4])
+    if s.size == 0:
+        return None
+    return float(patient_x(affine, s, r * 4, c * 4).mean())
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+DEFINITIONS = {
+    "lung_volume_ml": "Volume of each lung's mask (air-density lung found by thresholding at -320 HU, holes "
+    "filled, plus any lesion touching it), from the series' voxel spacing.",
+    "lesion_volume_ml": "Volume of voxels labelled ground-glass opacity or consolidation inside the lungs; total "
+    "is their sum.",
+    "involvement_percent": "Lesion volume in a lung as a percentage of that lung's volume; total is over both "
+    "lungs.",
+    "involvement_by_zone": "The same percentage within the upper, middle and lower thirds of each lung's height "
+    "along the patient's superior-inferior axis (geometric thirds, not anatomical lobes).",
+    "affected_slices": "0-based indices (series sorted along the slice normal) of slices holding any lesion "
+    "voxel; slices.json maps them to SOPInstanceUIDs and artifact names.",
+    "severity": "No lobe-based CT severity score is given: lobes are not segmented.",
+}
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 2) if whole else 0.0
+
+
+def zone_involvement(lung: np.ndarray, lesion: np.ndarray, z: np.ndarray) -> ZoneInvolvement:
+    """Lesion percentage of one lung in thirds of its height along patient z (LPS +z: superior)."""
+    if not lung.any():
+        return ZoneInvolvement(upper=0.0, middle=0.0, lower=0.0)
+    zl = z[lung]
+    low, high = float(zl.min()), float(zl.max())
+    cut_low, cut_high = low + (high - low) / 3, low + 2 * (high - low) / 3
+    lesion_z = z[lung & lesion]
+    parts = {}
+    for name, in_zone, in_zone_lesion in (
+        ("lower", zl < cut_low, lesion_z < cut_low),
+        ("middle", (zl >= cut_low) & (zl < cut_high), (lesion_z >= cut_low) & (lesion_z < cut_high)),
+        ("upper", zl >= cut_high, lesion_z >= cut_high),
+    ):
+        parts[name] = _percent(int(in_zone_lesion.sum()), int(in_zone.sum()))
+    return ZoneInvolvement(**parts)
+
+
+def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
+                 manifest: ModelManifest) -> CovidLesionSegmentationResult:
+    voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
+    lesion = labels > 0
+    right, left = lungs.right, lungs.left
+    counts = {"ggo": int((labels == GGO).sum()), "consolidation": int((labels == CONSOLIDATION).sum())}
+    z = patient_z_per_voxel(labels.shape, ct.affine)
+    affected = [int(i) for i in np.nonzero(lesion.any(axis=(1, 2)))[0]]
+    return CovidLesionSegmentationResult(
+        series_instance_uid=ct.series_instance_uid,
+        lung_volume_ml=LungVolumes(left=round(int(left.sum()) * voxel_ml, 2),
+                                   right=round(int(right.sum()) * voxel_ml, 2)),
+        lesion_volume_ml=LesionVolumes(
+            ggo=round(counts["ggo"] * voxel_ml, 2), consolidation=round(counts["consolidation"] * voxel_ml, 2),
+            total=round((counts["ggo"] + counts["consolidation"]) * voxel_ml, 2)),
+        involvement_percent=InvolvementPercent(
+            left=_percent(int((lesion & left).sum()), int(left.sum())),
+            right=_percent(int((lesion & right).sum()), int(right.sum())),
+            total=_percent(int(lesion.sum()), int(lungs.both.sum()))),
+        involvement_by_zone=InvolvementByZone(left=zone_involvement(left, lesion, z),
+                                              right=zone_involvement(right, lesion, z)),
+        affected_slices=affected,
+        spacing_mm=tuple(round(float(v), 4) for v in ct.spacing_mm),
+        n_slices=ct.geometry.n_slices,
+        definitions=DEFINITIONS,
+        warnings=list(ct.warnings),
+        research_use_only=manifest.research_use_only,
+    )
+
+
+# --- artifacts ------------------------------------------------------------------------------------
+
+
+def nifti_affine(lps_affine: np.ndarray) -> np.ndarray:
+    """NIfTI is RAS: the DICOM (LPS) affine with its x and y rows negated."""
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps_affine
+
+
+def label_nifti(labels: np.ndarray, lps_affine: np.ndarray) -> bytes:
+    """The label volume as gzipped NIfTI-1, voxel (i, j, k) = (column, row, slice) of the series."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), nifti_affine(lps_affine))
+    image.header.set_xyzt_units("mm")
+    image.header["descrip"] = b"0 background, 1 ground-glass, 2 consolidation"
+    image.set_qform(image.affine, code=1)  # scanner coordinates
+    image.set_sform(image.affine, code=1)
+    return gzip.compress(image.to_bytes(), compresslevel=6)
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def mask_png(label_slice: np.ndarray) -> bytes:
+    """Greyscale, source rows x columns: 0 background, 128 ground-glass, 255 consolidation."""
+    grey = np.zeros(label_slice.shape, np.uint8)
+    for label, value in MASK_GREY.items():
+        grey[label_slice == label] = value
+    return _png(grey)
+
+
+def overlay_png(hu_slice: np.ndarray, label_slice: np.ndarray) -> bytes:
+    """The slice in a lung window, ground-glass in amber and consolidation in red; source rows x columns."""
+    low, high = OVERLAY_WINDOW_HU
+    grey = np.clip((hu_slice - low) * (255.0 / (high - low)), 0, 255).astype(np.float32)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for label, colour in OVERLAY_COLOURS.items():
+        where = label_slice == label
+        rgb[where] = (1 - OVERLAY_ALPHA) * rgb[where] + OVERLAY_ALPHA * np.asarray(colour, np.float32)
+    return _png(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def slice_artifact_names(index: int) -> tuple[str, str]:
+    return f"slice-{index:04d}-mask.png", f"slice-{index:04d}-overlay.png"
+
+
+def write_artifacts(ct: CTVolume, labels: np.ndarray, affected: list[int]) -> list[ArtifactOutput]:
+    artifacts = [ArtifactOutput(NIFTI_NAME, "application/gzip", label_nifti(labels, ct.affine))]
+    entries = []
+    for index in affected:
+        mask_name, overlay_name = slice_artifact_names(index)
+        artifacts.append(ArtifactOutput(mask_name, "image/png", mask_png(labels[index])))
+        artifacts.append(ArtifactOutput(overlay_name, "image/png", overlay_png(ct.hu[index], labels[index])))
+        header = ct.geometry.slices[index]
+        entries.append({"index": index, "sop_instance_uid": header.sop_instance_uid,
+                        "frame_number": None if header.frame is None else header.frame + 1,
+                        "mask": mask_name, "overlay": overlay_name})
+    document = {"series_instance_uid": ct.series_instance_uid, "n_slices": ct.geometry.n_slices,
+                "labels": {"0": "background", "1": "ground-glass opacity", "2": "consolidation"},
+                "nifti": NIFTI_NAME, "slices": entries}
+    artifacts.append(ArtifactOutput(SLICES_NAME, "application/json", json.dumps(document, indent=1).encode()))
+    return artifacts
+
+
+@dataclass(frozen=True)
+class ArrayCase:
+    """Arrays enough to run the steps without DICOM (evaluation, benchmarks)."""
+
+    hu: np.ndarray
+    affine: np.ndarray
+    spacing_mm: tuple[float, float, float]
+
+
+def segment_arrays(case: ArrayCase, manifest: ModelManifest,
+                   run: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, LungMask]:
+    """lungs → infer → decode on arrays: the pipeline's steps in its order."""
+    lungs = segment_lungs(case.hu, case.affine, case.spacing_mm)
+    raw = predict_labels(case.hu, manifest, run)
+    return decode_labels(raw, lungs, case.affine, manifest)
