@@ -21,6 +21,16 @@ class ApiKey(BaseModel):
     scopes: list[Scope] = Field(default_factory=lambda: ["submit", "read"])
 
 
+class RoutingRule(BaseModel):
+    """Which task runs on a series stored through DICOMweb: every given field must match (first rule wins)."""
+
+    task: str = Field(description="Task name, e.g. lung-nodule-detection")
+    modality: str | None = None
+    body_part_examined: str | None = None
+    series_description: str | None = Field(None, description="Regular expression searched in SeriesDescription")
+    sop_class_uid: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDIMG_", extra="ignore")
 
@@ -62,6 +72,11 @@ class Settings(BaseSettings):
         description="CIDRs callbacks may reach; empty allows public addresses only (never link-local or metadata)",
     )
     webhook_max_attempts: int = Field(6, ge=1)
+
+    routing_rules: list[RoutingRule] = Field(
+        default_factory=list,
+        description='DICOMweb STOW-RS routing, a JSON list, e.g. [{"modality": "CT", "task": "lung-nodule-detection"}]',
+    )
 
     embedded_workers: int = Field(
         4, ge=1, le=64, description="Threads of the in-process worker pool; they preprocess in parallel and "

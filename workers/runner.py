@@ -68,7 +68,7 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
     stages = StageTimer(on_stage=on_stage)
     try:
         output = _run_pipeline(job, runtime, stages)
-        with stages("dicom-results"):
+        with stages("outputs"):  # DICOM SEG/SR are outputs too; their time adds to the pipeline's own
             dicom = dicom_results(job, output, [JobInput(path=runtime.blobs.local_path(i.key), format=i.format)
                                                 for i in job.inputs])
         output.artifacts.extend(dicom.artifacts)

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import health, jobs, models
+from app.api.routes import dicomweb, health, jobs, models
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 
 # Every error is a problem document; saying so once also replaces FastAPI's own 422 schema.
@@ -17,3 +17,4 @@ api_router = APIRouter(responses=PROBLEMS)
 api_router.include_router(jobs.router)
 api_router.include_router(models.router)
 api_router.include_router(health.router)
+api_router.include_router(dicomweb.router)

@@ -6,6 +6,7 @@ algorithm identification in every segment and the Contributing Equipment item; e
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import highdicom as hd
@@ -89,6 +90,11 @@ def thyroid_nodule_seg(source: Dataset, mask: np.ndarray, frame: int, model: Mod
             "No DICOM SEG: the source is a multi-frame image without a frame of reference, which highdicom "
             "segments only as a single frame"
         )
+    if "FrameOfReferenceUID" not in source and "PixelSpacing" in source:
+        # Without a frame of reference there is no plane to measure: highdicom would write a Pixel Measures
+        # item without SliceThickness, which it cannot read back. US spacing lives in its regions anyway.
+        source = copy.deepcopy(source)
+        del source.PixelSpacing
     pixels = np.zeros((n_frames, rows, columns), dtype=bool)
     pixels[frame] = mask.astype(bool)
     segment = _segment(1, "Thyroid nodule", hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),

@@ -37,14 +37,13 @@ def test_segment_lungs_splits_lungs_joined_into_one_component() -> None:
     middle = hu.shape[0] // 2
     right_rows = np.nonzero(case.lung_side[middle] == 1)[0]
     row = int(np.median(right_rows))
-    hu[middle - 3: middle + 3, row - 2: row + 2, :] = np.where(
-        hu[middle - 3: middle + 3, row - 2: row + 2, :] > -900, -900, hu[middle - 3: middle + 3, row - 2: row + 2, :])
     columns = np.nonzero((case.lung_side[middle] > 0).any(axis=0))[0]
     bridge = np.zeros(hu.shape, bool)
     bridge[middle - 3: middle + 3, row - 2: row + 2, columns.min(): columns.max() + 1] = True
     hu[bridge] = -900
     lungs = segment_lungs(hu, case.grid.affine, case.grid.spacing)
 
+    assert lungs.right.any() and lungs.left.any()
     assert dice(lungs.right, case.lung_side == 1) >= 0.9
     assert dice(lungs.left, case.lung_side == 2) >= 0.9
 

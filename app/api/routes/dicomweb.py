@@ -1,0 +1,323 @@
+"""DICOMweb (PS3.18): STOW-RS into the service, QIDO-RS and WADO-RS of the result series it writes.
+
+STOW-RS streams the multipart/related body to disk, splits it into instances, groups them by series and hands
+each series to the same Intake as POST /v1/jobs; which task runs is the `task` query parameter or the first
+matching MEDIMG_ROUTING_RULES rule. The job ids come back in `X-Medimg-Job-Ids`.
+
+QIDO-RS / WADO-RS serve the DICOM artifacts (seg.dcm, sr.dcm) of the caller's finished jobs, found by scanning
+the job store: fine for the embedded service, an index table is the next step for large stores.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import re
+import tempfile
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated
+
+import pydicom
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
+from app.config import RoutingRule
+from app.errors import MedimgError, UnsupportedMediaType
+from app.schemas.jobs import JobStatus
+from app.schemas.tasks import TaskName
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+
+DICOM_JSON_CONTENT = {"application/dicom+json": {"schema": {"type": "array", "items": {"type": "object"}}}}
+STORE_RESPONSE = {"application/dicom+json": {"schema": {"type": "object"}}}
+MULTIPART_CONTENT = {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}
+QIDO_RESPONSES = {200: {"description": "Matches, as DICOM JSON", "content": DICOM_JSON_CONTENT},
+                  204: {"description": "No match"}}
+WADO_RESPONSES = {200: {"description": "The instances, multipart/related; type=\"application/dicom\"",
+                        "content": MULTIPART_CONTENT}}
+JOB_IDS_HEADER = {"X-Medimg-Job-Ids": {"description": "Comma-separated ids of the queued jobs",
+                                        "schema": {"type": "string"}}}
+STOW_RESPONSES = {
+    200: {"description": "Every instance stored; a job queued per series", "content": STORE_RESPONSE,
+          "headers": JOB_IDS_HEADER},
+    202: {"description": "Some instances stored, some failed (FailedSOPSequence)", "content": STORE_RESPONSE,
+          "headers": JOB_IDS_HEADER},
+    409: {"description": "No instance stored (FailedSOPSequence says why)", "content": STORE_RESPONSE},
+}
+
+
+class ResultInstanceNotFound(MedimgError):
+    code, status, title = "result-not-found", 404, "No such result"
+
+
+def _not_found(study: str, series: str, instance: str | None = None) -> ResultInstanceNotFound:
+    what = f"instance {instance!r} of series {series!r}" if instance else f"series {series!r}"
+    return ResultInstanceNotFound(f"No result {what} in study {study!r} among your finished jobs")
+
+
+class MalformedMultipart(MedimgError):
+    """PS3.18 maps a body that cannot be parsed to 400, not to the 422 of our form-based API."""
+
+    code, status, title = "malformed-multipart", 400, "Malformed multipart/related body"
+
+DICOM_JSON = "application/dicom+json"
+# Failure Reason values (PS3.4 / PS3.18 Annex I): the intake refused the series (unsuitable for the task,
+# options, model unavailable), the part is not a DICOM instance, or no task is routed to the series.
+STORAGE_FAILED = 0xA700  # Refused: out of resources / processing failure family
+CANNOT_UNDERSTAND = 0xC000
+NOT_ROUTED = 0xA900  # Data set does not match SOP class: nothing here serves this series
+
+
+def _uid(value: str) -> dict:
+    return {"vr": "UI", "Value": [value]}
+
+
+def _multipart_boundary(content_type: str) -> str:
+    if not content_type.lower().startswith("multipart/related"):
+        raise UnsupportedMediaType(f"STOW-RS takes multipart/related; type=\"application/dicom\", not {content_type!r}")
+    params = dict(
+        (k.strip().lower(), v.strip().strip('"')) for k, _, v in (p.partition("=") for p in content_type.split(";")[1:])
+    )
+    part_type = params.get("type", "application/dicom").lower()
+    if part_type != "application/dicom":
+        raise UnsupportedMediaType(f"STOW-RS here takes type=\"application/dicom\" parts, not {part_type!r}")
+    if not params.get("boundary"):
+        raise MalformedMultipart("The multipart/related Content-Type has no boundary parameter")
+    return params["boundary"]
+
+
+def _split_parts(body: Path, boundary: str, out_dir: Path) -> list[Path]:
+    """Each part's payload to its own file; the body is mapped, not read into memory."""
+    delimiter = b"--" + boundary.encode()
+    paths = []
+    with body.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        position = data.find(delimiter)
+        while position >= 0:
+            start = position + len(delimiter)
+            if data[start:start + 2] == b"--":
+                break
+            headers_end = data.find(b"\r\n\r\n", start)
+            following = data.find(b"\r\n" + delimiter, headers_end)
+            if headers_end < 0 or following < 0:
+                raise MalformedMultipart("The multipart/related body is truncated (a part has no closing boundary)")
+            path = out_dir / f"part-{len(paths):05d}.dcm"
+            path.write_bytes(data[headers_end + 4:following])
+            paths.append(path)
+            position = following + 2
+    if not paths:
+        raise MalformedMultipart("The multipart/related body holds no part")
+    return paths
+
+
+def route(header: pydicom.Dataset, rules: list[RoutingRule]) -> TaskName | None:
+    for rule in rules:
+        if rule.modality is not None and header.get("Modality") != rule.modality:
+            continue
+        if rule.body_part_examined is not None and header.get("BodyPartExamined") != rule.body_part_examined:
+            continue
+        if rule.sop_class_uid is not None and header.get("SOPClassUID") != rule.sop_class_uid:
+            continue
+        if rule.series_description is not None and not re.search(rule.series_description,
+                                                                   str(header.get("SeriesDescription", ""))):
+            continue
+        return TaskName(rule.task)
+    return None
+
+
+def _store(body: Path, boundary: str, work: Path, task: TaskName | None, rules, intake, caller: str, base: str):
+    parts = _split_parts(body, boundary, work)
+    referenced, failed, job_ids = [], [], []
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    for path in parts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+            if not all(k in header for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
+                raise ValueError("not a storable instance")
+        except Exception:  # not DICOM, or no identity: the standard's "cannot understand"
+            failed.append(({}, CANNOT_UNDERSTAND))
+            continue
+        series[header.SeriesInstanceUID].append((path, header))
+    study_uid = None
+    for series_uid, instances in series.items():
+        first = instances[0][1]
+        study_uid = study_uid or first.StudyInstanceUID
+        chosen = task or route(first, rules)
+        status = None
+        if chosen is None:
+            status = NOT_ROUTED
+        else:
+            streams = [path.open("rb") for path, _ in instances]
+            try:
+                job, _ = intake.accept(chosen, streams, None, caller)
+                job_ids.append(job.id)
+            except MedimgError:
+                status = STORAGE_FAILED
+            finally:
+                for stream in streams:
+                    stream.close()
+        for _, header in instances:
+            item = {"00081150": _uid(header.SOPClassUID), "00081155": _uid(header.SOPInstanceUID)}
+            if status is None:
+                item["00081190"] = {"vr": "UR", "Value": [
+                    f"{base}/studies/{header.StudyInstanceUID}/series/{series_uid}/instances/{header.SOPInstanceUID}"]}
+                referenced.append(item)
+            else:
+                failed.append((item, status))
+    document: dict = {}
+    if study_uid:
+        document["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study_uid}"]}
+    if referenced:
+        document["00081199"] = {"vr": "SQ", "Value": referenced}
+    if failed:
+        document["00081198"] = {"vr": "SQ", "Value": [
+            item | {"00081197": {"vr": "US", "Value": [reason]}} for item, reason in failed]}
+    if not referenced:
+        code = 409
+    elif failed:
+        code = 202
+    else:
+        code = 200
+    return document, code, job_ids
+
+
+@router.post("/studies", summary="STOW-RS: store instances; each series queues its routed task",
+             response_class=Response, responses=STOW_RESPONSES)
+async def store_instances(request: Request, intake: IntakeDep, caller: Submitter, settings: SettingsDep,
+                          task: Annotated[TaskName | None, Query(description="Run this task on every series")] = None):
+    boundary = _multipart_boundary(request.headers.get("content-type", ""))
+    with tempfile.TemporaryDirectory(dir=settings.data_dir) as work_dir:
+        work = Path(work_dir)
+        body = work / "body"
+        with body.open("wb") as handle:
+            async for chunk in request.stream():
+                handle.write(chunk)
+        document, code, job_ids = await run_in_threadpool(
+            _store, body, boundary, work, task, settings.routing_rules, intake, caller.name,
+            str(request.base_url).rstrip("/") + "/dicomweb")
+    headers = {"X-Medimg-Job-Ids": ",".join(job_ids)} if job_ids else {}
+    return Response(json.dumps(document), status_code=code, media_type=DICOM_JSON, headers=headers)
+
+
+# --- QIDO-RS / WADO-RS of result instances ------------------------------------------------------------
+
+
+def _result_instances(jobs, blobs, caller: str):
+    """(header, artifact key) of every DICOM artifact of the caller's succeeded jobs."""
+    for job in jobs.iter_jobs():
+        if job.caller != caller or job.status is not JobStatus.SUCCEEDED:
+            continue
+        for artifact in job.artifacts:
+            if artifact.media_type == "application/dicom":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    header = pydicom.dcmread(blobs.local_path(artifact.key), stop_before_pixels=True)
+                yield header, artifact.key
+
+
+def _matches(header, study=None, series=None, instance=None) -> bool:
+    return ((study is None or header.StudyInstanceUID == study)
+            and (series is None or header.SeriesInstanceUID == series)
+            and (instance is None or header.SOPInstanceUID == instance))
+
+
+def _qido_json(header: pydicom.Dataset, level: str) -> dict:
+    keep = ["StudyInstanceUID", "PatientID", "StudyDate", "AccessionNumber"]
+    if level in ("series", "instances"):
+        keep += ["SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"]
+    if level == "instances":
+        keep += ["SOPClassUID", "SOPInstanceUID", "InstanceNumber"]
+    subset = pydicom.Dataset()
+    for keyword in keep:
+        if keyword in header:
+            setattr(subset, keyword, header[keyword].value)
+    return subset.to_json_dict()
+
+
+def _query(jobs, blobs, caller, level, study=None, series=None):
+    seen, out = set(), []
+    for header, _ in _result_instances(jobs, blobs, caller):
+        if not _matches(header, study, series):
+            continue
+        key = {"studies": header.StudyInstanceUID, "series": header.SeriesInstanceUID,
+               "instances": header.SOPInstanceUID}[level]
+        if key not in seen:
+            seen.add(key)
+            out.append(_qido_json(header, level))
+    return out
+
+
+def _json(payload) -> Response:
+    return Response(json.dumps(payload), media_type=DICOM_JSON, status_code=200 if payload else 204)
+
+
+@router.get("/studies", summary="QIDO-RS: studies with results",
+            response_class=Response, responses=QIDO_RESPONSES)
+async def search_studies(jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader,
+                         StudyInstanceUID: str | None = None):  # noqa: N803 - the DICOM attribute keyword
+    return _json(await run_in_threadpool(_query, jobs, blobs, caller.name, "studies", StudyInstanceUID))
+
+
+@router.get("/studies/{study}/series", summary="QIDO-RS: result series of a study",
+            response_class=Response, responses=QIDO_RESPONSES)
+async def search_series(study: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader):
+    return _json(await run_in_threadpool(_query, jobs, blobs, caller.name, "series", study))
+
+
+@router.get("/studies/{study}/series/{series}/instances", summary="QIDO-RS: result instances of a series",
+            response_class=Response, responses=QIDO_RESPONSES)
+async def search_instances(study: str, series: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader):
+    return _json(await run_in_threadpool(_query, jobs, blobs, caller.name, "instances", study, series))
+
+
+def _multipart(paths: list[Path]) -> Response:
+    boundary = "medimg-dicomweb-boundary"
+    chunks = []
+    for path in paths:
+        chunks += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), path.read_bytes(), b"\r\n"]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return Response(b"".join(chunks),
+                    media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+
+def _retrieve(jobs, blobs, caller, study, series=None, instance=None):
+    return [blobs.local_path(key) for header, key in _result_instances(jobs, blobs, caller)
+            if _matches(header, study, series, instance)]
+
+
+def _metadata(paths: list[Path]) -> list[dict]:
+    return [pydicom.dcmread(p, stop_before_pixels=True).to_json_dict() for p in paths]
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}", summary="WADO-RS: one result instance",
+            response_class=Response, responses=WADO_RESPONSES)
+async def retrieve_instance(study: str, series: str, instance: str, jobs: JobStoreDep, blobs: BlobStoreDep,
+                            caller: Reader):
+    paths = await run_in_threadpool(_retrieve, jobs, blobs, caller.name, study, series, instance)
+    if not paths:
+        raise _not_found(study, series, instance)
+    return _multipart(paths)
+
+
+@router.get("/studies/{study}/series/{series}", summary="WADO-RS: a result series",
+            response_class=Response, responses=WADO_RESPONSES)
+async def retrieve_series(study: str, series: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader):
+    paths = await run_in_threadpool(_retrieve, jobs, blobs, caller.name, study, series)
+    if not paths:
+        raise _not_found(study, series)
+    return _multipart(paths)
+
+
+@router.get("/studies/{study}/series/{series}/metadata", summary="WADO-RS: metadata of a result series",
+            response_class=Response, responses=QIDO_RESPONSES)
+async def retrieve_series_metadata(study: str, series: str, jobs: JobStoreDep, blobs: BlobStoreDep,
+                                   caller: Reader):
+    paths = await run_in_threadpool(_retrieve, jobs, blobs, caller.name, study, series)
+    if not paths:
+        raise _not_found(study, series)
+    return _json(await run_in_threadpool(_metadata, paths))

@@ -1,0 +1,157 @@
+"""COVID lesion pipeline steps without Celery: batching, resizing back to the source grid, decoding, figures,
+NIfTI alignment with the DICOM geometry, PNG artifacts."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.schemas.manifest import ModelManifest
+from tests.utils.covid import COVID_MODEL_ID
+from tests.utils.ct import small_grid, write_series
+from tests.utils.reference_models import reference_model_dir
+from workers.imaging.ct_series import load_ct_series
+from workers.imaging.lungs import LungMask
+from workers.pipelines.covid_lesion_segmentation import (
+    build_result,
+    decode_labels,
+    label_nifti,
+    mask_png,
+    overlay_png,
+    predict_labels,
+    write_artifacts,
+)
+
+MANIFEST_PATH = reference_model_dir(COVID_MODEL_ID) / "1" / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def manifest() -> ModelManifest:
+    return ModelManifest.model_validate_json(MANIFEST_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def ffs_ct(tmp_path_factory):
+    """A small oblique feet-first series whose HU tell the voxels apart (rows != columns)."""
+    s, r, c = np.meshgrid(np.arange(12), np.arange(48), np.arange(64), indexing="ij")
+    hu = (-1000.0 + 50.0 * s + 3.0 * r + 1.0 * c).astype(np.float32)
+    grid = small_grid(n_slices=12, rows=48, columns=64, orientation="FFS", rotation_deg=10.0, slice_spacing=3.0)
+    paths = write_series(tmp_path_factory.mktemp("ffs"), hu, grid, instance_order="descending",
+                         shuffle_names=True, rescale="signed")
+    return load_ct_series(paths)
+
+
+def test_predict_labels_batches_as_the_manifest_says_and_returns_the_source_grid(manifest) -> None:
+    hu = np.full((19, 100, 90), -850.0, np.float32)
+    hu[:, 40:60, 30:50] = 0.0  # dense square: "consolidation"
+    seen = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.shape)
+        middle = batch[:, 1]
+        logits = np.stack([np.zeros_like(middle), np.zeros_like(middle) - 5, (middle - 0.6) * 50], axis=1)
+        return logits.astype(np.float32)
+
+    labels = predict_labels(hu, manifest, run)
+
+    batch = manifest.preprocessing.batch_size
+    assert [s[0] for s in seen] == [batch] * (19 // batch) + ([19 % batch] if 19 % batch else [])
+    assert all(s[1:] == (3, *manifest.preprocessing.target_size) for s in seen)
+    assert labels.shape == hu.shape and labels.dtype == np.uint8
+    assert (labels[:, 42:58, 32:48] == 2).all()
+    assert (labels[:, :35, :] == 0).all()
+
+
+def test_decode_labels_drops_small_and_extrapulmonary_components_and_extends_the_lungs(manifest) -> None:
+    lung = np.zeros((10, 40, 40), np.uint8)
+    lung[2:8, 5:35, 5:18] = LungMask.RIGHT
+    lung[2:8, 5:35, 22:35] = LungMask.LEFT
+    raw = np.zeros(lung.shape, np.uint8)
+    raw[3:7, 10:20, 2:10] = 2  # consolidation against the chest wall: partly outside the air mask
+    raw[4, 30, 30] = 1  # one voxel: below min_component_voxels
+    raw[3:7, 36:40, 36:40] = 1  # not touching any lung
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[0, 3] = -20.0  # column 20 at x = 0: columns < 20 are the patient's right
+
+    labels, lungs = decode_labels(raw, LungMask(lung), affine, manifest)
+
+    assert (labels[3:7, 10:20, 2:10] == 2).all()
+    assert labels[4, 30, 30] == 0
+    assert not labels[:, 36:, 36:].any()
+    assert (lungs.labels[3:7, 10:20, 2:5] == LungMask.RIGHT).all()  # the lung grew to hold the lesion
+
+
+def test_build_result_figures_from_the_true_spacing(manifest, ffs_ct) -> None:
+    shape = ffs_ct.hu.shape
+    lung = np.zeros(shape, np.uint8)
+    lung[:, 4:44, 2:30] = LungMask.RIGHT
+    lung[:, 4:44, 34:62] = LungMask.LEFT
+    labels = np.zeros(shape, np.uint8)
+    labels[0:2, 10:20, 10:20] = 1  # 200 voxels of GGO in the right lung, slices 0-1
+    labels[5, 10:20, 40:50] = 2  # 100 voxels of consolidation in the left lung, slice 5
+
+    result = build_result(ffs_ct, labels, LungMask(lung), manifest)
+
+    voxel_ml = 0.7 * 0.7 * 3.0 / 1000
+    assert result.lung_volume_ml.right == pytest.approx(12 * 40 * 28 * voxel_ml, abs=0.01)
+    assert result.lesion_volume_ml.ggo == pytest.approx(200 * voxel_ml, abs=0.01)
+    assert result.lesion_volume_ml.consolidation == pytest.approx(100 * voxel_ml, abs=0.01)
+    assert result.involvement_percent.right == pytest.approx(100 * 200 / (12 * 40 * 28), abs=0.01)
+    assert result.involvement_percent.total == pytest.approx(100 * 300 / (2 * 12 * 40 * 28), abs=0.01)
+    assert result.affected_slices == [0, 1, 5]
+    # FFS: slice 0 is the most superior, so slices 0-1 sit in the right lung's upper third.
+    assert result.involvement_by_zone.right.upper > 0
+    assert result.involvement_by_zone.right.lower == 0
+    assert "lobe" in result.definitions["severity"]
+
+
+def test_label_nifti_reloads_voxel_for_voxel_aligned_with_the_series(ffs_ct) -> None:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, ffs_ct.hu.shape).astype(np.uint8)
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(label_nifti(labels, ffs_ct.affine)))
+    data = np.asarray(image.dataobj)
+
+    assert data.shape == (ffs_ct.geometry.columns, ffs_ct.geometry.rows, ffs_ct.geometry.n_slices)
+    geometry = ffs_ct.geometry
+    for column, row, index in [(0, 0, 0), (63, 0, 0), (0, 47, 0), (5, 7, 11), (63, 47, 11), (31, 20, 6)]:
+        lps = geometry.voxel_to_patient(column, row, index)
+        ras = nib.affines.apply_affine(image.affine, (column, row, index))
+        assert ras == pytest.approx([-lps[0], -lps[1], lps[2]], abs=1e-3)
+        assert data[column, row, index] == labels[index, row, column]
+    assert image.header.get_sform(coded=True)[1] == 1
+
+
+def test_overlay_and_mask_pngs_have_the_source_rows_and_columns(ffs_ct) -> None:
+    labels = np.zeros(ffs_ct.hu.shape, np.uint8)
+    labels[3, 10:20, 10:30] = 1
+    labels[3, 25:30, 40:50] = 2
+    overlay = Image.open(io.BytesIO(overlay_png(ffs_ct.hu[3], labels[3])))
+    mask = Image.open(io.BytesIO(mask_png(labels[3])))
+
+    assert overlay.size == (64, 48) and overlay.mode == "RGB"
+    assert mask.size == (64, 48) and mask.mode == "L"
+    pixels = np.asarray(mask)
+    assert set(np.unique(pixels[10:20, 10:30])) == {128} and set(np.unique(pixels[25:30, 40:50])) == {255}
+    rgb = np.asarray(overlay).astype(int)
+    assert rgb[27, 45, 0] > rgb[27, 45, 1] + 40  # consolidation reddened
+
+
+def test_write_artifacts_names_slices_by_index_and_sop_instance_uid(ffs_ct) -> None:
+    labels = np.zeros(ffs_ct.hu.shape, np.uint8)
+    labels[4, 10:12, 10:12] = 1
+    labels[9, 10:12, 10:12] = 2
+    artifacts = {a.name: a for a in write_artifacts(ffs_ct, labels, [4, 9])}
+
+    assert set(artifacts) == {"lesions.nii.gz", "slices.json", "slice-0004-mask.png", "slice-0004-overlay.png",
+                              "slice-0009-mask.png", "slice-0009-overlay.png"}
+    document = json.loads(artifacts["slices.json"].data)
+    assert [e["index"] for e in document["slices"]] == [4, 9]
+    assert document["slices"][1]["sop_instance_uid"] == ffs_ct.geometry.slices[9].sop_instance_uid
+    assert document["slices"][1]["overlay"] == "slice-0009-overlay.png"
