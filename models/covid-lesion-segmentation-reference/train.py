@@ -47,7 +47,7 @@ CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 SERVE_BATCH = 8
 MIN_COMPONENT_VOXELS = 20
 N_TRAIN_SCANS = 24
-MINUTES = 7.0
+MINUTES = 10.0
 
 
 def scan_kwargs(rng: np.random.Generator) -> dict:

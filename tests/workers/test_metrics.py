@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -18,7 +19,15 @@ def worker_metrics_url(service: Service) -> str:
 
 
 def test_worker_metrics_after_job(ops_service: Service, ops_dicom_job: dict) -> None:
-    samples = scrape(worker_metrics_url(ops_service))
+    # The worker records metrics just after the outcome becomes visible: give it a moment to catch up.
+    deadline = time.monotonic() + 5
+    while True:
+        samples = scrape(worker_metrics_url(ops_service))
+        observed = {labels["stage"] for labels, value in samples.get("medimg_pipeline_stage_seconds_count", [])
+                    if value > 0}
+        if set(ops_dicom_job["stage_seconds"]) <= observed or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     task = {"task": "dr-grading"}
     assert total(samples, "medimg_jobs_finished_total", status="succeeded", **task) >= 1
     assert total(samples, "medimg_jobs_started_total", **task) >= 1

@@ -21,6 +21,8 @@ from workers.dicom_results.common import DICOM_MEDIA_TYPE, ResultNotWritten, enc
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput
 
 log = logging.getLogger(__name__)
+# highdicom logs every attribute copy, naming source UIDs, at INFO: keep job logs to our own lines.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 SEG_ARTIFACT = "seg.dcm"
 SR_ARTIFACT = "sr.dcm"

@@ -126,12 +126,3 @@ def lung_extent_z(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
         return (0.0, 0.0)
     z = affine[2, 3] + affine[2, 0] * c + affine[2, 1] * r + affine[2, 2] * s
     return float(z.min()), float(z.max())
-
-
-def patient_z_per_voxel(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
-    """Patient z (mm) of every voxel centre, float32 (slice, row, column); cheap for axial series."""
-    s = np.arange(shape[0], dtype=np.float64)[:, None, None]
-    r = np.arange(shape[1], dtype=np.float64)[None, :, None]
-    c = np.arange(shape[2], dtype=np.float64)[None, None, :]
-    z = affine[2, 3] + affine[2, 2] * s + affine[2, 1] * r + affine[2, 0] * c
-    return np.broadcast_to(z, shape).astype(np.float32)

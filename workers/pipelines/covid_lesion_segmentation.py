@@ -32,7 +32,7 @@ from app.schemas.results import (
 from app.schemas.tasks import TaskName
 from workers.decoding import activate
 from workers.imaging.ct_series import CTVolume, load_ct_series
-from workers.imaging.lungs import LungMask, patient_x, patient_z_per_voxel, segment_lungs
+from workers.imaging.lungs import LungMask, patient_x, segment_lungs
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
 
@@ -199,22 +199,33 @@ def _percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 2) if whole else 0.0
 
 
-def zone_involvement(lung: np.ndarray, lesion: np.ndarray, z: np.ndarray) -> ZoneInvolvement:
-    """Lesion percentage of one lung in thirds of its height along patient z (LPS +z: superior)."""
-    if not lung.any():
+def _slice_z(affine: np.ndarray, index: int, shape: tuple[int, int]) -> np.ndarray:
+    """Patient z (mm, LPS +z superior) of every pixel centre of slice `index`."""
+    r = np.arange(shape[0], dtype=np.float64)[:, None]
+    c = np.arange(shape[1], dtype=np.float64)[None, :]
+    return affine[2, 3] + affine[2, 2] * index + affine[2, 1] * r + affine[2, 0] * c
+
+
+def zone_involvement(lung: np.ndarray, lesion: np.ndarray, affine: np.ndarray) -> ZoneInvolvement:
+    """Lesion percentage of one lung in thirds of its height along patient z (LPS +z: superior).
+
+    Slice by slice, so memory stays at one slice of coordinates whatever the series' size."""
+    occupied = [i for i in range(lung.shape[0]) if lung[i].any()]
+    if not occupied:
         return ZoneInvolvement(upper=0.0, middle=0.0, lower=0.0)
-    zl = z[lung]
-    low, high = float(zl.min()), float(zl.max())
-    cut_low, cut_high = low + (high - low) / 3, low + 2 * (high - low) / 3
-    lesion_z = z[lung & lesion]
-    parts = {}
-    for name, in_zone, in_zone_lesion in (
-        ("lower", zl < cut_low, lesion_z < cut_low),
-        ("middle", (zl >= cut_low) & (zl < cut_high), (lesion_z >= cut_low) & (lesion_z < cut_high)),
-        ("upper", zl >= cut_high, lesion_z >= cut_high),
-    ):
-        parts[name] = _percent(int(in_zone_lesion.sum()), int(in_zone.sum()))
-    return ZoneInvolvement(**parts)
+    low, high = np.inf, -np.inf
+    for index in occupied:
+        z = _slice_z(affine, index, lung.shape[1:])[lung[index]]
+        low, high = min(low, float(z.min())), max(high, float(z.max()))
+    cuts = [low + (high - low) / 3, low + 2 * (high - low) / 3]
+    lung_counts, lesion_counts = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    for index in occupied:
+        z = _slice_z(affine, index, lung.shape[1:])
+        zone = np.digitize(z, cuts)  # 0 lower, 1 middle, 2 upper
+        lung_counts += np.bincount(zone[lung[index]], minlength=3)
+        lesion_counts += np.bincount(zone[lung[index] & lesion[index]], minlength=3)
+    lower, middle, upper = (_percent(int(a), int(b)) for a, b in zip(lesion_counts, lung_counts, strict=True))
+    return ZoneInvolvement(upper=upper, middle=middle, lower=lower)
 
 
 def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
@@ -223,7 +234,6 @@ def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
     lesion = labels > 0
     right, left = lungs.right, lungs.left
     counts = {"ggo": int((labels == GGO).sum()), "consolidation": int((labels == CONSOLIDATION).sum())}
-    z = patient_z_per_voxel(labels.shape, ct.affine)
     affected = [int(i) for i in np.nonzero(lesion.any(axis=(1, 2)))[0]]
     return CovidLesionSegmentationResult(
         series_instance_uid=ct.series_instance_uid,
@@ -236,8 +246,8 @@ def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
             left=_percent(int((lesion & left).sum()), int(left.sum())),
             right=_percent(int((lesion & right).sum()), int(right.sum())),
             total=_percent(int(lesion.sum()), int(lungs.both.sum()))),
-        involvement_by_zone=InvolvementByZone(left=zone_involvement(left, lesion, z),
-                                              right=zone_involvement(right, lesion, z)),
+        involvement_by_zone=InvolvementByZone(left=zone_involvement(left, lesion, ct.affine),
+                                              right=zone_involvement(right, lesion, ct.affine)),
         affected_slices=affected,
         spacing_mm=tuple(round(float(v), 4) for v in ct.spacing_mm),
         n_slices=ct.geometry.n_slices,
