@@ -74,7 +74,7 @@ def test_dicom_us_regions_give_max_diameter_within_ten_percent(service: Service)
     assert result["pixel_spacing_mm"] == pytest.approx([item.pixel_spacing_mm] * 2)
     assert result["nodule"]["max_diameter_mm"] == pytest.approx(item.max_diameter_mm, rel=0.10)
     assert result["recommendation"]["action"] != "size-unknown"
-    assert {a["name"] for a in job["artifacts"]} == {"nodule-mask.png", "overlay.png"}
+    assert {"nodule-mask.png", "overlay.png"} <= {a["name"] for a in job["artifacts"]}
 
 
 def test_png_without_spacing_gives_null_size_and_says_size_is_unknown(embedded_service: Service) -> None:
