@@ -24,6 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None, help="Bind address (default MEDIMG_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="Port (default MEDIMG_PORT or 8000)")
 
+    listener = commands.add_parser("dicom-listener", help="Receive series by DIMSE C-STORE and queue their jobs")
+    listener.add_argument("--host", default="127.0.0.1")
+    listener.add_argument("--port", type=int, default=11112)
+    listener.add_argument("--ae-title", default="MEDIMG")
+    listener.add_argument("--task", choices=[t.value for t in TaskName], default=None,
+                          help="Task for every series (default: MEDIMG_ROUTING_RULES decide)")
+
     commands.add_parser("new-key", help="Make an API key and print it with the sha256 to configure")
 
     worker = commands.add_parser("worker", help="Run a Celery worker (needs MEDIMG_REDIS_URL)")
@@ -55,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
     if args.command == "new-key":
         return _new_key()
+    if args.command == "dicom-listener":
+        return _dicom_listener(args)
     if args.command == "worker-probe":
         return _worker_probe(args)
     return _predict(args)
@@ -77,6 +86,40 @@ def _serve(args: argparse.Namespace) -> int:
               "MEDIMG_API_KEYS_FILE (`medimg new-key` makes one), or bind to 127.0.0.1", file=sys.stderr)
         return 2
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_keep_alive=30)
+    return 0
+
+
+def _dicom_listener(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from app.config import get_settings
+    from app.dimse.listener import SeriesCollector, make_listener_ae
+    from app.dispatch import make_dispatcher
+    from app.intake.service import Intake
+    from app.logs import configure_logging
+    from app.storage.factory import make_blob_store, make_job_store, make_model_repository
+
+    configure_logging()
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    jobs, blobs = make_job_store(settings), make_blob_store(settings)
+    dispatcher = make_dispatcher(settings, jobs, blobs)
+    dispatcher.start()
+    intake = Intake(settings, make_model_repository(settings), jobs, blobs, dispatcher)
+    collector = SeriesCollector(intake, settings, TaskName(args.task) if args.task else None)
+    ae, handlers = make_listener_ae(collector, args.ae_title)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = ae.start_server((args.host, args.port), block=False, evt_handlers=handlers)
+    print(f"medimg dicom-listener: {args.ae_title} listening on {args.host}:{args.port}", file=sys.stderr, flush=True)
+    try:
+        collector.run_timer(stop)
+    finally:
+        server.shutdown()
+        collector.flush_quiet(now=float("inf"))  # series received before the stop are not lost
+        dispatcher.stop()
     return 0
 
 

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     )
     worker_heartbeat_seconds: float = Field(10.0, gt=0)
     worker_queues: list[str] | None = Field(None, description="Queues (task names) a Celery worker consumes")
+    dimse_quiet_seconds: float = Field(
+        10.0, gt=0, description="medimg dicom-listener: a series with no new instance for this long is complete"
+    )
     worker_pool: Literal["prefork", "threads"] = Field(
         "prefork", description="prefork: one job per process, isolated; threads: jobs share one process and "
         "its models, so their inference is micro-batched"

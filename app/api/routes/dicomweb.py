@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import re
 import tempfile
 import warnings
 from collections import defaultdict
@@ -24,7 +23,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
-from app.config import RoutingRule
+from app.intake.routing import route
 from app.errors import MedimgError, UnsupportedMediaType
 from app.schemas.jobs import JobStatus
 from app.schemas.tasks import TaskName
@@ -111,21 +110,6 @@ def _split_parts(body: Path, boundary: str, out_dir: Path) -> list[Path]:
     if not paths:
         raise MalformedMultipart("The multipart/related body holds no part")
     return paths
-
-
-def route(header: pydicom.Dataset, rules: list[RoutingRule]) -> TaskName | None:
-    for rule in rules:
-        if rule.modality is not None and header.get("Modality") != rule.modality:
-            continue
-        if rule.body_part_examined is not None and header.get("BodyPartExamined") != rule.body_part_examined:
-            continue
-        if rule.sop_class_uid is not None and header.get("SOPClassUID") != rule.sop_class_uid:
-            continue
-        if rule.series_description is not None and not re.search(rule.series_description,
-                                                                   str(header.get("SeriesDescription", ""))):
-            continue
-        return TaskName(rule.task)
-    return None
 
 
 def _store(body: Path, boundary: str, work: Path, task: TaskName | None, rules, intake, caller: str, base: str):

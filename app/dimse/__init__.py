@@ -1,0 +1,1 @@
+"""DIMSE intake: a C-STORE receiver for PACS that push studies the classic way."""

@@ -1,0 +1,28 @@
+"""Which task runs on a series that arrives without one (DICOMweb STOW-RS, DIMSE C-STORE).
+
+Rules come from MEDIMG_ROUTING_RULES, like MONAI Deploy's series selector; the first that matches wins.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pydicom
+
+from app.config import RoutingRule
+from app.schemas.tasks import TaskName
+
+
+def route(header: pydicom.Dataset, rules: list[RoutingRule]) -> TaskName | None:
+    for rule in rules:
+        if rule.modality is not None and header.get("Modality") != rule.modality:
+            continue
+        if rule.body_part_examined is not None and header.get("BodyPartExamined") != rule.body_part_examined:
+            continue
+        if rule.sop_class_uid is not None and header.get("SOPClassUID") != rule.sop_class_uid:
+            continue
+        if rule.series_description is not None and not re.search(rule.series_description,
+                                                                   str(header.get("SeriesDescription", ""))):
+            continue
+        return TaskName(rule.task)
+    return None
