@@ -103,9 +103,9 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
     job.status = JobStatus.SUCCEEDED
     job.finished_at = utcnow()
     job.stage_seconds = stages.seconds
+    _record_metrics(job)  # before the outcome is visible, so a scrape after GET /v1/jobs sees this job
     if not _record_outcome(runtime, job):
         return None
-    _record_metrics(job)
     _announce(runtime, job)
     log.info("job %s succeeded in %.3fs", job.id, sum(stages.seconds.values()))
     return job
@@ -147,9 +147,9 @@ def _finish_failed(
     job.error = JobError(code=code, kind=kind, detail=detail)
     if stages is not None:
         job.stage_seconds = stages.seconds
+    _record_metrics(job)  # before the outcome is visible, so a scrape after GET /v1/jobs sees this job
     if not _record_outcome(runtime, job):
         return None
-    _record_metrics(job)
     _announce(runtime, job)
     log.warning("job %s failed: %s (%s)", job.id, code, kind)
     return job
