@@ -104,9 +104,20 @@ def _thyroid_seg(job: Job, output: PipelineOutput, paths):
     return thyroid_nodule_seg(read_sources(paths[:1])[0], mask, _thyroid_frame(job), job.model, job.id)
 
 
+def _covid_seg(job: Job, output: PipelineOutput, paths):
+    from workers.dicom_results.seg import covid_lesion_seg
+
+    uids = output.mask_sop_instance_uids
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in read_sources(paths)}
+    if not output.masks or len(set(uids)) != len(uids) or any(uid not in by_uid for uid in uids):
+        raise ResultNotWritten("No DICOM SEG: it is written for series of single-frame CT slices only")
+    return covid_lesion_seg([by_uid[uid] for uid in uids], output.masks, job.model, job.id)
+
+
 Builder = Callable[[Job, PipelineOutput, list], object]
 BUILDERS: dict[TaskName, list[tuple[str, Builder]]] = {
     TaskName.LUNG_NODULE_DETECTION: [(SR_ARTIFACT, _lung_sr)],
     TaskName.DR_GRADING: [(SR_ARTIFACT, _dr_sr)],
     TaskName.THYROID_MALIGNANCY: [(SEG_ARTIFACT, _thyroid_seg), (SR_ARTIFACT, _thyroid_sr)],
+    TaskName.COVID_LESION_SEGMENTATION: [(SEG_ARTIFACT, _covid_seg)],
 }

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from pydantic import BaseModel
 
 from app.schemas.options import TaskOptions
@@ -49,6 +50,10 @@ class ArtifactOutput:
 class PipelineOutput:
     result: BaseModel
     artifacts: list[ArtifactOutput] = field(default_factory=list)
+    # Label masks over the source slices (name → bool (slices, rows, columns)) and the SOPInstanceUID of
+    # each slice, for the DICOM SEG written after the pipeline.
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    mask_sop_instance_uids: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -66,7 +66,9 @@ class CovidLesionSegmentationPipeline:
             result = build_result(ct, labels, lungs, manifest)
         with stages("outputs"):
             artifacts = write_artifacts(ct, labels, result.affected_slices)
-        return PipelineOutput(result=result, artifacts=artifacts)
+        masks = {"ground-glass": labels == GGO, "consolidation": labels == CONSOLIDATION, "lungs": lungs.labels > 0}
+        return PipelineOutput(result=result, artifacts=artifacts, masks=masks,
+                              mask_sop_instance_uids=list(ct.sop_instance_uids))
 
 
 # --- steps ----------------------------------------------------------------------------------------

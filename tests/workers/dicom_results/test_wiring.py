@@ -51,3 +51,24 @@ def test_png_input_gets_no_dicom_results_and_a_note(tmp_path) -> None:
     assert job.status == "succeeded", job.error
     assert "sr.dcm" not in artifacts and "seg.dcm" not in artifacts
     assert len(job.notes) == 1 and "PNG" in job.notes[0]
+
+
+def test_covid_job_writes_seg_over_the_source_slices(tmp_path) -> None:
+    from tests.utils.covid import held_out_case
+    from tests.utils.ct import synthetic_ct
+
+    case = held_out_case(1)
+    paths = synthetic_ct().write_ct_series(case.hu, case.grid, tmp_path / "series", instance_order="descending")
+    sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
+
+    job, artifacts = predict_files(Settings(data_dir=tmp_path / "data"), TaskName.COVID_LESION_SEGMENTATION, paths,
+                                   None, show_progress=False)
+
+    assert job.status == "succeeded", job.error
+    assert dciodvfy_errors(artifacts["seg.dcm"], tmp_path, "seg.dcm") == []
+    seg = hd.seg.segread(io.BytesIO(artifacts["seg.dcm"]))
+    labels = [seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers]
+    assert labels[:2] == ["ground-glass", "consolidation"] or {"ground-glass", "consolidation"} <= set(labels)
+    referenced = {uid for _, _, uid in seg.get_source_image_uids()}
+    assert referenced and referenced <= sources
+    assert seg.StudyInstanceUID == pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
