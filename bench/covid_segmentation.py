@@ -13,7 +13,6 @@ bench/ct_series.py (whose sampler and series writer this reuses). Not a test: fi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -24,7 +23,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.ct_series import RssSampler, make_series, rss_bytes  # noqa: E402
+from bench.ct_series import RssSampler, print_report, rss_bytes, series_from_arguments  # noqa: E402
 
 MODEL_DIR = REPO_ROOT / "models" / "covid-lesion-segmentation-reference" / "1"
 
@@ -92,30 +91,13 @@ def run(paths: list[Path], threads: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--matrix", type=int, default=512)
-    parser.add_argument("--dir", type=Path, default=None, help="series folder (default var/bench/ct-<size>)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--seed", type=int, default=2024)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    directory = args.dir or REPO_ROOT / "var" / "bench" / f"ct-{args.matrix}x{args.matrix}x{args.slices}"
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = make_series(directory, args.slices, args.matrix, args.seed)
+    args, paths = series_from_arguments(__doc__.splitlines()[0])
     report = run(paths, args.threads)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    series = report["series"]
-    print(f"series {series['columns']}x{series['rows']}x{series['slices']} ({series['files_mb']} MB of DICOM; "
-          f"HU volume {series['hu_volume_mb']} MB float32)")
-    print(f"{'stage':<16}{'seconds':>10}{'peak RSS MB':>14}{'rise MB':>10}")
-    for name, figures in report["stages"].items():
-        print(f"{name:<16}{figures['seconds']:>10.2f}{figures['peak_rss_mb']:>14.1f}{figures['rise_mb']:>10.1f}")
-    print(f"{'total':<16}{report['total_seconds']:>10.2f}   lifetime peak RSS {report['lifetime_peak_rss_mb']} MB "
-          f"(baseline {report['baseline_rss_mb']} MB); {report['affected_slices']} affected slice(s), "
-          f"{report['artifacts']} artifacts ({report['artifact_mb']} MB); load average {report['load_average']}")
+    print_report(report, "", f"{report['affected_slices']} affected slice(s), {report['artifacts']} artifacts "
+                             f"({report['artifact_mb']} MB)")
     return 0
 
 

@@ -141,8 +141,9 @@ def run(paths: list[Path], threads: int) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def series_from_arguments(description: str) -> tuple[argparse.Namespace, list[Path]]:
+    """The command line both CT benchmarks take, and the series it names (written once, then reused)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--dir", type=Path, default=None, help="series folder (default var/bench/ct-<size>)")
@@ -152,20 +153,27 @@ def main() -> int:
     args = parser.parse_args()
     directory = args.dir or REPO_ROOT / "var" / "bench" / f"ct-{args.matrix}x{args.matrix}x{args.slices}"
     directory.mkdir(parents=True, exist_ok=True)
-    paths = make_series(directory, args.slices, args.matrix, args.seed)
-    report = run(paths, args.threads)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
+    return args, make_series(directory, args.slices, args.matrix, args.seed)
+
+
+def print_report(report: dict, series_extra: str, total_extra: str) -> None:
     series = report["series"]
     print(f"series {series['columns']}x{series['rows']}x{series['slices']} ({series['files_mb']} MB of DICOM; "
-          f"HU volume {series['hu_volume_mb']} MB float32; resampled {series['resampled_shape']})")
+          f"HU volume {series['hu_volume_mb']} MB float32{series_extra})")
     print(f"{'stage':<16}{'seconds':>10}{'peak RSS MB':>14}{'rise MB':>10}")
     for name, figures in report["stages"].items():
         print(f"{name:<16}{figures['seconds']:>10.2f}{figures['peak_rss_mb']:>14.1f}{figures['rise_mb']:>10.1f}")
     print(f"{'total':<16}{report['total_seconds']:>10.2f}   lifetime peak RSS {report['lifetime_peak_rss_mb']} MB "
-          f"(baseline {report['baseline_rss_mb']} MB); {report['findings']} finding(s); "
-          f"load average {report['load_average']}")
+          f"(baseline {report['baseline_rss_mb']} MB); {total_extra}; load average {report['load_average']}")
+
+
+def main() -> int:
+    args, paths = series_from_arguments(__doc__.splitlines()[0])
+    report = run(paths, args.threads)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print_report(report, f"; resampled {report['series']['resampled_shape']}", f"{report['findings']} finding(s)")
     return 0
 
 
