@@ -38,7 +38,8 @@ def inspect_inputs(files: list[StagedFile], max_pixels: int) -> list[InspectedIn
 
 def check_inputs(
     inputs: list[InspectedInput], accepts: InputConstraints, task: TaskName, series_instance_uid: str | None = None
-) -> None:
+) -> list[InspectedInput]:
+    """The inputs that will serve the task (for a volume task, the chosen series), or a 4xx error."""
     if not inputs:
         raise UnsuitableInput("The upload holds no files; send at least one in the `files` field")
     formats = {i.staged.format for i in inputs}
@@ -63,6 +64,7 @@ def check_inputs(
             _check_dicom(item.dicom, item.staged.label, accepts, task)
         elif item.raster is not None:
             _check_raster(item.raster, item.staged.label, accepts, task)
+    return inputs
 
 
 def _check_volume(

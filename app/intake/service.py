@@ -53,19 +53,21 @@ class Intake:
         with staging_area(settings.staging_dir, settings.max_upload_bytes, settings.max_upload_files) as area:
             for index, upload in enumerate(uploads):
                 area.add_upload(upload, index)
-            check_inputs(inspect_inputs(area.files, settings.max_image_pixels), model.manifest.accepts, task,
-                         series_instance_uid=getattr(options, "series_instance_uid", None))
+            serving = check_inputs(inspect_inputs(area.files, settings.max_image_pixels), model.manifest.accepts,
+                                   task, series_instance_uid=getattr(options, "series_instance_uid", None))
+            # Only what serves the task is kept: other series of the upload (scouts, a second series) go.
+            files = [item.staged for item in serving]
 
             job_id = str(uuid.uuid4())
             if settings.deidentify_inputs:
-                deidentify_files([f.path for f in area.files if f.format == "dicom"], job_id)
+                deidentify_files([f.path for f in files if f.format == "dicom"], job_id)
             inputs = [
                 InputFile(
                     key=f"{job_prefix(job_id)}/inputs/{index:05d}{EXTENSIONS[staged.format]}",
                     format=staged.format,
                     size_bytes=staged.path.stat().st_size,
                 )
-                for index, staged in enumerate(area.files)
+                for index, staged in enumerate(files)
             ]
             manifest = model.manifest
             job = Job(
@@ -83,7 +85,7 @@ class Intake:
             if not created:
                 return job, False
             try:
-                for staged, stored in zip(area.files, inputs, strict=True):
+                for staged, stored in zip(files, inputs, strict=True):
                     self.blobs.put_file(stored.key, staged.path)
                 self.dispatcher.submit(job)
             except Exception:
