@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from app import __version__
 from app.api.limits import BodySizeLimit
 from app.api.main import api_router
 from app.api.problems import install_problem_handlers
+from app.api.recording import RequestRecorder
+from app.api.waiting import FinishedJobWaiter
 from app.config import Settings, get_settings
 from app.dispatch import make_dispatcher
-from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.dispatch.recovery import recover_periodically
 from app.retention import purge_periodically
-from app.security.audit import audit_access
 from app.security.keys import KeyRing, load_keys
 from app.security.rate_limit import RateLimiter
 from app.storage.factory import make_blob_store, make_job_store, make_model_repository
 
-UNAUDITED_ROUTES = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes, every few seconds
 DESCRIPTION = """Medical-imaging inference: submit DICOM or PNG/JPEG inputs as jobs, read JSON results and
 download masks and overlays. Reference models are for research use only."""
 
@@ -37,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keyring = keyring
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         app.state.jobs = make_job_store(settings)
+        app.state.waiter = FinishedJobWaiter(app.state.jobs, asyncio.get_running_loop())
         app.state.blobs = make_blob_store(settings)
         app.state.repository = make_model_repository(settings)
         app.state.dispatcher = make_dispatcher(settings, app.state.jobs, app.state.blobs)
@@ -50,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for task in background:
                 task.cancel()
+            app.state.waiter.close()
             app.state.dispatcher.stop()
 
     keyring = KeyRing(load_keys(settings))  # a broken key file stops the start, not the first request
@@ -58,17 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        read_timeout=settings.body_read_timeout_seconds)
-
-    @app.middleware("http")
-    async def record_request(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
-        if template not in UNAUDITED_ROUTES:
-            audit_access(request, response.status_code)
-        return response
+    app.add_middleware(RequestRecorder)  # outermost of ours: it also sees the 413s BodySizeLimit answers
 
     return app

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from app.api.waiting import FinishedJobWaiter
 from app.config import Scope, Settings
 from app.errors import Forbidden, RateLimited, Unauthorized
 from app.dispatch import Dispatcher
@@ -23,6 +24,10 @@ def _settings(request: Request) -> Settings:
 
 def _jobs(request: Request) -> JobStore:
     return request.app.state.jobs
+
+
+def _waiter(request: Request) -> FinishedJobWaiter:
+    return request.app.state.waiter
 
 
 def _blobs(request: Request) -> BlobStore:
@@ -78,6 +83,7 @@ def _scoped(scope: Scope):
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 JobStoreDep = Annotated[JobStore, Depends(_jobs)]
+JobWaiterDep = Annotated[FinishedJobWaiter, Depends(_waiter)]
 BlobStoreDep = Annotated[BlobStore, Depends(_blobs)]
 RepositoryDep = Annotated[ModelRepository, Depends(_repository)]
 DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]

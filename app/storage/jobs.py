@@ -1,15 +1,18 @@
 """Job records: SQLite in embedded mode, Redis in Celery mode, one interface for both.
 
-Updates from workers never resurrect a deleted job: they apply only while the record exists.
+Updates from workers never resurrect a deleted job: they apply only while the record exists. Each store also
+announces finished jobs (`listen_finished`), so a long-polling reader wakes when its job ends instead of
+polling the store: in-process for SQLite (embedded workers share the store), Redis pub/sub otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Protocol
 
 import redis
@@ -17,6 +20,9 @@ import redis
 from app.errors import JobNotFound
 from app.schemas.jobs import Job, JobStatus
 from app.schemas.tasks import TaskName
+
+log = logging.getLogger(__name__)
+FinishedListener = Callable[[str], None]
 
 
 class JobStore(Protocol):
@@ -41,6 +47,41 @@ class JobStore(Protocol):
 
     def iter_jobs(self) -> Iterator[Job]: ...
     def ping(self) -> None: ...
+    def listen_finished(self, listener: FinishedListener) -> Callable[[], None]:
+        """Calls `listener(job_id)` (from any thread) when a job finishes; returns a function that stops it.
+
+        Best effort: a notice can be missed (a broker reconnect, another process), so waiters re-read too.
+        """
+
+
+class _Listeners:
+    """Fan-out of job ids to the listeners of one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[FinishedListener] = []
+
+    def add(self, listener: FinishedListener) -> Callable[[], int]:
+        """Returns a function that removes the listener and tells how many remain."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> int:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+                return len(self._listeners)
+
+        return remove
+
+    def notify(self, job_id: str) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(job_id)
+            except Exception:  # a listener's fault must not fail the job update that announced it
+                log.exception("job-finished listener failed")
 
 
 def _not_found(job_id: str) -> JobNotFound:
@@ -51,6 +92,7 @@ class SqliteJobStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._finished = _Listeners()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -91,6 +133,8 @@ class SqliteJobStore:
                 "UPDATE jobs SET status = ?, document = ? WHERE id = ?",
                 (job.status.value, job.model_dump_json(), job.id),
             )
+        if cursor.rowcount == 1 and job.status.finished:
+            self._finished.notify(job.id)
         return cursor.rowcount == 1
 
     def transition(self, job: Job, expected_attempts: int) -> bool:
@@ -103,6 +147,8 @@ class SqliteJobStore:
                 return False
             self._db.execute("UPDATE jobs SET status = ?, document = ? WHERE id = ?",
                              (job.status.value, job.model_dump_json(), job.id))
+        if job.status.finished:
+            self._finished.notify(job.id)
         return True
 
     def delete(self, job_id: str) -> None:
@@ -135,6 +181,9 @@ class SqliteJobStore:
         with self._lock:
             self._db.execute("SELECT 1")
 
+    def listen_finished(self, listener: FinishedListener) -> Callable[[], None]:
+        return self._finished.add(listener)  # embedded workers write through this very store
+
 
 class RedisJobStore:
     PREFIX = "medimg:job:"
@@ -143,6 +192,7 @@ class RedisJobStore:
     # Per task, a list of the ids of its queued and running jobs, for autoscalers that read a list's length
     # (KEDA's redis scaler): Celery's own queue list drops a job once a worker takes it, this one at its end.
     UNFINISHED_BY_TASK_PREFIX = "medimg:jobs:unfinished:"
+    FINISHED_CHANNEL = "medimg:jobs:finished"  # pub/sub: the id of each job as it finishes
 
     # Compare-and-set in one server-side step, so racing deliveries on different hosts cannot both win.
     TRANSITION_SCRIPT = """
@@ -152,13 +202,19 @@ class RedisJobStore:
     if stored['status'] == 'succeeded' or stored['status'] == 'failed' then return 0 end
     if tonumber(stored['attempts']) ~= tonumber(ARGV[2]) then return 0 end
     redis.call('SET', KEYS[1], ARGV[1])
-    if ARGV[3] == '1' then redis.call('SREM', KEYS[2], ARGV[4]) end
+    if ARGV[3] == '1' then
+        redis.call('SREM', KEYS[2], ARGV[4])
+        redis.call('PUBLISH', KEYS[3], ARGV[4])
+    end
     return 1
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._transition = client.register_script(self.TRANSITION_SCRIPT)
+        self._finished = _Listeners()
+        self._relay_lock = threading.Lock()
+        self._relay_stop: threading.Event | None = None
 
     @classmethod
     def unfinished_list(cls, task: TaskName | str) -> str:
@@ -207,12 +263,13 @@ class RedisJobStore:
         if stored and job.status.finished:
             pipe = self._redis.pipeline()
             self._forget_unfinished(pipe, job.id, job.task)
+            pipe.publish(self.FINISHED_CHANNEL, job.id)
             pipe.execute()
         return bool(stored)
 
     def transition(self, job: Job, expected_attempts: int) -> bool:
         finished = "1" if job.status.finished else "0"
-        return bool(self._transition(keys=[self.PREFIX + job.id, self.UNFINISHED],
+        return bool(self._transition(keys=[self.PREFIX + job.id, self.UNFINISHED, self.FINISHED_CHANNEL],
                                      args=[job.model_dump_json(), expected_attempts, finished, job.id]))
 
     def delete(self, job_id: str) -> None:
@@ -247,3 +304,36 @@ class RedisJobStore:
 
     def ping(self) -> None:
         self._redis.ping()
+
+    def listen_finished(self, listener: FinishedListener) -> Callable[[], None]:
+        remove = self._finished.add(listener)
+        with self._relay_lock:
+            if self._relay_stop is None:
+                self._relay_stop = threading.Event()
+                threading.Thread(target=self._relay_finished, args=(self._relay_stop,), name="medimg-job-finished",
+                                 daemon=True).start()
+
+        def stop() -> None:
+            if remove() == 0:
+                with self._relay_lock:
+                    if self._relay_stop is not None:
+                        self._relay_stop.set()
+                        self._relay_stop = None
+
+        return stop
+
+    def _relay_finished(self, stop: threading.Event) -> None:
+        """Relays the finished-job channel to this process's listeners, resubscribing after a broker outage."""
+        while not stop.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.FINISHED_CHANNEL)
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        self._finished.notify(message["data"].decode())
+            except redis.RedisError as exc:
+                log.warning("job-finished channel: %s; resubscribing", type(exc).__name__)
+                stop.wait(1.0)
+            finally:
+                pubsub.close()

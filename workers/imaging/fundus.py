@@ -70,11 +70,12 @@ def _retina_mask(rgb: np.ndarray) -> np.ndarray | None:
     small_h, small_w = height // factor, width // factor
     if small_h == 0 or small_w == 0:
         return None
+    # PIL's box reduction gives the block means in C, without a float copy of the full-size photo.
+    small = Image.fromarray(rgb).reduce(factor, box=(0, 0, small_w * factor, small_h * factor))
+    block = np.asarray(small, dtype=np.float32)
     # Red carries the retina's brightness in fundus photos; the channel mean rescues green-dominant
     # or grey captures where red is weak.
-    block = rgb[: small_h * factor, : small_w * factor].astype(np.float32)
     brightness = np.maximum(block[..., 0], block.mean(axis=-1))
-    brightness = brightness.reshape(small_h, factor, small_w, factor).mean(axis=(1, 3))
     bright_level = float(np.percentile(brightness, 99))
     threshold = max(_ABSOLUTE_FLOOR, _RELATIVE_FLOOR * bright_level)
     if bright_level <= threshold:
@@ -85,18 +86,26 @@ def _retina_mask(rgb: np.ndarray) -> np.ndarray | None:
 
 def preprocess_fundus(rgb: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """Turn a fundus photograph (HxWx3 or HxW uint8) into the model's float32 CHW input tensor."""
+    return to_model_tensor(fit_to_model(rgb, preprocessing), preprocessing)
+
+
+def fit_to_model(rgb: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """The photograph as the model sees it, still uint8 RGB: cropped (if the manifest says so) and resized."""
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=-1)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"expected an HxWx3 or HxW image, got shape {rgb.shape}")
     if rgb.dtype != np.uint8:
         raise ValueError(f"expected uint8 pixels, got dtype {rgb.dtype}")
-
     if preprocessing.crop == "retina-disc":
         rgb = crop_to_retina(rgb)
     if preprocessing.target_size is not None:
         rgb = _resize(rgb, preprocessing.target_size)
+    return rgb
 
+
+def to_model_tensor(rgb: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """uint8 HxWx3 (from `fit_to_model`) → float32 CHW with the manifest's channel order and normalization."""
     pixels = rgb.astype(np.float32)
     if preprocessing.color_order == "BGR":
         pixels = pixels[..., ::-1]

@@ -13,12 +13,10 @@ from app.schemas.options import DRGradingOptions
 from app.schemas.results import DRGradingResult, OperatingPointUsed
 from app.schemas.tasks import TaskName
 from workers.decoding import activate, positive_probability
-from workers.imaging.fundus import crop_to_retina, preprocess_fundus
+from workers.imaging.fundus import fit_to_model, to_model_tensor
 from workers.imaging.photo import load_photo
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
-
-RETINA_PREVIEW_SIDE = 256  # enough to check the crop; larger previews cost more than the model
 
 
 class DRGradingPipeline:
@@ -34,9 +32,9 @@ class DRGradingPipeline:
         with stages("load"):
             photo = load_photo(inputs[0].path, inputs[0].format)
         with stages("preprocess"):
-            # Cropped once here, so the preview below shows exactly the region the model graded.
-            graded = crop_to_retina(_as_rgb(photo)) if manifest.preprocessing.crop == "retina-disc" else photo
-            tensor = preprocess_fundus(graded, manifest.preprocessing.model_copy(update={"crop": "none"}))
+            # Kept at the model's size, so the preview below shows exactly the pixels the model graded.
+            graded = fit_to_model(photo, manifest.preprocessing)
+            tensor = to_model_tensor(graded, manifest.preprocessing)
         with stages("infer"):
             logits = model.run({manifest.inputs[0].name: tensor[np.newaxis]})[manifest.outputs[0].name][0]
         with stages("decode"):
@@ -70,14 +68,8 @@ def grade_from_logits(logits: np.ndarray, manifest: ModelManifest, options: DRGr
     )
 
 
-def _as_rgb(photo: np.ndarray) -> np.ndarray:
-    return photo if photo.ndim == 3 else np.repeat(photo[..., None], 3, axis=-1)
-
-
 def retina_preview(graded: np.ndarray) -> ArtifactOutput:
-    """The region the model graded, so a reader can check that the right region was used."""
-    image = Image.fromarray(graded)
-    image.thumbnail((RETINA_PREVIEW_SIDE, RETINA_PREVIEW_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    """The pixels the model graded (its crop, at its input size), so a reader can check the region used."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(graded).save(buffer, format="PNG", compress_level=1)
     return ArtifactOutput(name="retina.png", media_type="image/png", data=buffer.getvalue())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Annotated
@@ -12,7 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
-from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
+from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, JobWaiterDep, Reader, SettingsDep, Submitter
+from app.api.waiting import RECHECK_SECONDS
 from app.errors import ArtifactNotFound, JobNotFound, MedimgError
 from app.metrics import JOBS_REJECTED, JOBS_SUBMITTED, UPLOAD_BYTES
 from app.schemas.jobs import Job, JobPublic
@@ -87,17 +89,19 @@ async def _own_job(jobs, job_id: str, caller: Principal) -> Job:
 async def read_job(
     job_id: str,
     jobs: JobStoreDep,
+    waiter: JobWaiterDep,
     settings: SettingsDep,
     caller: Reader,
     wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (long poll)")] = 0,
 ) -> JobPublic:
     deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
-    job = await _own_job(jobs, job_id, caller)
-    delay = 0.005
-    while not job.status.finished and time.monotonic() < deadline:
-        await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-        delay = min(delay * 1.5, 0.2)
+    with waiter.watch(job_id) as finished:
         job = await _own_job(jobs, job_id, caller)
+        while not job.status.finished and (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=min(remaining, RECHECK_SECONDS))
+            finished.clear()
+            job = await _own_job(jobs, job_id, caller)
     return JobPublic.from_job(job)
 
 

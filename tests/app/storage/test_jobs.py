@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -60,3 +61,32 @@ def test_unfinished_lists_queued_and_running_only(store: JobStore) -> None:
     store.save(done)
     ids = {j.id for j in store.unfinished()}
     assert {queued.id, running.id} <= ids and done.id not in ids
+
+
+def test_listeners_hear_each_job_that_finishes_and_only_those(store: JobStore) -> None:
+    """Long polls wake on these notices; a running job or a lost transition race announces nothing."""
+    import queue
+
+    heard: queue.Queue[str] = queue.Queue()
+    stop = store.listen_finished(heard.put)
+    try:
+        time.sleep(0.2)  # the Redis relay subscribes in its own thread
+        running, _ = store.create(new_job())
+        running.status, running.attempts = JobStatus.RUNNING, 1
+        assert store.transition(running, 0)
+        failed, _ = store.create(new_job())
+        failed.status = JobStatus.FAILED
+        assert store.save(failed)
+        running.status = JobStatus.SUCCEEDED
+        assert store.transition(running, 1)
+        assert not store.transition(running, 1)  # already finished: no second notice
+        assert [heard.get(timeout=5), heard.get(timeout=5)] == [failed.id, running.id]
+        time.sleep(0.2)
+        assert heard.empty()
+    finally:
+        stop()
+    late, _ = store.create(new_job())
+    late.status = JobStatus.SUCCEEDED
+    store.save(late)
+    time.sleep(0.2)
+    assert heard.empty(), "a stopped listener still hears"

@@ -6,6 +6,7 @@ import io
 import zipfile
 
 import httpx
+from PIL import Image
 import pytest
 
 from tests.utils.api import get_artifact, run_job, submit_job, wait_job
@@ -68,6 +69,8 @@ def test_create_job_dr_grading_succeeds(service: Service, encoding: str) -> None
     preview = get_artifact(service, job, "retina.png")
     assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
     assert preview.content.startswith(b"\x89PNG")
+    with Image.open(io.BytesIO(preview.content)) as shown:  # the crop at the model's input size
+        assert shown.size == (224, 224) and shown.mode == "RGB"
 
 
 def test_create_job_same_grade_from_png_and_dicom(embedded_service: Service) -> None:
