@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from typing import Annotated
@@ -14,7 +15,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
 from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, JobWaiterDep, Reader, SettingsDep, Submitter
-from app.api.waiting import RECHECK_SECONDS
+from app.api.waiting import RECHECK_SECONDS, FinishedJobWaiter
 from app.errors import ArtifactNotFound, JobNotFound, MedimgError
 from app.metrics import JOBS_REJECTED, JOBS_SUBMITTED, UPLOAD_BYTES
 from app.schemas.jobs import Job, JobPublic
@@ -22,6 +23,7 @@ from app.security.keys import Principal
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobNotFound, FilesystemBlobStore, job_prefix
+from app.storage.jobs import JobStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -34,6 +36,9 @@ PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
     response_model=JobPublic,
     summary="Submit a job",
     responses={
+        200: {"description": "Finished within the wait asked for with `Prefer: wait=<seconds>`",
+              "headers": {"Location": {"schema": {"type": "string"}},
+                          "Preference-Applied": {"schema": {"type": "string"}}}},
         202: {"description": "Accepted and queued; `Location` names the job", "headers": {"Location": {"schema": {"type": "string"}}}},
         413: PROBLEM | {"description": "Upload larger than MEDIMG_MAX_UPLOAD_BYTES"},
         415: PROBLEM | {"description": "A file is neither DICOM, PNG, JPEG nor a ZIP of DICOM"},
@@ -47,6 +52,9 @@ PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
 async def create_job(
     response: Response,
     intake: IntakeDep,
+    jobs: JobStoreDep,
+    waiter: JobWaiterDep,
+    settings: SettingsDep,
     caller: Submitter,
     task: Annotated[TaskName, Form(description="Which task to run")],
     files: Annotated[
@@ -58,6 +66,10 @@ async def create_job(
     ] = None,
     idempotency_key: Annotated[
         str | None, Header(max_length=255, description="Same key from the same caller returns the same job")
+    ] = None,
+    prefer: Annotated[
+        str | None, Header(max_length=255, description="`wait=<seconds>` (RFC 7240): answer 200 with the finished "
+                           "job if it ends within that time (at most MEDIMG_MAX_WAIT_SECONDS), else 202 as usual")
     ] = None,
 ) -> JobPublic:
     try:
@@ -73,7 +85,42 @@ async def create_job(
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
+    wait = preferred_wait(prefer)
+    if wait is not None:
+        # One round trip for callers that want the answer now; the job is queued and stored all the same.
+        wait = min(wait, settings.max_wait_seconds)
+        job = await wait_finished(jobs, waiter, job.id, caller, wait)
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+        if job.status.finished:
+            response.status_code = 200
     return JobPublic.from_job(job)
+
+
+def preferred_wait(prefer: str | None) -> float | None:
+    """Seconds from an RFC 7240 `Prefer: wait=<seconds>` header; None when absent or not a number."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                return None
+            return seconds if seconds >= 0 and math.isfinite(seconds) else None
+    return None
+
+
+async def wait_finished(jobs: JobStore, waiter: FinishedJobWaiter, job_id: str, caller: Principal,
+                        seconds: float) -> Job:
+    """The job once finished, or as it stands after `seconds`; woken by the store's job-finished notices."""
+    deadline = time.monotonic() + seconds
+    with waiter.watch(job_id) as finished:
+        job = await _own_job(jobs, job_id, caller)
+        while not job.status.finished and (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=min(remaining, RECHECK_SECONDS))
+            finished.clear()
+            job = await _own_job(jobs, job_id, caller)
+    return job
 
 
 async def _own_job(jobs, job_id: str, caller: Principal) -> Job:
@@ -94,15 +141,7 @@ async def read_job(
     caller: Reader,
     wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (long poll)")] = 0,
 ) -> JobPublic:
-    deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
-    with waiter.watch(job_id) as finished:
-        job = await _own_job(jobs, job_id, caller)
-        while not job.status.finished and (remaining := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=min(remaining, RECHECK_SECONDS))
-            finished.clear()
-            job = await _own_job(jobs, job_id, caller)
-    return JobPublic.from_job(job)
+    return JobPublic.from_job(await wait_finished(jobs, waiter, job_id, caller, min(wait, settings.max_wait_seconds)))
 
 
 @router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (mask, overlay, report)",

@@ -73,6 +73,29 @@ def test_create_job_dr_grading_succeeds(service: Service, encoding: str) -> None
         assert shown.size == (224, 224) and shown.mode == "RGB"
 
 
+def test_create_job_prefer_wait_answers_the_finished_job_in_one_round_trip(service: Service) -> None:
+    fundus = make_fundus(seed=5, grade=3)
+    response = submit_job(service, "dr-grading", [("photo.png", png_bytes(fundus.rgb))],
+                          headers={"Prefer": "wait=30"})
+    assert response.status_code == 200, response.text
+    assert response.headers["preference-applied"] == "wait=30"
+    job = response.json()
+    assert job["status"] == "succeeded" and response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert_dr_result(job)
+    # The same job as the stored one: nothing is skipped by answering at once.
+    assert wait_job(service, job["id"]) == job
+
+
+def test_create_job_prefer_wait_zero_or_junk_answers_202_at_once(embedded_service: Service) -> None:
+    data = png_bytes(make_fundus(seed=6).rgb)
+    for prefer in ("wait=0", "wait=soon, respond-async", "respond-async"):
+        response = submit_job(embedded_service, "dr-grading", [("photo.png", data)], headers={"Prefer": prefer})
+        assert response.status_code in (200, 202), response.text
+        if prefer != "wait=0":
+            assert response.status_code == 202 and "preference-applied" not in response.headers
+        wait_job(embedded_service, response.json()["id"])
+
+
 def test_create_job_same_grade_from_png_and_dicom(embedded_service: Service) -> None:
     fundus = make_fundus(seed=3, grade=2)
     from_png = run_job(embedded_service, "dr-grading", [("a.png", png_bytes(fundus.rgb))])
