@@ -50,9 +50,9 @@ SEED = 2468
 SIZE = (96, 96)
 # Train items start after those the segmentation model was trained on, so its masks here are unseen ones.
 TRAIN_START = 1600
-N_TRAIN = 3000
+N_TRAIN = 4500
 N_VAL = 400
-EPOCHS = 12
+EPOCHS = 24
 BATCH = 32
 MEAN, STD = 0.40, 0.24
 # Lower probability bounds of TR2..TR5: geometric midpoints of the synthetic risks of adjacent point totals
