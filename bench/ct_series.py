@@ -7,9 +7,11 @@
 Stages: decode (read headers, sort, decode every slice to HU — the pipeline's `load`), preprocessing
 (resample to the model's spacing + window), inference (sliding window through ONNX Runtime) and
 postprocessing (connected components, NMS, mapping to patient mm, overlay PNGs). Memory is the process's
-resident set size sampled every 10 ms (ONNX Runtime's allocations included), reported as the peak during
-each stage and its rise over the RSS at the stage's start; plus the process's lifetime peak (getrusage).
-Not a test: figures depend on the machine and on what else runs on it.
+resident set size (ONNX Runtime's allocations included): the peak during each stage — exact, from the kernel's
+high-water mark restarted at each stage, where Linux allows; else sampled every 10 ms — its rise over the RSS at
+the stage's start and over the RSS before the job (after the model's warm-up); the job's peak over that
+baseline as a multiple of the float32 HU volume; and the process's lifetime peak. Not a test: figures depend
+on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -38,12 +40,33 @@ def rss_bytes() -> int:
         return int(stream.read().split()[1]) * PAGE
 
 
+def _reset_high_water_mark() -> bool:
+    """Linux: restart VmHWM (the exact peak RSS) from the current RSS; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as stream:
+            stream.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _high_water_mark() -> int:
+    with open("/proc/self/status") as stream:
+        for line in stream:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class RssSampler:
-    """Peak RSS per stage, sampled by a background thread."""
+    """Peak RSS per stage: the kernel's high-water mark restarted at each stage where Linux allows it (exact,
+    however short the peak), and a background thread sampling every 10 ms in any case."""
 
     def __init__(self, interval: float = 0.01) -> None:
         self.interval = interval
         self.current_peak = 0
+        self._exact = False
+        self._lifetime_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -57,9 +80,19 @@ class RssSampler:
         return self
 
     def reset(self) -> int:
+        self._lifetime_peak = self.lifetime_peak()  # restarting the high-water mark restarts ru_maxrss too
+        self._exact = _reset_high_water_mark()
         now = rss_bytes()
         self.current_peak = now
         return now
+
+    def peak(self) -> int:
+        """The highest RSS since the last `reset`."""
+        return max(self.current_peak, rss_bytes(), _high_water_mark() if self._exact else 0)
+
+    def lifetime_peak(self) -> int:
+        """The process's peak RSS since it started (getrusage's ru_maxrss, kept across resets)."""
+        return max(self._lifetime_peak, self.peak(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
     def stop(self) -> None:
         self._stop.set()
@@ -104,9 +137,10 @@ def run(paths: list[Path], threads: int) -> dict:
         started = time.perf_counter()
         value = function()
         seconds = time.perf_counter() - started
-        peak = max(sampler.current_peak, rss_bytes())
+        peak = sampler.peak()
         stages[name] = {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1),
-                        "rise_mb": round((peak - before) / 2**20, 1)}
+                        "rise_mb": round((peak - before) / 2**20, 1),
+                        "over_baseline_mb": round((peak - baseline) / 2**20, 1)}
         return value
 
     baseline = rss_bytes()
@@ -130,9 +164,10 @@ def run(paths: list[Path], threads: int) -> dict:
                    "hu_volume_mb": round(ct.hu.nbytes / 2**20, 1),
                    "resampled_shape": list(resampled.volume.shape)},
         "stages": stages,
+        "job_peak": job_peak(stages, ct.hu.nbytes / 2**20),
         "total_seconds": round(total, 2),
         "baseline_rss_mb": round(baseline / 2**20, 1),
-        "lifetime_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "lifetime_peak_rss_mb": round(sampler.lifetime_peak() / 2**20, 1),
         "findings": len(result.nodules),
         "artifacts": len(artifacts),
         "cpu_count": os.cpu_count(),
@@ -156,15 +191,24 @@ def series_from_arguments(description: str) -> tuple[argparse.Namespace, list[Pa
     return args, make_series(directory, args.slices, args.matrix, args.seed)
 
 
+def job_peak(stages: dict[str, dict], hu_volume_mb: float) -> dict:
+    """The job's peak RSS over the baseline, also as a multiple of the float32 HU volume (issue #9: under 3)."""
+    over = max(figures["over_baseline_mb"] for figures in stages.values())
+    return {"over_baseline_mb": over, "volumes": round(over / hu_volume_mb, 2)}
+
+
 def print_report(report: dict, series_extra: str, total_extra: str) -> None:
     series = report["series"]
     print(f"series {series['columns']}x{series['rows']}x{series['slices']} ({series['files_mb']} MB of DICOM; "
           f"HU volume {series['hu_volume_mb']} MB float32{series_extra})")
-    print(f"{'stage':<16}{'seconds':>10}{'peak RSS MB':>14}{'rise MB':>10}")
+    print(f"{'stage':<16}{'seconds':>10}{'peak RSS MB':>14}{'rise MB':>10}{'over baseline MB':>19}")
     for name, figures in report["stages"].items():
-        print(f"{name:<16}{figures['seconds']:>10.2f}{figures['peak_rss_mb']:>14.1f}{figures['rise_mb']:>10.1f}")
+        print(f"{name:<16}{figures['seconds']:>10.2f}{figures['peak_rss_mb']:>14.1f}{figures['rise_mb']:>10.1f}"
+              f"{figures['over_baseline_mb']:>19.1f}")
     print(f"{'total':<16}{report['total_seconds']:>10.2f}   lifetime peak RSS {report['lifetime_peak_rss_mb']} MB "
           f"(baseline {report['baseline_rss_mb']} MB); {total_extra}; load average {report['load_average']}")
+    peak = report["job_peak"]
+    print(f"job peak {peak['over_baseline_mb']} MB over the baseline = {peak['volumes']}x the float32 HU volume")
 
 
 def main() -> int:

@@ -50,9 +50,40 @@ def _segment(number: int, label: str, category: hd.sr.CodedConcept, prop: hd.sr.
     )
 
 
+# Frames per slab in _Segmentation's overlap check: 16 frames of 512 x 512 are 32 MB of int64 sums.
+OVERLAP_CHECK_FRAMES = 16
+
+
+class _Segmentation(hd.seg.Segmentation):
+    """highdicom's Segmentation, checking stacked boolean masks for overlap slab by slab.
+
+    highdicom finds SegmentsOverlap by summing the whole (frames, rows, columns, segments) array over segments
+    into int64: 8 bytes per voxel, 600 MB for a 512 x 512 x 300 CT series and the largest allocation of a COVID
+    job. Overlap in any slab is overlap of the whole, so its own check on slabs of frames gives the same answer.
+    The hook is private to highdicom (0.28 here): if it is renamed the SEG stays the same and only the saving
+    goes; the SEG tests in tests/workers/dicom_results catch a changed signature.
+    """
+
+    @classmethod
+    def _check_and_cast_pixel_array(cls, pixel_array, segment_numbers, segmentation_type, *args, **kwargs):
+        binary = hd.seg.SegmentationTypeValues(segmentation_type) == hd.seg.SegmentationTypeValues.BINARY
+        if not (binary and isinstance(pixel_array, np.ndarray) and pixel_array.ndim == 4
+                and pixel_array.dtype == bool):
+            return super()._check_and_cast_pixel_array(pixel_array, segment_numbers, segmentation_type, *args,
+                                                        **kwargs)
+        overlap = hd.seg.SegmentsOverlapValues.NO
+        for first in range(0, pixel_array.shape[0], OVERLAP_CHECK_FRAMES):
+            slab = pixel_array[first:first + OVERLAP_CHECK_FRAMES]
+            _, slab_overlap = super()._check_and_cast_pixel_array(slab, segment_numbers, segmentation_type, *args,
+                                                                  **kwargs)
+            if slab_overlap == hd.seg.SegmentsOverlapValues.YES:
+                overlap = slab_overlap
+        return pixel_array, overlap
+
+
 def _segmentation(sources: Sequence[Dataset], pixels: np.ndarray, segments: list[hd.seg.SegmentDescription],
                   model: ModelRef, job_id: str, description: str) -> hd.seg.Segmentation:
-    seg = hd.seg.Segmentation(
+    seg = _Segmentation(
         source_images=list(sources),
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -109,17 +140,15 @@ def covid_lesion_seg(sources: Sequence[Dataset], masks: Mapping[str, np.ndarray]
     """Ground-glass, consolidation and lungs on a single-frame CT series.
 
     `sources` are the slices in the order of the masks' first axis; `masks` maps a label of COVID_SEGMENTS to a
-    boolean (slices, rows, columns) array. Slices where every segment is empty are omitted.
+    boolean (slices, rows, columns) array, each read once (it may be made on reading). Slices where every segment
+    is empty are omitted.
     """
     unknown = set(masks) - set(COVID_SEGMENTS)
     if unknown:
         raise ValueError(f"unknown COVID segment label(s) {sorted(unknown)}; known: {sorted(COVID_SEGMENTS)}")
     labels = [label for label in COVID_SEGMENTS if label in masks]
     shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
-    for label in labels:
-        if masks[label].shape != shape:
-            raise ValueError(f"mask {label!r} is {masks[label].shape}; the series is {shape}")
-    pixels = np.stack([masks[label].astype(bool) for label in labels], axis=-1)
+    pixels = _stack_segments(masks, labels, shape)
     segments = [
         _segment(number, label, *COVID_SEGMENTS[label], model, derived_uid(job_id, "segment", label))
         for number, label in enumerate(labels, start=1)
@@ -127,3 +156,14 @@ def covid_lesion_seg(sources: Sequence[Dataset], masks: Mapping[str, np.ndarray]
     seg = _segmentation(sources, pixels, segments, model, job_id, "COVID-19 lesion segmentation")
     declare_private_scheme(seg)
     return seg
+
+
+def _stack_segments(masks: Mapping[str, np.ndarray], labels: list[str], shape: tuple[int, int, int]) -> np.ndarray:
+    """(slices, rows, columns, segments) booleans, filled one mask at a time: no list of full-size copies."""
+    pixels = np.empty((*shape, len(labels)), bool)
+    for number, label in enumerate(labels):
+        mask = masks[label]
+        if mask.shape != shape:
+            raise ValueError(f"mask {label!r} is {mask.shape}; the series is {shape}")
+        pixels[..., number] = mask
+    return pixels

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ class PipelineOutput:
     artifacts: list[ArtifactOutput] = field(default_factory=list)
     # Label masks over the source slices (name → bool (slices, rows, columns)) and the SOPInstanceUID of
     # each slice, for the DICOM SEG written after the pipeline.
-    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    masks: Mapping[str, np.ndarray] = field(default_factory=dict)
     mask_sop_instance_uids: list[str] = field(default_factory=list)
 
 

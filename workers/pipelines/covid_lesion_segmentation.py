@@ -13,8 +13,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from app.schemas.results import (
 from app.schemas.tasks import TaskName
 from workers.decoding import activate
 from workers.imaging.ct_series import CTVolume, load_ct_series
-from workers.imaging.lungs import LungMask, patient_x, segment_lungs
+from workers.imaging.lungs import LungMask, component_sizes, label_compact, patient_x, segment_lungs
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
 
@@ -61,14 +61,36 @@ class CovidLesionSegmentationPipeline:
         with stages("infer"):
             raw = predict_labels(ct.hu, manifest, onnx_runner(model))
         with stages("decode"):
-            labels, lungs = decode_labels(raw, lungs, ct.affine, manifest)
-            del raw
+            labels, lungs = decode_labels(raw, lungs, ct.affine, manifest)  # in place: `raw` is `labels` now
             result = build_result(ct, labels, lungs, manifest)
         with stages("outputs"):
             artifacts = write_artifacts(ct, labels, result.affected_slices)
-        masks = {"ground-glass": labels == GGO, "consolidation": labels == CONSOLIDATION, "lungs": lungs.labels > 0}
-        return PipelineOutput(result=result, artifacts=artifacts, masks=masks,
+        return PipelineOutput(result=result, artifacts=artifacts, masks=SegmentMasks(labels, lungs),
                               mask_sop_instance_uids=list(ct.sop_instance_uids))
+
+
+class SegmentMasks(Mapping[str, np.ndarray]):
+    """The DICOM SEG's boolean masks by segment label, each made when read.
+
+    The SEG is built after the pipeline returns, when the HU volume is gone; until then the job holds the two
+    label volumes only, not three more full-size masks beside them.
+    """
+
+    def __init__(self, labels: np.ndarray, lungs: LungMask) -> None:
+        self._make: dict[str, Callable[[], np.ndarray]] = {
+            "ground-glass": lambda: labels == GGO,
+            "consolidation": lambda: labels == CONSOLIDATION,
+            "lungs": lambda: lungs.both,
+        }
+
+    def __getitem__(self, label: str) -> np.ndarray:
+        return self._make[label]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._make)
+
+    def __len__(self) -> int:
+        return len(self._make)
 
 
 # --- steps ----------------------------------------------------------------------------------------
@@ -144,37 +166,75 @@ def decode_labels(raw: np.ndarray, lungs: LungMask, affine: np.ndarray,
     The classical lung mask is air, so dense consolidation against the chest wall falls outside it: a lesion
     component that touches the lung mask is kept whole and added to the lung it lies in (by patient x);
     components not touching the lungs are dropped. Returns the labels and the lungs so extended.
+
+    In place, so that a job holds no second copy of either volume: the labels returned are `raw` with the
+    dropped components cleared, and the lungs returned share `lungs.labels`, extended. Components are
+    labelled only within the lesions' bounding box, and the rest goes slice by slice.
+    """
+    box = _lesion_box(raw)
+    if box is None:
+        return raw, lungs
+    box_labels, box_lungs = raw[box], lungs.labels[box]
+    components, count = label_compact(box_labels, structure=np.ones((3, 3, 3), bool))
+    min_voxels = manifest.decoding.min_component_voxels or 0
+    keep = _touching_lungs(components, count, lungs.labels, box)
+    keep &= component_sizes(components, count) >= max(min_voxels, 1)
+    keep[0] = False
+    midline = _midline(lungs, affine)  # of the lungs as found: before any lesion extends them
+    origin = [axis.start for axis in box]
+    for k, plane in enumerate(components):
+        kept = keep[plane]
+        box_labels[k][~kept] = 0
+        r, c = np.nonzero(kept & (box_lungs[k] == 0))
+        if r.size:
+            x = patient_x(affine, origin[0] + k, r + origin[1], c + origin[2])
+            box_lungs[k][r, c] = np.where(x > midline, LungMask.LEFT, LungMask.RIGHT)
+    return raw, lungs
+
+
+def _lesion_box(raw: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The smallest box holding every nonzero voxel of the label volume; None when there is none."""
+    from scipy import ndimage
+
+    boxes = [box for box in ndimage.find_objects(raw) if box is not None]
+    if not boxes:
+        return None
+    return tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(3))
+
+
+def _touching_lungs(components: np.ndarray, count: int, lung_labels: np.ndarray,
+                    box: tuple[slice, slice, slice]) -> np.ndarray:
+    """Which components (labelled within `box`) touch the lungs grown by one voxel, 6-connected.
+
+    Slice by slice: in-plane the lungs grow within a one-pixel margin around the box, across slices by the
+    neighbouring slices themselves, so no whole-volume dilation is needed.
     """
     from scipy import ndimage
 
-    min_voxels = manifest.decoding.min_component_voxels or 0
-    lesion = raw > 0
-    components, count = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
-    labels = np.zeros(raw.shape, np.uint8)
-    extended = lungs.labels.copy()
-    if count == 0:
-        return labels, LungMask(extended)
-    sizes = np.bincount(components.ravel(), minlength=count + 1)
-    lung_near = ndimage.binary_dilation(lungs.both, structure=ndimage.generate_binary_structure(3, 1))
+    planes, rows, columns = box
+    outer_rows = slice(max(rows.start - 1, 0), rows.stop + 1)
+    outer_columns = slice(max(columns.start - 1, 0), columns.stop + 1)
+    inner = (slice(rows.start - outer_rows.start, rows.stop - outer_rows.start),
+             slice(columns.start - outer_columns.start, columns.stop - outer_columns.start))
+    cross = ndimage.generate_binary_structure(2, 1)
     touching = np.zeros(count + 1, bool)
-    touching[np.unique(components[lung_near & lesion])] = True
-    keep = touching & (sizes >= max(min_voxels, 1))
-    keep[0] = False
-    kept = keep[components]
-    labels[kept] = raw[kept]
-    grow = kept & (extended == 0)
-    if grow.any():
-        s, r, c = np.nonzero(grow)
-        x = patient_x(affine, s, r, c)
-        right_x = _mean_x(lungs.right, affine)
-        left_x = _mean_x(lungs.left, affine)
-        midline = (right_x + left_x) / 2 if right_x is not None and left_x is not None else 0.0
-        extended[s, r, c] = np.where(x > midline, LungMask.LEFT, LungMask.RIGHT)
-    return labels, LungMask(extended)
+    for k, index in enumerate(range(planes.start, planes.stop)):
+        near = ndimage.binary_dilation(lung_labels[index, outer_rows, outer_columns] > 0, cross)[inner]
+        for neighbour in (index - 1, index + 1):
+            if 0 <= neighbour < lung_labels.shape[0]:
+                near |= lung_labels[neighbour, rows, columns] > 0
+        touching[components[k][near]] = True
+    return touching
 
 
-def _mean_x(mask: np.ndarray, affine: np.ndarray) -> float | None:
-    s, r, c = np.nonzero(mask[:, ::4, ::4])
+def _midline(lungs: LungMask, affine: np.ndarray) -> float:
+    right_x = _mean_x(lungs.labels, LungMask.RIGHT, affine)
+    left_x = _mean_x(lungs.labels, LungMask.LEFT, affine)
+    return (right_x + left_x) / 2 if right_x is not None and left_x is not None else 0.0
+
+
+def _mean_x(lung_labels: np.ndarray, side: int, affine: np.ndarray) -> float | None:
+    s, r, c = np.nonzero(lung_labels[:, ::4, ::4] == side)
     if s.size == 0:
         return None
     return float(patient_x(affine, s, r * 4, c * 4).mean())
@@ -208,49 +268,80 @@ def _slice_z(affine: np.ndarray, index: int, shape: tuple[int, int]) -> np.ndarr
     return affine[2, 3] + affine[2, 2] * index + affine[2, 1] * r + affine[2, 0] * c
 
 
-def zone_involvement(lung: np.ndarray, lesion: np.ndarray, affine: np.ndarray) -> ZoneInvolvement:
+def zone_involvement(lung_labels: np.ndarray, side: int, labels: np.ndarray, affine: np.ndarray) -> ZoneInvolvement:
     """Lesion percentage of one lung in thirds of its height along patient z (LPS +z: superior).
 
-    Slice by slice, so memory stays at one slice of coordinates whatever the series' size."""
-    occupied = [i for i in range(lung.shape[0]) if lung[i].any()]
+    The lung is `side` in `lung_labels`, lesions are `labels` above 0. Slice by slice, so memory stays at one
+    slice of masks and coordinates whatever the series' size."""
+    occupied = [i for i in range(lung_labels.shape[0]) if (lung_labels[i] == side).any()]
     if not occupied:
         return ZoneInvolvement(upper=0.0, middle=0.0, lower=0.0)
     low, high = np.inf, -np.inf
     for index in occupied:
-        z = _slice_z(affine, index, lung.shape[1:])[lung[index]]
+        z = _slice_z(affine, index, lung_labels.shape[1:])[lung_labels[index] == side]
         low, high = min(low, float(z.min())), max(high, float(z.max()))
     cuts = [low + (high - low) / 3, low + 2 * (high - low) / 3]
     lung_counts, lesion_counts = np.zeros(3, np.int64), np.zeros(3, np.int64)
     for index in occupied:
-        z = _slice_z(affine, index, lung.shape[1:])
-        zone = np.digitize(z, cuts)  # 0 lower, 1 middle, 2 upper
-        lung_counts += np.bincount(zone[lung[index]], minlength=3)
-        lesion_counts += np.bincount(zone[lung[index] & lesion[index]], minlength=3)
+        lung = lung_labels[index] == side
+        zone = np.digitize(_slice_z(affine, index, lung_labels.shape[1:]), cuts)  # 0 lower, 1 middle, 2 upper
+        lung_counts += np.bincount(zone[lung], minlength=3)
+        lesion_counts += np.bincount(zone[lung & (labels[index] > 0)], minlength=3)
     lower, middle, upper = (_percent(int(a), int(b)) for a, b in zip(lesion_counts, lung_counts, strict=True))
     return ZoneInvolvement(upper=upper, middle=middle, lower=lower)
+
+
+@dataclass
+class _VoxelCounts:
+    """Every count the result needs, gathered slice by slice: no whole-volume masks."""
+
+    ggo: int = 0
+    consolidation: int = 0
+    lesion: int = 0
+    lung: dict[int, int] = field(default_factory=lambda: {LungMask.RIGHT: 0, LungMask.LEFT: 0})
+    lesion_in_lung: dict[int, int] = field(default_factory=lambda: {LungMask.RIGHT: 0, LungMask.LEFT: 0})
+    affected_slices: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, labels: np.ndarray, lungs: LungMask) -> _VoxelCounts:
+        counts = cls()
+        for index, (plane, lung_plane) in enumerate(zip(labels, lungs.labels, strict=True)):
+            counts.add_slice(index, plane, lung_plane)
+        return counts
+
+    def add_slice(self, index: int, plane: np.ndarray, lung_plane: np.ndarray) -> None:
+        lesion = plane > 0
+        n_lesion = int(np.count_nonzero(lesion))
+        if n_lesion:
+            self.affected_slices.append(index)
+        self.lesion += n_lesion
+        self.ggo += int(np.count_nonzero(plane == GGO))
+        self.consolidation += int(np.count_nonzero(plane == CONSOLIDATION))
+        for side in self.lung:
+            in_side = lung_plane == side
+            self.lung[side] += int(np.count_nonzero(in_side))
+            self.lesion_in_lung[side] += int(np.count_nonzero(in_side & lesion))
 
 
 def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
                  manifest: ModelManifest) -> CovidLesionSegmentationResult:
     voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
-    lesion = labels > 0
-    right, left = lungs.right, lungs.left
-    counts = {"ggo": int((labels == GGO).sum()), "consolidation": int((labels == CONSOLIDATION).sum())}
-    affected = [int(i) for i in np.nonzero(lesion.any(axis=(1, 2)))[0]]
+    counts = _VoxelCounts.of(labels, lungs)
+    right, left = LungMask.RIGHT, LungMask.LEFT
     return CovidLesionSegmentationResult(
         series_instance_uid=ct.series_instance_uid,
-        lung_volume_ml=LungVolumes(left=round(int(left.sum()) * voxel_ml, 2),
-                                   right=round(int(right.sum()) * voxel_ml, 2)),
+        lung_volume_ml=LungVolumes(left=round(counts.lung[left] * voxel_ml, 2),
+                                   right=round(counts.lung[right] * voxel_ml, 2)),
         lesion_volume_ml=LesionVolumes(
-            ggo=round(counts["ggo"] * voxel_ml, 2), consolidation=round(counts["consolidation"] * voxel_ml, 2),
-            total=round((counts["ggo"] + counts["consolidation"]) * voxel_ml, 2)),
+            ggo=round(counts.ggo * voxel_ml, 2), consolidation=round(counts.consolidation * voxel_ml, 2),
+            total=round((counts.ggo + counts.consolidation) * voxel_ml, 2)),
         involvement_percent=InvolvementPercent(
-            left=_percent(int((lesion & left).sum()), int(left.sum())),
-            right=_percent(int((lesion & right).sum()), int(right.sum())),
-            total=_percent(int(lesion.sum()), int(lungs.both.sum()))),
-        involvement_by_zone=InvolvementByZone(left=zone_involvement(left, lesion, ct.affine),
-                                              right=zone_involvement(right, lesion, ct.affine)),
-        affected_slices=affected,
+            left=_percent(counts.lesion_in_lung[left], counts.lung[left]),
+            right=_percent(counts.lesion_in_lung[right], counts.lung[right]),
+            total=_percent(counts.lesion, counts.lung[left] + counts.lung[right])),
+        involvement_by_zone=InvolvementByZone(left=zone_involvement(lungs.labels, left, labels, ct.affine),
+                                              right=zone_involvement(lungs.labels, right, labels, ct.affine)),
+        affected_slices=counts.affected_slices,
         spacing_mm=tuple(round(float(v), 4) for v in ct.spacing_mm),
         n_slices=ct.geometry.n_slices,
         definitions=DEFINITIONS,
@@ -271,12 +362,16 @@ def label_nifti(labels: np.ndarray, lps_affine: np.ndarray) -> bytes:
     """The label volume as gzipped NIfTI-1, voxel (i, j, k) = (column, row, slice) of the series."""
     import nibabel as nib
 
-    image = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), nifti_affine(lps_affine))
+    # The transposed view, not a copy: NIfTI stores column-fastest, so nibabel writes it slice by slice as is.
+    image = nib.Nifti1Image(labels.transpose(2, 1, 0), nifti_affine(lps_affine))
     image.header.set_xyzt_units("mm")
     image.header["descrip"] = b"0 background, 1 ground-glass, 2 consolidation"
     image.set_qform(image.affine, code=1)  # scanner coordinates
     image.set_sform(image.affine, code=1)
-    return gzip.compress(image.to_bytes(), compresslevel=6)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6) as stream:  # never the whole file uncompressed
+        image.to_stream(stream)
+    return buffer.getvalue()
 
 
 def _png(array: np.ndarray) -> bytes:
