@@ -25,7 +25,7 @@ def test_predict_dicom_prints_result_and_writes_artifacts(tmp_path: Path) -> Non
     document = json.loads(completed.stdout)
     assert document["status"] == "succeeded"
     assert document["result"]["grade"] >= 2
-    assert (out / "retina.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "retina.jpg").read_bytes().startswith(b"\xff\xd8\xff")  # JPEG
     assert "100%" in completed.stderr  # the progress bar reached its end
 
 

@@ -26,7 +26,7 @@ def test_restart_keeps_results_and_resumes_queued_jobs(tmp_path) -> None:
 
         again = httpx.get(f"{service.url}/v1/jobs/{done['id']}").json()
         assert again["status"] == "succeeded" and again["result"] == done["result"]
-        assert get_artifact(service, again, "retina.png").status_code == 200
+        assert get_artifact(service, again, "retina.jpg").status_code == 200
         finished = [wait_job(service, job_id, timeout=120) for job_id in pending]
         assert [job["status"] for job in finished] == ["succeeded"] * len(pending)
     finally:

@@ -21,7 +21,7 @@ def test_purge_expired_removes_inputs_then_jobs(tmp_path) -> None:
     def finished_job(hours_ago: float):
         job = stored_dr_job(blobs, repository, b"png", status=JobStatus.SUCCEEDED,
                             finished_at=now - timedelta(hours=hours_ago))
-        blobs.put_bytes(f"jobs/{job.id}/artifacts/retina.png", b"png")
+        blobs.put_bytes(f"jobs/{job.id}/artifacts/retina.jpg", b"png")
         return jobs.create(job)[0]
 
     fresh, old_inputs, expired = finished_job(0.5), finished_job(2), finished_job(30)
@@ -32,7 +32,7 @@ def test_purge_expired_removes_inputs_then_jobs(tmp_path) -> None:
     assert (report.inputs_removed, report.jobs_removed) == (1, 1)
     assert blobs.exists(fresh.inputs[0].key)
     assert not blobs.exists(old_inputs.inputs[0].key)
-    assert jobs.get(old_inputs.id).inputs == [] and blobs.exists(f"jobs/{old_inputs.id}/artifacts/retina.png")
+    assert jobs.get(old_inputs.id).inputs == [] and blobs.exists(f"jobs/{old_inputs.id}/artifacts/retina.jpg")
     assert expired.id not in {j.id for j in jobs.iter_jobs()}
     assert not (settings.blob_dir / "jobs" / expired.id).exists()
     assert blobs.exists(running.inputs[0].key)

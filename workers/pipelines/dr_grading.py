@@ -19,6 +19,10 @@ from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
 
 
+PREVIEW_NAME = "retina.jpg"
+PREVIEW_JPEG_QUALITY = 90
+
+
 class DRGradingPipeline:
     task = TaskName.DR_GRADING
     stages = ("load", "preprocess", "infer", "decode", "outputs")
@@ -69,7 +73,11 @@ def grade_from_logits(logits: np.ndarray, manifest: ModelManifest, options: DRGr
 
 
 def retina_preview(graded: np.ndarray) -> ArtifactOutput:
-    """The pixels the model graded (its crop, at its input size), so a reader can check the region used."""
+    """The pixels the model graded (its crop, at its input size), so a reader can check the region used.
+
+    JPEG, as fundus cameras write: a photograph for the eye, not a mask to measure, and encoding it costs
+    about a twentieth of a PNG's deflate (0.4 against 8 ms at 224 px, 1.5 against 49 ms at 512 px here).
+    """
     buffer = io.BytesIO()
-    Image.fromarray(graded).save(buffer, format="PNG", compress_level=1)
-    return ArtifactOutput(name="retina.png", media_type="image/png", data=buffer.getvalue())
+    Image.fromarray(graded).save(buffer, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
+    return ArtifactOutput(name=PREVIEW_NAME, media_type="image/jpeg", data=buffer.getvalue())

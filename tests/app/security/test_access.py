@@ -59,7 +59,7 @@ def test_read_job_x_api_key_header_works(keyed_service: Service, clinic_a_job: d
 
 def test_read_job_other_caller_not_found(keyed_service: Service, clinic_a_job: dict) -> None:
     job_id = clinic_a_job["id"]
-    for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/artifacts/retina.png"):
+    for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/artifacts/retina.jpg"):
         response = httpx.get(f"{keyed_service.url}{path}", headers=auth("clinic-b"))
         assert response.status_code == 404, path
         assert response.json()["code"] == "job-not-found"

@@ -11,11 +11,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_read_artifact_streams_from_s3(ops_service: Service, ops_dicom_job: dict, moto_server) -> None:
-    artifact = next(a for a in ops_dicom_job["artifacts"] if a["name"] == "retina.png")
+    artifact = next(a for a in ops_dicom_job["artifacts"] if a["name"] == "retina.jpg")
     response = get_artifact(ops_service, ops_dicom_job, artifact["name"])
     assert response.status_code == 200
     assert response.headers["content-type"] == artifact["media_type"]
-    assert len(response.content) == artifact["size_bytes"] and response.content.startswith(b"\x89PNG")
+    assert len(response.content) == artifact["size_bytes"] and response.content.startswith(b"\xff\xd8\xff")
     bucket = ops_service.env["MEDIMG_BLOB_URL"].removeprefix("s3://").split("/")[0]
     keys = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert f"blobs/jobs/{ops_dicom_job['id']}/artifacts/{artifact['name']}" in keys

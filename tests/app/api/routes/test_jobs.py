@@ -66,11 +66,10 @@ def test_create_job_dr_grading_succeeds(service: Service, encoding: str) -> None
     assert_dr_result(job)
     assert job["result"]["grade"] >= 2, "a proliferative synthetic eye must at least be graded referable-range"
     assert job["started_at"] and job["finished_at"]
-    preview = get_artifact(service, job, "retina.png")
-    assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
-    assert preview.content.startswith(b"\x89PNG")
+    preview = get_artifact(service, job, "retina.jpg")
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
     with Image.open(io.BytesIO(preview.content)) as shown:  # the crop at the model's input size
-        assert shown.size == (224, 224) and shown.mode == "RGB"
+        assert shown.format == "JPEG" and shown.size == (224, 224) and shown.mode == "RGB"
 
 
 def test_create_job_prefer_wait_answers_the_finished_job_in_one_round_trip(service: Service) -> None:
@@ -214,7 +213,7 @@ def test_read_artifact_not_found_names_available(embedded_service: Service) -> N
     job = run_job(embedded_service, "dr-grading", [("a.png", png_bytes(make_fundus(2).rgb))])
     response = get_artifact(embedded_service, job, "nope.png")
     assert response.status_code == 404
-    assert "retina.png" in response.json()["detail"]
+    assert "retina.jpg" in response.json()["detail"]
 
 
 def test_read_job_wait_returns_when_finished(embedded_service: Service) -> None:
@@ -233,4 +232,4 @@ def test_delete_job_removes_everything(service: Service) -> None:
     assert response.status_code == 204
     assert not job_dir.exists()
     assert httpx.get(f"{service.url}/v1/jobs/{job['id']}").status_code == 404
-    assert get_artifact(service, job, "retina.png").status_code == 404
+    assert get_artifact(service, job, "retina.jpg").status_code == 404
