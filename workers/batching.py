@@ -4,6 +4,8 @@ The first caller to find no batch in progress becomes the leader: it waits at mo
 company (or until `max_rows` rows are pending), runs everyone's rows as one batch along axis 0, and hands
 each caller its own slice of the outputs. Under load, callers that arrive while a batch runs form the next
 one, so batches grow with the load without anyone waiting when the service is idle (`max_wait` 0).
+A leader runs one batch, then hands the lead to the oldest waiting caller: a leader that ran batch after
+batch would hold its own job back for as long as the load lasted (the latency tail this once caused).
 Calls whose non-batch shapes differ from the leader's run in a batch of their own.
 """
 
@@ -25,7 +27,9 @@ class _Pending:
     feeds: Feeds
     rows: int
     signature: tuple
-    done: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)  # finished, or handed the lead
+    finished: bool = False
+    leads: bool = False
     outputs: Outputs | None = None
     error: BaseException | None = None
 
@@ -51,32 +55,35 @@ class MicroBatcher:
         with self._lock:
             self._pending.append(item)
             self._lock.notify_all()
-            lead = not self._leader_active
-            if lead:
+            if not self._leader_active:
                 self._leader_active = True
-        if lead:
-            self._lead()
-        item.done.wait()
+                item.leads = True
+        while not item.finished:
+            if item.leads:
+                self._lead_once()  # the oldest pending call is always in the batch it runs: this one
+            else:
+                item.wake.wait()
+                item.wake.clear()
         if item.error is not None:
             raise item.error
         return item.outputs
 
-    def _lead(self) -> None:
+    def _lead_once(self) -> None:
         try:
-            while True:
-                with self._lock:
-                    deadline = time.monotonic() + self.max_wait
-                    while self._pending_rows() < self.max_rows and (left := deadline - time.monotonic()) > 0:
-                        self._lock.wait(left)
-                    batch = self._take_batch()
-                    if not batch:
-                        self._leader_active = False
-                        return
-                self._execute(batch)
-        except BaseException:
             with self._lock:
-                self._leader_active = False
-            raise
+                deadline = time.monotonic() + self.max_wait
+                while self._pending_rows() < self.max_rows and (left := deadline - time.monotonic()) > 0:
+                    self._lock.wait(left)
+                batch = self._take_batch()
+            self._execute(batch)
+        finally:
+            with self._lock:
+                if self._pending:
+                    successor = self._pending[0]
+                    successor.leads = True
+                    successor.wake.set()
+                else:
+                    self._leader_active = False
 
     def _pending_rows(self) -> int:
         return sum(item.rows for item in self._pending)
@@ -110,4 +117,5 @@ class MicroBatcher:
                 item.error = exc
         finally:
             for item in batch:
-                item.done.set()
+                item.finished = True
+                item.wake.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -98,3 +99,42 @@ def test_celery_thread_pool_batches_jobs_with_unchanged_results(tmp_path, redis_
             assert one["result"]["probabilities"] == pytest.approx(other["result"]["probabilities"], abs=1e-4)
     finally:
         service.stop()
+
+
+def test_a_leader_returns_after_its_own_batch_while_calls_keep_coming() -> None:
+    """Leading hands over after one batch, so no job is held back running other jobs' batches."""
+    batches_done: list[int] = []
+    first_batch_running, release_first, leader_returned = threading.Event(), threading.Event(), threading.Event()
+    leader_back_before_second_batch: list[bool] = []
+
+    def run_batch(feeds):
+        if len(batches_done) == 0:
+            first_batch_running.set()
+            release_first.wait(10)
+        elif len(batches_done) == 1:  # were the leader still leading, it would be the one waiting here
+            leader_back_before_second_batch.append(leader_returned.wait(3))
+        batches_done.append(len(feeds["x"]))
+        return {"y": feeds["x"] * 2}
+
+    batcher = MicroBatcher(run_batch, max_rows=2, max_wait_seconds=0)
+    results: dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        results[i] = batcher.run({"x": np.full((1, 3), i, np.float32)})["y"]
+        if i == 0:
+            leader_returned.set()
+
+    leader = threading.Thread(target=call, args=(0,))
+    leader.start()
+    assert first_batch_running.wait(10)
+    followers = [threading.Thread(target=call, args=(i,)) for i in range(1, 11)]
+    for thread in followers:
+        thread.start()
+    time.sleep(0.3)  # all ten are queued behind the running batch
+    release_first.set()
+    for thread in [leader, *followers]:
+        thread.join(15)
+    assert leader_back_before_second_batch == [True], "the first caller went on leading later batches"
+    assert batches_done == [1, 2, 2, 2, 2, 2]
+    for i in range(11):
+        np.testing.assert_array_equal(results[i], np.full((1, 3), 2 * i, np.float32))
