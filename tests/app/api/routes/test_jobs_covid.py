@@ -21,11 +21,9 @@ from tests.utils.ct import synthetic_ct, zip_bytes
 from tests.utils.services import Service
 
 TASK = "covid-lesion-segmentation"
-# The first three test-split scans (never trained on) with at least 100 ml of lesion, in seed order: a 10 %
-# volume tolerance on a few millilitres measures partial-volume noise more than the model. The model card's
-# evaluate.py figures cover every test scan, small lesion loads included.
-HELD_OUT = (1, 2, 7)
-MIN_TRUE_ML = 100.0
+# The first four test-split scans (never trained on) that have lesions, in seed order (scan 3 has none):
+# coarse and fine matrices, 49 to 726 ml of lesion. The model card's evaluate.py figures cover all 12.
+HELD_OUT = (0, 1, 2, 4)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +66,7 @@ def test_create_job_covid_segments_held_out_scans_within_tolerances(embedded_ser
         result = job["result"]
         voxel_ml = float(np.prod(case.grid.spacing)) / 1000.0
         true = case.labels > 0
-        assert true.sum() * voxel_ml >= MIN_TRUE_ML
+        assert true.any()
 
         labels = reloaded_labels(embedded_service, job, case)
         lesion_dice = dice(labels > 0, true)
