@@ -8,6 +8,7 @@ With `--pool threads` one process runs several jobs at once and their model runs
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from celery.exceptions import Reject
@@ -72,13 +73,34 @@ def _stop_process(**_) -> None:
 
 @celery_app.task(name=RUN_JOB_TASK, acks_late=True)
 def run_job_task(job_id: str) -> str | None:
+    runtime = get_runtime()
     try:
-        job = run_job(job_id, get_runtime())
+        job = run_job(job_id, runtime)
     except redis.RedisError as exc:
-        # The job store is unreachable (Redis restarting): hand the message back rather than let Celery
-        # acknowledge a failure. If the broker is down too, the message stays unacknowledged and Redis
-        # redelivers it after the visibility timeout.
-        log.warning("job %s: job store unreachable (%s); the message goes back to the queue", job_id,
-                    type(exc).__name__)
-        raise Reject(f"job store unreachable: {type(exc).__name__}", requeue=True) from exc
+        # The job store is unreachable (Redis restarting). The broker is usually that same Redis, so a
+        # requeue now could be lost with it: wait for the store to answer, then run the job again here
+        # (the runner takes over a job left `running`). Only if that fails too does the message go back.
+        log.warning("job %s: job store unreachable (%s); waiting for it", job_id, type(exc).__name__)
+        if not _store_answers_within(runtime, STORE_OUTAGE_WAIT_SECONDS):
+            raise Reject(f"job store unreachable: {type(exc).__name__}", requeue=True) from exc
+        try:
+            job = run_job(job_id, runtime)
+        except redis.RedisError as again:
+            log.warning("job %s: job store unreachable again (%s); the message goes back to the queue", job_id,
+                        type(again).__name__)
+            raise Reject(f"job store unreachable: {type(again).__name__}", requeue=True) from again
     return None if job is None else job.status.value
+
+
+STORE_OUTAGE_WAIT_SECONDS = 30.0
+
+
+def _store_answers_within(runtime: WorkerRuntime, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            runtime.jobs.ping()
+            return True
+        except redis.RedisError:
+            time.sleep(0.5)
+    return False
