@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         "already waiting, so an idle service adds no latency"
     )
     inference_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose")
+    inference_thread_spinning: bool = Field(
+        False, description="Let ONNX Runtime's idle threads spin for the next run. Off by default: spinning threads "
+        "take the cores that decode and preprocess the next jobs (see bench.dr)"
+    )
     providers: list[str] | None = Field(
         None, description="ONNX Runtime providers to try in order; default TensorRT, CUDA, then CPU"
     )

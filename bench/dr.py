@@ -6,8 +6,10 @@
 For each model it measures (a) raw `session.run` on preprocessed tensors at batch 1…16, the limit;
 (b) `medimg predict`'s code path in-process, one job after another; (c) the embedded HTTP service under
 concurrent clients; (d) Celery mode with 1 and 2 worker processes (thread pools, micro-batched); (e) the
-same model in LitServe with its batching on. Throughput, p50/p95/p99 latency, the per-stage breakdown the
-job documents carry, peak memory, and ratios to (a). Writes bench/results/dr-<time>.{json,md}.
+same model in LitServe with its batching on. Throughput, p50/p95/p99 latency, the latency added to raw
+`session.run` at batch 1, the per-stage breakdown the job documents carry, peak memory, and ratios to (a).
+Uploads are PNG; one row sends JPEGs, as fundus cameras write; two rows run with ONNX Runtime's idle threads
+spinning (its default) beside the service's setting. Writes bench/results/dr-<time>.{json,md}.
 The stand-in needs torch (the `train` extra) to be built. Figures depend on the machine and its load.
 """
 
@@ -34,7 +36,7 @@ from app.config import Settings
 from app.model_repository import ModelRepository
 from app.schemas.tasks import TaskName
 from bench.standin import build_standin_repository
-from tests.utils.fundus import make_fundus, png_bytes
+from tests.utils.fundus import jpeg_bytes, make_fundus, png_bytes
 from tests.utils.reference_models import MODELS_DIR, REPO_ROOT
 from tests.utils.services import RedisServer, Service, free_port, service_env
 from workers.imaging.fundus import preprocess_fundus
@@ -42,6 +44,7 @@ from workers.local import predict_files
 from workers.runtime import WorkerRuntime
 
 RESULTS = REPO_ROOT / "bench" / "results"
+Upload = tuple[str, bytes]  # file name, content
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -84,14 +87,14 @@ def raw_limit(version, photos: list[np.ndarray]) -> dict:
     return {"throughput_per_s": by_batch[best], "best_batch": best, "by_batch": by_batch, **percentiles(single)}
 
 
-def in_process(repository_root: Path, pngs: list[bytes]) -> dict:
+def in_process(repository_root: Path, uploads: list[Upload]) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         settings = Settings(data_dir=Path(scratch), model_repository=repository_root)
         runtime = WorkerRuntime.create(settings)
         runtime.warm_up([TaskName.DR_GRADING])
         paths = []
-        for index, data in enumerate(pngs):
-            path = Path(scratch) / f"{index}.png"
+        for index, (name, data) in enumerate(uploads):
+            path = Path(scratch) / f"{index}-{name}"
             path.write_bytes(data)
             paths.append(path)
         latencies, stages = [], []
@@ -102,7 +105,7 @@ def in_process(repository_root: Path, pngs: list[bytes]) -> dict:
             latencies.append(time.perf_counter() - begun)
             stages.append(job.stage_seconds)
         elapsed = time.perf_counter() - started
-    return {"throughput_per_s": round(len(pngs) / elapsed, 2), **percentiles(latencies), "stages_ms": _stages(stages),
+    return {"throughput_per_s": round(len(uploads) / elapsed, 2), **percentiles(latencies), "stages_ms": _stages(stages),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -111,12 +114,12 @@ def _stages(documents: list[dict]) -> dict[str, float]:
     return {name: round(float(np.median([doc.get(name, 0.0) for doc in documents])) * 1000, 2) for name in names}
 
 
-def http_load(url: str, pngs: list[bytes], concurrency: int) -> dict:
-    def one(data: bytes) -> tuple[float, float, dict]:
+def http_load(url: str, uploads: list[Upload], concurrency: int) -> dict:
+    def one(upload: Upload) -> tuple[float, float, dict]:
         # One round trip, as a synchronous client would (`Prefer: wait`); a 202 falls back to the long poll.
         with httpx.Client(timeout=120) as client:
             wall, begun = time.time(), time.perf_counter()
-            submitted = client.post(f"{url}/v1/jobs", data={"task": "dr-grading"}, files=[("files", ("e.png", data))],
+            submitted = client.post(f"{url}/v1/jobs", data={"task": "dr-grading"}, files=[("files", upload)],
                                     headers={"Prefer": "wait=60"})
             job = submitted.json()
             if submitted.status_code == 202:
@@ -126,9 +129,9 @@ def http_load(url: str, pngs: list[bytes], concurrency: int) -> dict:
             return latency, upload, job
 
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, pngs[: max(concurrency, 2)]))  # warm the connection paths
+        list(pool.map(one, uploads[: max(concurrency, 2)]))  # warm the connection paths
         started = time.perf_counter()
-        outcomes = list(pool.map(one, pngs))
+        outcomes = list(pool.map(one, uploads))
         elapsed = time.perf_counter() - started
     jobs = [job for _, _, job in outcomes]
     assert all(job["status"] == "succeeded" for job in jobs), [j.get("error") for j in jobs if j["status"] != "succeeded"]
@@ -136,28 +139,26 @@ def http_load(url: str, pngs: list[bytes], concurrency: int) -> dict:
     for stage, job in zip(stages, jobs, strict=True):
         stage["queue_wait"] = _seconds_between(job["created_at"], job["started_at"])
     latencies = [latency for latency, _, _ in outcomes]
-    infer_p50 = float(np.median([s.get("infer", 0.0) for s in stages]))
-    return {"throughput_per_s": round(len(pngs) / elapsed, 2), **percentiles(latencies), "stages_ms": _stages(stages),
-            "added_latency_p50_ms": round((float(np.median(latencies)) - infer_p50) * 1000, 2)}
+    return {"throughput_per_s": round(len(uploads) / elapsed, 2), **percentiles(latencies), "stages_ms": _stages(stages)}
 
 
 def _seconds_between(start: str, end: str) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
-def embedded(repository_root: Path, pngs: list[bytes], concurrency: int, workdir: Path) -> dict:
+def embedded(repository_root: Path, uploads: list[Upload], concurrency: int, workdir: Path, **env: str) -> dict:
     service = Service(workdir / "embedded", service_env(workdir / "embedded", MEDIMG_MODEL_REPOSITORY=str(repository_root),
-                                                        MEDIMG_EMBEDDED_WORKERS=str(concurrency)))
+                                                        MEDIMG_EMBEDDED_WORKERS=str(concurrency), **env))
     service.start_gateway(timeout=300)
     try:
-        figures = http_load(service.url, pngs, concurrency)
+        figures = http_load(service.url, uploads, concurrency)
         figures["peak_rss_mb"] = peak_rss_mb([service.gateway.process.pid])
         return figures
     finally:
         service.stop()
 
 
-def celery(repository_root: Path, pngs: list[bytes], concurrency: int, workers: int, workdir: Path) -> dict:
+def celery(repository_root: Path, uploads: list[Upload], concurrency: int, workers: int, workdir: Path) -> dict:
     redis_server = RedisServer(workdir / f"redis-{workers}").start()
     data = workdir / f"celery-{workers}"
     service = Service(data, service_env(data, redis_server.url, MEDIMG_MODEL_REPOSITORY=str(repository_root)))
@@ -165,7 +166,7 @@ def celery(repository_root: Path, pngs: list[bytes], concurrency: int, workers: 
         for _ in range(workers):
             service.start_worker(concurrency=max(2, concurrency // workers), pool="threads")
         service.start_gateway(timeout=300)
-        figures = http_load(service.url, pngs, concurrency)
+        figures = http_load(service.url, uploads, concurrency)
         figures["peak_rss_mb"] = peak_rss_mb([p.process.pid for p in [service.gateway, *service.workers]])
         return figures
     finally:
@@ -173,7 +174,7 @@ def celery(repository_root: Path, pngs: list[bytes], concurrency: int, workers: 
         redis_server.stop()
 
 
-def litserve_peer(model_dir: Path, pngs: list[bytes], concurrency: int, workdir: Path) -> dict:
+def litserve_peer(model_dir: Path, uploads: list[Upload], concurrency: int, workdir: Path) -> dict:
     port = free_port()
     log = (workdir / "litserve.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "bench.peer_litserve", str(model_dir), str(port), "8", "0.005"],
@@ -189,7 +190,7 @@ def litserve_peer(model_dir: Path, pngs: list[bytes], concurrency: int, workdir:
             if time.monotonic() > deadline:
                 raise TimeoutError("LitServe did not start; see litserve.log")
             time.sleep(0.5)
-        payloads = [{"image": base64.b64encode(p).decode()} for p in pngs]
+        payloads = [{"image": base64.b64encode(data).decode()} for _, data in uploads]
 
         def one(payload: dict) -> float:
             with httpx.Client(timeout=120) as client:
@@ -204,7 +205,7 @@ def litserve_peer(model_dir: Path, pngs: list[bytes], concurrency: int, workdir:
             elapsed = time.perf_counter() - started
         pids = [process.pid] + [int(p) for p in subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True,
                                                                text=True).stdout.split()]
-        return {"throughput_per_s": round(len(pngs) / elapsed, 2), **percentiles(latencies),
+        return {"throughput_per_s": round(len(uploads) / elapsed, 2), **percentiles(latencies),
                 "peak_rss_mb": peak_rss_mb(sorted(set(pids)))}
     finally:
         os.killpg(process.pid, 15)
@@ -217,21 +218,32 @@ def benchmark_model(label: str, repository_root: Path, model_id: str, jobs: int,
     version = repository.get(model_id)
     model_dir = version.directory
     rgbs = [make_fundus(seed).rgb for seed in range(min(jobs, 32))]
-    pngs = [png_bytes(rgbs[i % len(rgbs)]) for i in range(jobs)]
+    pngs = [("fundus.png", png_bytes(rgbs[i % len(rgbs)])) for i in range(jobs)]
+    jpegs = [("fundus.jpg", jpeg_bytes(rgbs[i % len(rgbs)])) for i in range(16)]
     rows = {"a_raw_onnxruntime": raw_limit(version, rgbs)}
     print(f"[{label}] raw limit: {rows['a_raw_onnxruntime']['throughput_per_s']}/s", flush=True)
     rows["b_predict_in_process"] = in_process(repository_root, pngs[: max(8, jobs // 4)])
     # One client at a time: the latency the service adds around the model, without queueing behind others.
     rows["c_embedded_http_c1"] = embedded(repository_root, pngs[:16], 1, workdir / label / "c1")
+    rows["c_embedded_http_c1_jpeg"] = embedded(repository_root, jpegs, 1, workdir / label / "c1-jpeg")
     rows["d_celery_1_worker_c1"] = celery(repository_root, pngs[:16], 1, 1, workdir / label / "c1")
     rows[f"c_embedded_http_c{concurrency}"] = embedded(repository_root, pngs, concurrency, workdir / label)
+    # ONNX Runtime's own default, side by side with the service's (idle threads do not spin).
+    rows["c_embedded_http_c1_ort_spinning"] = embedded(repository_root, pngs[:16], 1, workdir / label / "c1-spin",
+                                                       MEDIMG_INFERENCE_THREAD_SPINNING="1")
+    rows[f"c_embedded_http_c{concurrency}_ort_spinning"] = embedded(
+        repository_root, pngs, concurrency, workdir / label / "spin", MEDIMG_INFERENCE_THREAD_SPINNING="1")
     for workers in (1, 2):
         rows[f"d_celery_{workers}_worker_c{concurrency}"] = celery(repository_root, pngs, concurrency, workers,
                                                                   workdir / label)
     rows[f"e_litserve_c{concurrency}"] = litserve_peer(model_dir, pngs, concurrency, workdir / label)
     limit = rows["a_raw_onnxruntime"]["throughput_per_s"]
+    # Added latency: what a job takes beyond the bare model call, raw `session.run` at batch 1 (p50s).
+    raw_p50 = rows["a_raw_onnxruntime"]["p50_ms"]
     for name, row in rows.items():
         row["ratio_to_raw"] = round(row["throughput_per_s"] / limit, 3)
+        if name.startswith(("c_", "d_")):
+            row["added_latency_p50_ms"] = round(row["p50_ms"] - raw_p50, 2)
         print(f"[{label}] {name}: {row['throughput_per_s']}/s ({row['ratio_to_raw']}x raw), p50 {row['p50_ms']} ms",
               flush=True)
     return rows

@@ -100,11 +100,15 @@ class LoadedModel:
             self.warmup_seconds)
 
 
-def load_model(version: ModelVersion, requested_providers: list[str] | None = None, threads: int = 0) -> LoadedModel:
+def load_model(version: ModelVersion, requested_providers: list[str] | None = None, threads: int = 0,
+               thread_spinning: bool = False) -> LoadedModel:
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    # ONNX Runtime's default keeps idle intra-op threads busy-waiting for the next run; in a worker those
+    # cycles belong to the decoding and preprocessing of the jobs behind it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if thread_spinning else "0")
     providers = choose_providers(ort.get_available_providers(), requested_providers)
     started = time.perf_counter()
     session = ort.InferenceSession(str(version.onnx_path), sess_options=options, providers=providers)

@@ -47,7 +47,8 @@ class WorkerRuntime:
         if model_id in chain:
             raise ValueError(f"models require each other in a cycle: {' -> '.join((*chain, model_id))}")
         if model_id not in self._loaded:
-            loaded = load_model(self.repository.get(model_id), self.settings.providers, self.settings.inference_threads)
+            loaded = load_model(self.repository.get(model_id), self.settings.providers,
+                                self.settings.inference_threads, self.settings.inference_thread_spinning)
             loaded.warm_up()
             loaded.enable_batching(self.settings.batch_max_rows, self.settings.batch_max_wait_ms / 1000)
             loaded.requirements = {r: self._load(r, (*chain, model_id)) for r in loaded.manifest.requires}

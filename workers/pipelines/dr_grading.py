@@ -34,7 +34,7 @@ class DRGradingPipeline:
         if len(inputs) != 1:
             raise BadInputError(f"DR grading takes one photograph per job; got {len(inputs)}")
         with stages("load"):
-            photo = load_photo(inputs[0].path, inputs[0].format)
+            photo = load_photo(inputs[0].path, inputs[0].format, min_side=decode_side(manifest))
         with stages("preprocess"):
             # Kept at the model's size, so the preview below shows exactly the pixels the model graded.
             graded = fit_to_model(photo, manifest.preprocessing)
@@ -46,6 +46,13 @@ class DRGradingPipeline:
         with stages("outputs"):
             artifacts = [retina_preview(graded)]
         return PipelineOutput(result=result, artifacts=artifacts)
+
+
+def decode_side(manifest: ModelManifest) -> int | None:
+    """Pixels a photo must keep on its shorter side: twice the model's input, so that the retina disc, which
+    may fill only part of the frame, is still shrunk (never enlarged) to the model's size after cropping."""
+    target = manifest.preprocessing.target_size
+    return 2 * max(target) if target else None
 
 
 def grade_from_logits(logits: np.ndarray, manifest: ModelManifest, options: DRGradingOptions) -> DRGradingResult:
