@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         "already waiting, so an idle service adds no latency"
     )
     inference_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose")
+    inference_parallel_runs: int = Field(
+        1, ge=1, le=64, description="Session runs of one model that may execute at once in a worker process (as "
+        "Triton's instance count). On a CPU, MEDIMG_INFERENCE_THREADS=1 with this set to the number of cores "
+        "gives large models the most throughput; one run on all cores gives a single job the least latency"
+    )
     inference_thread_spinning: bool = Field(
         False, description="Let ONNX Runtime's idle threads spin for the next run. Off by default: spinning threads "
         "take the cores that decode and preprocess the next jobs (see bench.dr)"

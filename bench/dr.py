@@ -8,8 +8,10 @@ For each model it measures (a) raw `session.run` on preprocessed tensors at batc
 concurrent clients; (d) Celery mode with 1 and 2 worker processes (thread pools, micro-batched); (e) the
 same model in LitServe with its batching on. Throughput, p50/p95/p99 latency, the latency added to raw
 `session.run` at batch 1, the per-stage breakdown the job documents carry, peak memory, and ratios to (a).
-Uploads are PNG; one row sends JPEGs, as fundus cameras write; two rows run with ONNX Runtime's idle threads
-spinning (its default) beside the service's setting. Writes bench/results/dr-<time>.{json,md}.
+Uploads are PNG; one row sends JPEGs, as fundus cameras write. Rows marked `runs_per_core` run one
+single-threaded session run per core (MEDIMG_INFERENCE_THREADS=1, MEDIMG_INFERENCE_PARALLEL_RUNS=cores)
+instead of the default one run on all cores; rows marked `ort_spinning` let ONNX Runtime's idle threads spin
+(its own default), beside the service's setting. Writes bench/results/dr-<time>.{json,md}.
 The stand-in needs torch (the `train` extra) to be built. Figures depend on the machine and its load.
 """
 
@@ -45,6 +47,7 @@ from workers.runtime import WorkerRuntime
 
 RESULTS = REPO_ROOT / "bench" / "results"
 Upload = tuple[str, bytes]  # file name, content
+RUNS_PER_CORE = {"MEDIMG_INFERENCE_THREADS": "1", "MEDIMG_INFERENCE_PARALLEL_RUNS": str(os.cpu_count() or 1)}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -158,10 +161,11 @@ def embedded(repository_root: Path, uploads: list[Upload], concurrency: int, wor
         service.stop()
 
 
-def celery(repository_root: Path, uploads: list[Upload], concurrency: int, workers: int, workdir: Path) -> dict:
+def celery(repository_root: Path, uploads: list[Upload], concurrency: int, workers: int, workdir: Path,
+           **env: str) -> dict:
     redis_server = RedisServer(workdir / f"redis-{workers}").start()
     data = workdir / f"celery-{workers}"
-    service = Service(data, service_env(data, redis_server.url, MEDIMG_MODEL_REPOSITORY=str(repository_root)))
+    service = Service(data, service_env(data, redis_server.url, MEDIMG_MODEL_REPOSITORY=str(repository_root), **env))
     try:
         for _ in range(workers):
             service.start_worker(concurrency=max(2, concurrency // workers), pool="threads")
@@ -228,6 +232,9 @@ def benchmark_model(label: str, repository_root: Path, model_id: str, jobs: int,
     rows["c_embedded_http_c1_jpeg"] = embedded(repository_root, jpegs, 1, workdir / label / "c1-jpeg")
     rows["d_celery_1_worker_c1"] = celery(repository_root, pngs[:16], 1, 1, workdir / label / "c1")
     rows[f"c_embedded_http_c{concurrency}"] = embedded(repository_root, pngs, concurrency, workdir / label)
+    # One single-threaded run per core instead of one run on all cores: the CPU throughput setting.
+    rows[f"c_embedded_http_c{concurrency}_runs_per_core"] = embedded(
+        repository_root, pngs, concurrency, workdir / label / "per-core", **RUNS_PER_CORE)
     # ONNX Runtime's own default, side by side with the service's (idle threads do not spin).
     rows["c_embedded_http_c1_ort_spinning"] = embedded(repository_root, pngs[:16], 1, workdir / label / "c1-spin",
                                                        MEDIMG_INFERENCE_THREAD_SPINNING="1")
@@ -236,6 +243,8 @@ def benchmark_model(label: str, repository_root: Path, model_id: str, jobs: int,
     for workers in (1, 2):
         rows[f"d_celery_{workers}_worker_c{concurrency}"] = celery(repository_root, pngs, concurrency, workers,
                                                                   workdir / label)
+    rows[f"d_celery_1_worker_c{concurrency}_runs_per_core"] = celery(
+        repository_root, pngs, concurrency, 1, workdir / label / "per-core", **RUNS_PER_CORE)
     rows[f"e_litserve_c{concurrency}"] = litserve_peer(model_dir, pngs, concurrency, workdir / label)
     limit = rows["a_raw_onnxruntime"]["throughput_per_s"]
     # Added latency: what a job takes beyond the bare model call, raw `session.run` at batch 1 (p50s).

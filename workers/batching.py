@@ -1,12 +1,16 @@
 """Micro-batching: concurrent `run` calls on one model share a single `session.run`.
 
-The first caller to find no batch in progress becomes the leader: it waits at most `max_wait` for
-company (or until `max_rows` rows are pending), runs everyone's rows as one batch along axis 0, and hands
-each caller its own slice of the outputs. Under load, callers that arrive while a batch runs form the next
-one, so batches grow with the load without anyone waiting when the service is idle (`max_wait` 0).
-A leader runs one batch, then hands the lead to the oldest waiting caller: a leader that ran batch after
-batch would hold its own job back for as long as the load lasted (the latency tail this once caused).
-Calls whose non-batch shapes differ from the leader's run in a batch of their own.
+The first caller to find a run slot free becomes a leader: it waits at most `max_wait` for company (or
+until `max_rows` rows are pending), runs its own rows and those of the oldest waiting callers as one batch
+along axis 0, and hands each caller its own slice of the outputs. Under load, callers that arrive while a
+batch runs form the next one, so batches grow with the load without anyone waiting when the service is idle
+(`max_wait` 0). A leader runs one batch, then hands the lead to the oldest waiting caller: a leader that ran
+batch after batch would hold its own job back for as long as the load lasted (the latency tail this once
+caused). Calls whose non-batch shapes differ from the leader's run in a batch of their own.
+
+Up to `max_parallel` batches run at once, each led by its own caller, like a Triton model with that many
+instances: on a CPU, single-threaded sessions run side by side keep every core busy without the stalls a
+multi-threaded run suffers when other work takes one of its threads' cores.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ Feeds = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
 
 
-@dataclass
+@dataclass(eq=False)  # identity: list.remove must never compare the arrays inside
 class _Pending:
     feeds: Feeds
     rows: int
@@ -39,28 +43,28 @@ def _signature(feeds: Feeds) -> tuple:
 
 
 class MicroBatcher:
-    def __init__(self, run_batch: Callable[[Feeds], Outputs], max_rows: int, max_wait_seconds: float) -> None:
+    def __init__(self, run_batch: Callable[[Feeds], Outputs], max_rows: int, max_wait_seconds: float,
+                 max_parallel: int = 1) -> None:
         self._run_batch = run_batch
         self.max_rows = max_rows
         self.max_wait = max_wait_seconds
+        self.max_parallel = max_parallel
         self._pending: list[_Pending] = []
         self._lock = threading.Condition()
-        self._leader_active = False
+        self._leaders = 0
 
     def run(self, feeds: Feeds) -> Outputs:
         rows = next(iter(feeds.values())).shape[0]
-        if self.max_rows <= 1 or rows >= self.max_rows:
-            return self._run_batch(feeds)
         item = _Pending(feeds, rows, _signature(feeds))
         with self._lock:
             self._pending.append(item)
             self._lock.notify_all()
-            if not self._leader_active:
-                self._leader_active = True
+            if self._leaders < self.max_parallel:
+                self._leaders += 1
                 item.leads = True
         while not item.finished:
             if item.leads:
-                self._lead_once()  # the oldest pending call is always in the batch it runs: this one
+                self._lead_once(item)  # a leader's own call is always in the batch it runs
             else:
                 item.wake.wait()
                 item.wake.clear()
@@ -68,36 +72,39 @@ class MicroBatcher:
             raise item.error
         return item.outputs
 
-    def _lead_once(self) -> None:
+    def _lead_once(self, leader: _Pending) -> None:
         try:
             with self._lock:
                 deadline = time.monotonic() + self.max_wait
-                while self._pending_rows() < self.max_rows and (left := deadline - time.monotonic()) > 0:
+                while self._rows_for(leader) < self.max_rows and (left := deadline - time.monotonic()) > 0:
                     self._lock.wait(left)
-                batch = self._take_batch()
+                batch = self._take_batch(leader)
             self._execute(batch)
         finally:
             with self._lock:
-                if self._pending:
-                    successor = self._pending[0]
+                successor = next((item for item in self._pending if not item.leads), None)
+                if successor is not None:
                     successor.leads = True
                     successor.wake.set()
                 else:
-                    self._leader_active = False
+                    self._leaders -= 1
 
-    def _pending_rows(self) -> int:
-        return sum(item.rows for item in self._pending)
+    def _joinable(self, leader: _Pending) -> list[_Pending]:
+        """Waiting calls that may join the leader's batch, oldest first: same shapes, not leading their own."""
+        return [item for item in self._pending
+                if item is not leader and not item.leads and item.signature == leader.signature]
 
-    def _take_batch(self) -> list[_Pending]:
-        if not self._pending:
-            return []
-        signature = self._pending[0].signature
-        batch, rows = [], 0
-        for item in list(self._pending):
-            if item.signature == signature and (not batch or rows + item.rows <= self.max_rows):
+    def _rows_for(self, leader: _Pending) -> int:
+        return leader.rows + sum(item.rows for item in self._joinable(leader))
+
+    def _take_batch(self, leader: _Pending) -> list[_Pending]:
+        batch, rows = [leader], leader.rows
+        for item in self._joinable(leader):
+            if rows + item.rows <= self.max_rows:
                 batch.append(item)
                 rows += item.rows
-                self._pending.remove(item)
+        for item in batch:
+            self._pending.remove(item)
         return batch
 
     def _execute(self, batch: list[_Pending]) -> None:

@@ -76,10 +76,12 @@ class LoadedModel:
             return self.batcher.run(feeds)
         return self._run_batch(feeds)
 
-    def enable_batching(self, max_rows: int, max_wait_seconds: float) -> None:
+    def enable_batching(self, max_rows: int, max_wait_seconds: float, max_parallel: int = 1) -> None:
+        """Concurrent calls share session runs (batches of up to `max_rows` when the batch axis is dynamic),
+        and at most `max_parallel` runs execute at once, whatever the number of callers."""
         dynamic_batch = all(spec.shape and not isinstance(spec.shape[0], int) for spec in self.manifest.inputs)
-        if max_rows > 1 and dynamic_batch:
-            self.batcher = MicroBatcher(self._run_batch, max_rows, max_wait_seconds)
+        self.batcher = MicroBatcher(self._run_batch, max_rows if dynamic_batch else 1, max_wait_seconds,
+                                    max_parallel)
 
     def _run_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         first = next(iter(feeds.values()), None)

@@ -50,7 +50,8 @@ class WorkerRuntime:
             loaded = load_model(self.repository.get(model_id), self.settings.providers,
                                 self.settings.inference_threads, self.settings.inference_thread_spinning)
             loaded.warm_up()
-            loaded.enable_batching(self.settings.batch_max_rows, self.settings.batch_max_wait_ms / 1000)
+            loaded.enable_batching(self.settings.batch_max_rows, self.settings.batch_max_wait_ms / 1000,
+                                   self.settings.inference_parallel_runs)
             loaded.requirements = {r: self._load(r, (*chain, model_id)) for r in loaded.manifest.requires}
             self._loaded[model_id] = loaded
         return self._loaded[model_id]

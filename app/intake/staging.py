@@ -110,4 +110,7 @@ def staging_area(staging_dir: Path, max_bytes: int, max_files: int) -> Iterator[
     try:
         yield StagingArea(root=root, max_bytes=max_bytes, max_files=max_files)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            root.rmdir()  # the usual end: every file accepted and moved out
+        except OSError:
+            shutil.rmtree(root, ignore_errors=True)

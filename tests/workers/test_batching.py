@@ -138,3 +138,29 @@ def test_a_leader_returns_after_its_own_batch_while_calls_keep_coming() -> None:
     assert batches_done == [1, 2, 2, 2, 2, 2]
     for i in range(11):
         np.testing.assert_array_equal(results[i], np.full((1, 3), 2 * i, np.float32))
+
+
+@pytest.mark.parametrize("max_parallel", [1, 2, 3])
+def test_runs_overlap_up_to_max_parallel_and_every_caller_gets_its_own_rows(max_parallel: int) -> None:
+    """Parallel runs (model instances) never exceed the limit, reach it under load, and lose no caller."""
+    lock = threading.Lock()
+    running, most = 0, 0
+
+    def run_batch(feeds):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02)  # long enough for the other callers to pile up
+        with lock:
+            running -= 1
+        return {"y": feeds["x"] * 2}
+
+    batcher = MicroBatcher(run_batch, max_rows=2, max_wait_seconds=0, max_parallel=max_parallel)
+    inputs = [np.full((1 + i % 2, 4 + i % 3), i, np.float32) for i in range(60)]  # mixed rows and shapes
+    with ThreadPoolExecutor(16) as pool:
+        outputs = list(pool.map(lambda x: batcher.run({"x": x})["y"], inputs))
+    for x, y in zip(inputs, outputs, strict=True):
+        np.testing.assert_array_equal(y, x * 2)
+    assert most == max_parallel
+    assert batcher._leaders == 0 and not batcher._pending  # every lead was handed on or given back

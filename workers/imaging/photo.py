@@ -35,7 +35,8 @@ def _load_raster_photo(path: Path, min_side: int | None) -> np.ndarray:
     with Image.open(path) as image:
         if min_side is not None and image.format == "JPEG":
             image.draft(None, (min_side, min_side))  # both sides stay >= min_side
-        image = ImageOps.exif_transpose(image)  # phone and camera JPEGs store rotation in EXIF
+        # Phone and camera JPEGs store rotation in EXIF. In place: otherwise an upright photo is copied whole.
+        ImageOps.exif_transpose(image, in_place=True)
         if image.mode in {"I", "I;16", "F"}:
             return _to_uint8(np.asarray(image, dtype=np.float32))
         if image.mode not in {"L", "RGB"}:

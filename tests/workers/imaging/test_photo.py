@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from app.errors import BadInputError
 from workers.imaging.photo import load_photo
@@ -76,3 +77,21 @@ def test_load_photo_corrupt_data_is_bad_input(tmp_path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
     with pytest.raises(BadInputError):
         load_photo(path, "png")
+
+
+@pytest.mark.parametrize("min_side", [None, 64])
+def test_camera_jpeg_rotated_by_exif_orientation_loads_upright(tmp_path, min_side) -> None:
+    # A 400x200 landscape frame, stored by the camera as 200x400 with Orientation 6 (rotate 90° clockwise).
+    upright = np.zeros((200, 400, 3), np.uint8)
+    upright[:, :100] = (255, 0, 0)  # red on the left when viewed upright
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # how the sensor wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "camera.jpg"
+    stored.save(path, format="JPEG", quality=95, exif=exif)
+
+    image = load_photo(path, "jpeg", min_side=min_side)
+
+    assert image.shape[:2] == ((200, 400) if min_side is None else (100, 200))
+    left, right = image[:, : image.shape[1] // 8].mean(axis=(0, 1)), image[:, -image.shape[1] // 8 :].mean(axis=(0, 1))
+    assert left[0] > 200 and left[1] < 60 and right.max() < 60
