@@ -46,6 +46,7 @@ from workers.local import predict_files
 from workers.runtime import WorkerRuntime
 
 RESULTS = REPO_ROOT / "bench" / "results"
+CELERY_THREADS = 4  # per worker process, as the embedded pool's default
 Upload = tuple[str, bytes]  # file name, content
 RUNS_PER_CORE = {"MEDIMG_INFERENCE_THREADS": "1", "MEDIMG_INFERENCE_PARALLEL_RUNS": str(os.cpu_count() or 1),
                  "MEDIMG_BATCH_MAX_ROWS": "1"}
@@ -159,8 +160,10 @@ def _seconds_between(start: str, end: str) -> float:
 
 
 def embedded(repository_root: Path, uploads: list[Upload], concurrency: int, workdir: Path, **env: str) -> dict:
+    # The worker pool keeps its default size (MEDIMG_EMBEDDED_WORKERS, 4): more threads than cores only
+    # contend for them, and on a CPU larger batches do not pay (see the raw batch sizes).
     service = Service(workdir / "embedded", service_env(workdir / "embedded", MEDIMG_MODEL_REPOSITORY=str(repository_root),
-                                                        MEDIMG_EMBEDDED_WORKERS=str(concurrency), **env))
+                                                        **env))
     service.start_gateway(timeout=300)
     try:
         figures = http_load(service.url, uploads, concurrency)
@@ -177,7 +180,7 @@ def celery(repository_root: Path, uploads: list[Upload], concurrency: int, worke
     service = Service(data, service_env(data, redis_server.url, MEDIMG_MODEL_REPOSITORY=str(repository_root), **env))
     try:
         for _ in range(workers):
-            service.start_worker(concurrency=max(2, concurrency // workers), pool="threads")
+            service.start_worker(concurrency=CELERY_THREADS, pool="threads")
         service.start_gateway(timeout=300)
         figures = http_load(service.url, uploads, concurrency)
         figures["peak_rss_mb"] = peak_rss_mb([p.process.pid for p in [service.gateway, *service.workers]])
