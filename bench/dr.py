@@ -245,7 +245,10 @@ def benchmark_model(label: str, repository_root: Path, model_id: str, jobs: int,
     rows["c_embedded_http_c1_jpeg"] = embedded(repository_root, jpegs, 1, workdir / label / "c1-jpeg")
     rows["d_celery_1_worker_c1"] = celery(repository_root, pngs[:16], 1, 1, workdir / label / "c1")
     rows[f"c_embedded_http_c{concurrency}"] = embedded(repository_root, pngs, concurrency, workdir / label)
-    # One single-threaded run per core instead of one run on all cores: the CPU throughput setting.
+    # One single-threaded run per core instead of one run on all cores: the CPU throughput setting, and
+    # what it costs a lone job.
+    rows["c_embedded_http_c1_runs_per_core"] = embedded(repository_root, pngs[:16], 1, workdir / label / "c1-per-core",
+                                                        **RUNS_PER_CORE)
     rows[f"c_embedded_http_c{concurrency}_runs_per_core"] = embedded(
         repository_root, pngs, concurrency, workdir / label / "per-core", **RUNS_PER_CORE)
     # ONNX Runtime's own default, side by side with the service's (idle threads do not spin).
