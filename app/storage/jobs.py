@@ -182,7 +182,12 @@ class SqliteJobStore:
             self._db.execute("SELECT 1")
 
     def listen_finished(self, listener: FinishedListener) -> Callable[[], None]:
-        return self._finished.add(listener)  # embedded workers write through this very store
+        remove = self._finished.add(listener)  # embedded workers write through this very store
+
+        def stop() -> None:
+            remove()
+
+        return stop
 
 
 class RedisJobStore:
