@@ -86,12 +86,22 @@ def _finished(server: RedisServer, ids: list[str]) -> int:
     return sum(1 for d in docs if d and json.loads(d)["status"] in ("succeeded", "failed"))
 
 
+def _queue_then_start_worker(service: Service, server: RedisServer) -> list[str]:
+    """All jobs queued before a worker takes any, then the first few done: the fault that follows lands with
+    most jobs still queued or running, however fast a job has become (they once finished as fast as they
+    were submitted, and the kill found none left to lose)."""
+    service.workers[0].stop()
+    ids = _submit_many(service, JOBS_IN_FLIGHT)
+    service.start_worker(concurrency=2)
+    _wait_for(lambda: _finished(server, ids) >= 5, 120)
+    return ids
+
+
 def test_worker_sigkilled_mid_run_loses_no_job(stack) -> None:
     service, server = stack
-    ids = _submit_many(service, JOBS_IN_FLIGHT)
-    _wait_for(lambda: _finished(server, ids) >= 5, 120)
+    ids = _queue_then_start_worker(service, server)
 
-    service.workers[0].stop(signal.SIGKILL)  # the whole worker, parent and children, as an OOM kill would
+    service.workers[-1].stop(signal.SIGKILL)  # the whole worker, parent and children, as an OOM kill would
     assert _finished(server, ids) < JOBS_IN_FLIGHT, "the kill must land while jobs are still in flight"
     service.start_worker(concurrency=2)
 
@@ -100,9 +110,9 @@ def test_worker_sigkilled_mid_run_loses_no_job(stack) -> None:
 
 def test_redis_restart_mid_run_loses_no_job(stack) -> None:
     service, server = stack
-    ids = _submit_many(service, JOBS_IN_FLIGHT)
-    _wait_for(lambda: _finished(server, ids) >= 5, 120)
+    ids = _queue_then_start_worker(service, server)
 
+    assert _finished(server, ids) < JOBS_IN_FLIGHT, "the restart must land while jobs are still in flight"
     server.stop()  # persistence is on (appendonly, fsync always), as in the compose file
     assert server.process is None
     server.start()
@@ -134,11 +144,12 @@ def _children(pid: int) -> list[int]:
 def test_input_that_kills_its_worker_every_time_fails_after_cap(stack) -> None:
     service, server = stack
     client = redis.Redis.from_url(server.url)
-    # A large photograph keeps the job running long enough to be caught in the act each time.
+    # A large photograph keeps the job running long enough to be caught in the act each time. PNG, because
+    # a JPEG this size is decoded at 1/8 scale for a 224-px model and done in a few milliseconds.
     big = Image.fromarray(make_fundus(3).rgb).resize((6000, 6000))
     buffer = io.BytesIO()
-    big.save(buffer, format="JPEG", quality=90)
-    job_id = submit_job(service, "dr-grading", [("big.jpg", buffer.getvalue())]).json()["id"]
+    big.save(buffer, format="PNG", compress_level=1)
+    job_id = submit_job(service, "dr-grading", [("big.png", buffer.getvalue())]).json()["id"]
 
     parent = service.workers[0].process.pid
     for attempt in (1, 2, 3):
