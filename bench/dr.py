@@ -10,8 +10,9 @@ same model in LitServe with its batching on. Throughput, p50/p95/p99 latency, th
 `session.run` at batch 1, the per-stage breakdown the job documents carry, peak memory, and ratios to (a).
 Uploads are PNG; one row sends JPEGs, as fundus cameras write. Rows marked `runs_per_core` run one
 single-threaded, single-job session run per core (MEDIMG_INFERENCE_THREADS=1,
-MEDIMG_INFERENCE_PARALLEL_RUNS=cores, MEDIMG_BATCH_MAX_ROWS=1) instead of the default batched run on all cores; rows marked `ort_spinning` let ONNX Runtime's idle threads spin
-(its own default), beside the service's setting. Writes bench/results/dr-<time>.{json,md}.
+MEDIMG_INFERENCE_PARALLEL_RUNS=cores, MEDIMG_BATCH_MAX_ROWS=1) instead of the default batched run on all
+cores; rows marked `ort_spinning` let ONNX Runtime's idle threads spin (its own default), beside the
+service's setting. Writes bench/results/dr-<time>.{json,md}.
 The stand-in needs torch (the `train` extra) to be built. Figures depend on the machine and its load.
 """
 
@@ -110,7 +111,8 @@ def in_process(repository_root: Path, uploads: list[Upload]) -> dict:
             latencies.append(time.perf_counter() - begun)
             stages.append(job.stage_seconds)
         elapsed = time.perf_counter() - started
-    return {"throughput_per_s": round(len(uploads) / elapsed, 2), **percentiles(latencies), "stages_ms": _stages(stages),
+    return {"throughput_per_s": round(len(uploads) / elapsed, 2), **percentiles(latencies),
+            "stages_ms": _stages(stages),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -138,8 +140,8 @@ def http_load(url: str, uploads: list[Upload], concurrency: int) -> dict:
         if submitted.status_code == 202:
             job = client.get(f"{url}{submitted.headers['location']}", params={"wait": 60}).json()
         latency = time.perf_counter() - begun
-        upload = datetime.fromisoformat(job["created_at"]).timestamp() - wall  # until the job is stored
-        return latency, upload, job
+        stored_after = datetime.fromisoformat(job["created_at"]).timestamp() - wall  # the upload stage
+        return latency, stored_after, job
 
     with client, ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, uploads[: max(concurrency, 2)]))  # warm the connection paths
@@ -152,7 +154,8 @@ def http_load(url: str, uploads: list[Upload], concurrency: int) -> dict:
     for stage, job in zip(stages, jobs, strict=True):
         stage["queue_wait"] = _seconds_between(job["created_at"], job["started_at"])
     latencies = [latency for latency, _, _ in outcomes]
-    return {"throughput_per_s": round(len(uploads) / elapsed, 2), **percentiles(latencies), "stages_ms": _stages(stages)}
+    return {"throughput_per_s": round(len(uploads) / elapsed, 2), **percentiles(latencies),
+            "stages_ms": _stages(stages)}
 
 
 def _seconds_between(start: str, end: str) -> float:
@@ -162,8 +165,8 @@ def _seconds_between(start: str, end: str) -> float:
 def embedded(repository_root: Path, uploads: list[Upload], concurrency: int, workdir: Path, **env: str) -> dict:
     # The worker pool keeps its default size (MEDIMG_EMBEDDED_WORKERS, 4): more threads than cores only
     # contend for them, and on a CPU larger batches do not pay (see the raw batch sizes).
-    service = Service(workdir / "embedded", service_env(workdir / "embedded", MEDIMG_MODEL_REPOSITORY=str(repository_root),
-                                                        **env))
+    data = workdir / "embedded"
+    service = Service(data, service_env(data, MEDIMG_MODEL_REPOSITORY=str(repository_root), **env))
     service.start_gateway(timeout=300)
     try:
         figures = http_load(service.url, uploads, concurrency)

@@ -75,21 +75,29 @@ def _stop_process(**_) -> None:
 def run_job_task(job_id: str) -> str | None:
     runtime = get_runtime()
     try:
-        job = run_job(job_id, runtime)
+        return _run(job_id, runtime)
     except redis.RedisError as exc:
         # The job store is unreachable (Redis restarting). The broker is usually that same Redis, so a
         # requeue now could be lost with it: wait for the store to answer, then run the job again here
         # (the runner takes over a job left `running`). Only if that fails too does the message go back.
-        log.warning("job %s: job store unreachable (%s); waiting for it", job_id, type(exc).__name__)
         if not _store_answers_within(runtime, STORE_OUTAGE_WAIT_SECONDS):
-            raise Reject(f"job store unreachable: {type(exc).__name__}", requeue=True) from exc
-        try:
-            job = run_job(job_id, runtime)
-        except redis.RedisError as again:
-            log.warning("job %s: job store unreachable again (%s); the message goes back to the queue", job_id,
-                        type(again).__name__)
-            raise Reject(f"job store unreachable: {type(again).__name__}", requeue=True) from again
+            raise _back_to_queue(job_id, exc) from exc
+        log.warning("job %s: job store was unreachable (%s); running the job again", job_id, type(exc).__name__)
+    try:
+        return _run(job_id, runtime)
+    except redis.RedisError as exc:
+        raise _back_to_queue(job_id, exc) from exc
+
+
+def _run(job_id: str, runtime: WorkerRuntime) -> str | None:
+    job = run_job(job_id, runtime)
     return None if job is None else job.status.value
+
+
+def _back_to_queue(job_id: str, exc: redis.RedisError) -> Reject:
+    log.warning("job %s: job store unreachable (%s); the message goes back to the queue", job_id,
+                type(exc).__name__)
+    return Reject(f"job store unreachable: {type(exc).__name__}", requeue=True)
 
 
 STORE_OUTAGE_WAIT_SECONDS = 30.0

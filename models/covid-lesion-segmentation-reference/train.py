@@ -1,6 +1,6 @@
 """Train the COVID lesion reference segmenter on synthetic chest CT and export it to ONNX.
 
-    .venv/bin/python models/covid-lesion-segmentation-reference/train.py     # ~25 min on 2 CPU cores
+    .venv/bin/python models/covid-lesion-segmentation-reference/train.py     # ~10 min on 2 quiet CPU cores, ~27 min when shared
 
 1. Generates whole-chest synthetic scans (`synthetic_covid.py`: the lung-nodule phantom plus ground-glass and
    consolidation lesions of known masks) and passes every slice through the serving preprocessing
@@ -100,7 +100,7 @@ def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None
 
 def build_dataset(n_scans: int, manifest: ModelManifest) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Lung slices of the training scans: images, targets, has-lesion flags and each slice's scan matrix."""
-    cache = CACHE_DIR / f"train-{n_scans}-{SIZE[0]}x{SIZE[1]}-v2.npz"
+    cache = CACHE_DIR / f"train-{n_scans}-{CHANNELS}x{SIZE[0]}x{SIZE[1]}-v2.npz"  # a cache per input shape
     if cache.exists():
         stored = np.load(cache)
         return stored["images"], stored["targets"], stored["has_lesion"], stored["matrix"]
