@@ -85,7 +85,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"medimg serve: refusing to listen on {host} without API keys; configure MEDIMG_API_KEYS or "
               "MEDIMG_API_KEYS_FILE (`medimg new-key` makes one), or bind to 127.0.0.1", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_keep_alive=30)
+    # No uvicorn access log: the audit log (app/security/audit.py) already writes one line per request, with
+    # the caller; a second line per request would only cost the event loop its formatting.
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False, timeout_keep_alive=30)
     return 0
 
 

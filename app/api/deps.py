@@ -1,4 +1,9 @@
-"""Dependencies shared by the routes, declared once as Annotated aliases."""
+"""Dependencies shared by the routes, declared once as Annotated aliases.
+
+All are `async def` although none awaits: FastAPI runs a plain `def` dependency in its thread pool, and
+those hops (six on a job submission) cost more than the dependencies themselves, which only read app state
+and check a key. Nothing here may block.
+"""
 
 from __future__ import annotations
 
@@ -18,36 +23,36 @@ from app.storage.blobs import BlobStore
 from app.storage.jobs import JobStore
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _jobs(request: Request) -> JobStore:
+async def _jobs(request: Request) -> JobStore:
     return request.app.state.jobs
 
 
-def _waiter(request: Request) -> FinishedJobWaiter:
+async def _waiter(request: Request) -> FinishedJobWaiter:
     return request.app.state.waiter
 
 
-def _blobs(request: Request) -> BlobStore:
+async def _blobs(request: Request) -> BlobStore:
     return request.app.state.blobs
 
 
-def _repository(request: Request) -> ModelRepository:
+async def _repository(request: Request) -> ModelRepository:
     return request.app.state.repository
 
 
-def _dispatcher(request: Request) -> Dispatcher:
+async def _dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
-def _intake(request: Request) -> Intake:
+async def _intake(request: Request) -> Intake:
     state = request.app.state
     return Intake(state.settings, state.repository, state.jobs, state.blobs, state.dispatcher)
 
 
-def _principal(
+async def _principal(
     request: Request,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -73,7 +78,7 @@ def _principal(
 
 
 def _scoped(scope: Scope):
-    def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
         if scope not in principal.scopes and "admin" not in principal.scopes:
             raise Forbidden(f"The API key of {principal.name!r} lacks the {scope!r} scope this request needs")
         return principal

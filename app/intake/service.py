@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -17,7 +16,7 @@ from app.intake.checks import check_inputs, inspect_inputs
 from app.intake.deidentify import deidentify_files
 from app.intake.staging import EXTENSIONS, staging_area
 from app.model_repository import ModelRepository
-from app.schemas.jobs import InputFile, Job, ModelRef
+from app.schemas.jobs import InputFile, Job, ModelRef, new_job_id
 from app.schemas.options import OPTIONS_BY_TASK, TaskOptions
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore, job_prefix
@@ -43,8 +42,11 @@ class Intake:
         caller: str,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        job_id: str | None = None,
     ) -> tuple[Job, bool]:
-        """Returns the job and whether it is new (False: the same caller sent this idempotency key before)."""
+        """Returns the job and whether it is new (False: the same caller sent this idempotency key before).
+
+        `job_id`: the id the new job takes (from `new_job_id`), when the caller must know it beforehand."""
         model = self.repository.for_task(task)
         options = parse_options(task, options_json)
         settings = self.settings
@@ -58,7 +60,7 @@ class Intake:
             # Only what serves the task is kept: other series of the upload (scouts, a second series) go.
             files = [item.staged for item in serving]
 
-            job_id = str(uuid.uuid4())
+            job_id = job_id or new_job_id()
             if settings.deidentify_inputs:
                 deidentify_files([f.path for f in files if f.format == "dicom"], job_id)
             inputs = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
@@ -17,6 +18,10 @@ FailureKind = Literal["bad-input", "model-error", "infrastructure"]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
 
 
 class JobStatus(StrEnum):

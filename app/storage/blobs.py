@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -56,9 +56,13 @@ class FilesystemBlobStore:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a reader never sees half an artifact.
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix=".tmp-") as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, target)
+        partial = target.with_name(f".tmp-{uuid.uuid4().hex}")
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         return len(data)
 
     def open(self, key: str) -> BinaryIO:

@@ -2,7 +2,8 @@
 
 Updates from workers never resurrect a deleted job: they apply only while the record exists. Each store also
 announces finished jobs (`listen_finished`), so a long-polling reader wakes when its job ends instead of
-polling the store: in-process for SQLite (embedded workers share the store), Redis pub/sub otherwise.
+polling the store: in-process for SQLite (embedded workers share the store), with the finished job itself,
+so the reader need not read it back; Redis pub/sub otherwise, with the id only.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from app.schemas.jobs import Job, JobStatus
 from app.schemas.tasks import TaskName
 
 log = logging.getLogger(__name__)
-FinishedListener = Callable[[str], None]
+FinishedListener = Callable[[str, Job | None], None]  # job id, and the finished job when the store has it
 
 
 class JobStore(Protocol):
@@ -48,8 +49,9 @@ class JobStore(Protocol):
     def iter_jobs(self) -> Iterator[Job]: ...
     def ping(self) -> None: ...
     def listen_finished(self, listener: FinishedListener) -> Callable[[], None]:
-        """Calls `listener(job_id)` (from any thread) when a job finishes; returns a function that stops it.
+        """Calls `listener(job_id, job)` (from any thread) when a job finishes; returns a function that stops it.
 
+        `job` is the finished record as stored when this process wrote it, else None. Listeners only read it.
         Best effort: a notice can be missed (a broker reconnect, another process), so waiters re-read too.
         """
 
@@ -74,12 +76,12 @@ class _Listeners:
 
         return remove
 
-    def notify(self, job_id: str) -> None:
+    def notify(self, job_id: str, job: Job | None = None) -> None:
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
             try:
-                listener(job_id)
+                listener(job_id, job)
             except Exception:  # a listener's fault must not fail the job update that announced it
                 log.exception("job-finished listener failed")
 
@@ -134,7 +136,7 @@ class SqliteJobStore:
                 (job.status.value, job.model_dump_json(), job.id),
             )
         if cursor.rowcount == 1 and job.status.finished:
-            self._finished.notify(job.id)
+            self._finished.notify(job.id, job)
         return cursor.rowcount == 1
 
     def transition(self, job: Job, expected_attempts: int) -> bool:
@@ -148,7 +150,7 @@ class SqliteJobStore:
             self._db.execute("UPDATE jobs SET status = ?, document = ? WHERE id = ?",
                              (job.status.value, job.model_dump_json(), job.id))
         if job.status.finished:
-            self._finished.notify(job.id)
+            self._finished.notify(job.id, job)
         return True
 
     def delete(self, job_id: str) -> None:
@@ -337,7 +339,9 @@ class RedisJobStore:
                     message = pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "message":
                         self._finished.notify(message["data"].decode())
-            except redis.RedisError as exc:
+            except (redis.RedisError, OSError, ValueError) as exc:
+                if stop.is_set():
+                    return  # stopped while waiting for a message: the client may be closed under it
                 log.warning("job-finished channel: %s; resubscribing", type(exc).__name__)
                 stop.wait(1.0)
             finally:

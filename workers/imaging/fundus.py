@@ -6,10 +6,13 @@ training. Every number (target size, mean, std) comes from the model's `Preproce
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
 from app.schemas.manifest import Preprocessing
+from workers.imaging.resize import resize_bicubic
 
 # The camera border of a fundus photograph is near black but not zero (sensor noise, JPEG ringing).
 # A pixel belongs to the retina when its smoothed brightness clears both an absolute floor and a
@@ -28,10 +31,17 @@ def crop_to_retina(rgb: np.ndarray) -> np.ndarray:
 
     Returns the input unchanged when no retina is visible (an all-dark image).
     """
-    height, width = rgb.shape[:2]
-    mask = _retina_mask(rgb)
+    box = _retina_square(Image.fromarray(rgb))
+    return rgb if box is None else np.asarray(Image.fromarray(rgb).crop(box))
+
+
+def _retina_square(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The square (left, top, right, bottom) centred on the retina disc, reaching outside the photo where the
+    disc is cut (PIL's crop pads that part black); None when no retina is visible."""
+    width, height = image.size
+    mask = _retina_mask(image)
     if mask is None:
-        return rgb
+        return None
     mask_h, mask_w = mask.shape
     rows = mask.sum(axis=1)
     cols = mask.sum(axis=0)
@@ -53,25 +63,21 @@ def crop_to_retina(rgb: np.ndarray) -> np.ndarray:
     side = int(round(diameter))
     y0 = int(round(centre_y - side / 2))
     x0 = int(round(centre_x - side / 2))
-    square = np.zeros((side, side, 3), dtype=rgb.dtype)
-    src_y0, src_y1 = max(y0, 0), min(y0 + side, height)
-    src_x0, src_x1 = max(x0, 0), min(x0 + side, width)
-    if src_y1 <= src_y0 or src_x1 <= src_x0:
-        return rgb
-    square[src_y0 - y0 : src_y1 - y0, src_x0 - x0 : src_x1 - x0] = rgb[src_y0:src_y1, src_x0:src_x1]
-    return square
+    if min(y0 + side, height) <= max(y0, 0) or min(x0 + side, width) <= max(x0, 0):
+        return None
+    return x0, y0, x0 + side, y0 + side
 
 
-def _retina_mask(rgb: np.ndarray) -> np.ndarray | None:
+def _retina_mask(image: Image.Image) -> np.ndarray | None:
     """Boolean mask of retina pixels on a downscaled copy, or None when the image is all dark."""
-    height, width = rgb.shape[:2]
+    width, height = image.size
     factor = max(1, int(np.ceil(max(height, width) / _MASK_LONG_SIDE)))
     # Block means both shrink and smooth, so isolated bright noise pixels do not enter the mask.
     small_h, small_w = height // factor, width // factor
     if small_h == 0 or small_w == 0:
         return None
     # PIL's box reduction gives the block means in C, without a float copy of the full-size photo.
-    small = Image.fromarray(rgb).reduce(factor, box=(0, 0, small_w * factor, small_h * factor))
+    small = image.reduce(factor, box=(0, 0, small_w * factor, small_h * factor))
     block = np.asarray(small, dtype=np.float32)
     # Red carries the retina's brightness in fundus photos; the channel mean rescues green-dominant
     # or grey captures where red is weak.
@@ -97,40 +103,60 @@ def fit_to_model(rgb: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
         raise ValueError(f"expected an HxWx3 or HxW image, got shape {rgb.shape}")
     if rgb.dtype != np.uint8:
         raise ValueError(f"expected uint8 pixels, got dtype {rgb.dtype}")
-    if preprocessing.crop == "retina-disc":
-        rgb = crop_to_retina(rgb)
+    # One PIL image throughout: the crop (with its black padding) and the resize need no numpy copies between.
+    image = Image.fromarray(rgb)
+    if preprocessing.crop == "retina-disc" and (box := _retina_square(image)) is not None:
+        image = image.crop(box)
     if preprocessing.target_size is not None:
-        rgb = _resize(rgb, preprocessing.target_size)
-    return rgb
+        # PIL's bicubic filter widens its support when shrinking (it antialiases), so small lesions such as
+        # microaneurysms survive as faint dots instead of aliasing away.
+        return resize_bicubic(image, preprocessing.target_size)
+    return np.asarray(image)
 
 
 def to_model_tensor(rgb: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """uint8 HxWx3 (from `fit_to_model`) → float32 CHW with the manifest's channel order and normalization."""
-    pixels = rgb.astype(np.float32)
-    if preprocessing.color_order == "BGR":
-        pixels = pixels[..., ::-1]
-    elif preprocessing.color_order == "GRAY":
+    if preprocessing.color_order == "GRAY":
         # ITU-R BT.601 luma, the weights PIL's "L" conversion uses.
-        pixels = (pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-
-    if preprocessing.normalization is not None:
-        norm = preprocessing.normalization
-        mean = np.asarray(norm.mean, dtype=np.float32)
-        std = np.asarray(norm.std, dtype=np.float32)
-        if mean.shape[0] != pixels.shape[-1] or std.shape[0] != pixels.shape[-1]:
-            raise ValueError(
-                f"normalization has {mean.shape[0]} means and {std.shape[0]} stds "
-                f"for {pixels.shape[-1]} channels ({preprocessing.color_order})"
-            )
-        pixels = (pixels * np.float32(norm.scale) - mean) / std
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        luma = (rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+        return _normalised(luma, preprocessing).transpose(2, 0, 1).copy()
+    # A uint8 pixel has 256 values: each channel's normalised values are looked up, not computed per pixel
+    # (the same float32 operations, done once per value), straight into the CHW layout.
+    table = _value_table(preprocessing)
+    order = (2, 1, 0) if preprocessing.color_order == "BGR" else (0, 1, 2)
+    tensor = np.empty((3, *rgb.shape[:2]), np.float32)
+    for channel, source in enumerate(order):
+        np.take(table[channel], rgb[..., source], out=tensor[channel])
+    return tensor
 
 
-def _resize(rgb: np.ndarray, target_size: tuple[int, int]) -> np.ndarray:
-    target_h, target_w = target_size
-    if rgb.shape[:2] == (target_h, target_w):
-        return rgb
-    # PIL's bicubic filter widens its support when shrinking (it antialiases), so small lesions such as
-    # microaneurysms survive as faint dots instead of aliasing away.
-    image = Image.fromarray(rgb)
-    return np.asarray(image.resize((target_w, target_h), resample=Image.Resampling.BICUBIC))
+def _value_table(preprocessing: Preprocessing) -> np.ndarray:
+    """(3, 256) float32: the model input for each 8-bit value of each channel, in the model's channel order."""
+    norm = preprocessing.normalization
+    key = None if norm is None else (norm.scale, tuple(norm.mean), tuple(norm.std))
+    return _cached_value_table(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_value_table(key: tuple[float, tuple[float, ...], tuple[float, ...]] | None) -> np.ndarray:
+    values = np.broadcast_to(np.arange(256, dtype=np.float32)[:, None], (256, 3))
+    if key is not None:
+        scale, mean, std = key
+        values = _apply_normalisation(values, scale, mean, std)
+    table = np.ascontiguousarray(values.T, dtype=np.float32)
+    table.flags.writeable = False
+    return table
+
+
+def _normalised(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    norm = preprocessing.normalization
+    return pixels if norm is None else _apply_normalisation(pixels, norm.scale, norm.mean, norm.std)
+
+
+def _apply_normalisation(pixels: np.ndarray, scale: float, mean, std) -> np.ndarray:
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    if mean.shape[0] != pixels.shape[-1] or std.shape[0] != pixels.shape[-1]:
+        raise ValueError(f"normalization has {mean.shape[0]} means and {std.shape[0]} stds "
+                         f"for {pixels.shape[-1]} channels")
+    return (pixels * np.float32(scale) - mean) / std

@@ -15,10 +15,10 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
 from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, JobWaiterDep, Reader, SettingsDep, Submitter
-from app.api.waiting import RECHECK_SECONDS, FinishedJobWaiter
+from app.api.waiting import RECHECK_SECONDS, FinishedJobWaiter, FinishedNotice
 from app.errors import ArtifactNotFound, JobNotFound, MedimgError
 from app.metrics import JOBS_REJECTED, JOBS_SUBMITTED, UPLOAD_BYTES
-from app.schemas.jobs import Job, JobPublic
+from app.schemas.jobs import Job, JobPublic, new_job_id
 from app.security.keys import Principal
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas.tasks import TaskName
@@ -72,27 +72,35 @@ async def create_job(
                            "job if it ends within that time (at most MEDIMG_MAX_WAIT_SECONDS), else 202 as usual")
     ] = None,
 ) -> JobPublic:
-    try:
-        job, created = await run_in_threadpool(
-            intake.accept, task, [f.file for f in files], options, caller.name, idempotency_key, callback_url
-        )
-    except MedimgError as exc:
-        JOBS_REJECTED.labels(task.value, exc.code).inc()
-        raise
-    if created:
-        JOBS_SUBMITTED.labels(task.value).inc()
-        UPLOAD_BYTES.labels(task.value).inc(sum(i.size_bytes for i in job.inputs))
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
     wait = preferred_wait(prefer)
-    if wait is not None:
-        # One round trip for callers that want the answer now; the job is queued and stored all the same.
-        wait = min(wait, settings.max_wait_seconds)
-        job = await wait_finished(jobs, waiter, job.id, caller, wait)
-        response.headers["Preference-Applied"] = f"wait={wait:g}"
-        if job.status.finished:
-            response.status_code = 200
+    job_id = new_job_id()
+    # Watched before it exists, so that a caller who waits hears the job end however soon it does, and the
+    # wait needs no first read of a job just created.
+    with waiter.watch(job_id) as finished:
+        try:
+            job, created = await run_in_threadpool(
+                intake.accept, task, [f.file for f in files], options, caller.name, idempotency_key, callback_url,
+                job_id,
+            )
+        except MedimgError as exc:
+            JOBS_REJECTED.labels(task.value, exc.code).inc()
+            raise
+        if created:
+            JOBS_SUBMITTED.labels(task.value).inc()
+            UPLOAD_BYTES.labels(task.value).inc(sum(i.size_bytes for i in job.inputs))
+        else:
+            response.headers["Idempotent-Replayed"] = "true"
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        if wait is not None:
+            # One round trip for callers that want the answer now; the job is queued and stored all the same.
+            wait = min(wait, settings.max_wait_seconds)
+            if created:
+                job = await _wait_on(finished, jobs, job, caller, wait)
+            else:  # an earlier job of the same idempotency key, under its own id
+                job = await wait_finished(jobs, waiter, job.id, caller, wait)
+            response.headers["Preference-Applied"] = f"wait={wait:g}"
+            if job.status.finished:
+                response.status_code = 200
     return JobPublic.from_job(job)
 
 
@@ -112,19 +120,28 @@ def preferred_wait(prefer: str | None) -> float | None:
 async def wait_finished(jobs: JobStore, waiter: FinishedJobWaiter, job_id: str, caller: Principal,
                         seconds: float) -> Job:
     """The job once finished, or as it stands after `seconds`; woken by the store's job-finished notices."""
-    deadline = time.monotonic() + seconds
     with waiter.watch(job_id) as finished:
-        job = await _own_job(jobs, job_id, caller)
-        while not job.status.finished and (remaining := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=min(remaining, RECHECK_SECONDS))
-            finished.clear()
-            job = await _own_job(jobs, job_id, caller)
+        return await _wait_on(finished, jobs, await _own_job(jobs, job_id, caller), caller, seconds)
+
+
+async def _wait_on(finished: FinishedNotice, jobs: JobStore, job: Job, caller: Principal, seconds: float) -> Job:
+    """`job`, read after `finished` began watching it, once finished or as it stands after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not job.status.finished and (remaining := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), timeout=min(remaining, RECHECK_SECONDS))
+        if finished.job is not None:  # the notice brought the finished job: no read back
+            return _readable(finished.job, job.id, caller)
+        finished.clear()
+        job = await _own_job(jobs, job.id, caller)
     return job
 
 
 async def _own_job(jobs, job_id: str, caller: Principal) -> Job:
-    job = await run_in_threadpool(jobs.get, job_id)
+    return _readable(await run_in_threadpool(jobs.get, job_id), job_id, caller)
+
+
+def _readable(job: Job, job_id: str, caller: Principal) -> Job:
     if not caller.may_read(job.caller):
         # Another caller's job answers exactly like a missing one, so ids cannot be probed.
         raise JobNotFound(f"No job with id {job_id!r}; it never existed, or it was deleted")

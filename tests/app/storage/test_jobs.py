@@ -68,7 +68,7 @@ def test_listeners_hear_each_job_that_finishes_and_only_those(store: JobStore) -
     import queue
 
     heard: queue.Queue[str] = queue.Queue()
-    stop = store.listen_finished(heard.put)
+    stop = store.listen_finished(lambda job_id, job: heard.put(job_id))
     try:
         time.sleep(0.2)  # the Redis relay subscribes in its own thread
         running, _ = store.create(new_job())
@@ -90,3 +90,24 @@ def test_listeners_hear_each_job_that_finishes_and_only_those(store: JobStore) -
     store.save(late)
     time.sleep(0.2)
     assert heard.empty(), "a stopped listener still hears"
+
+
+def test_a_notice_carries_the_finished_job_when_this_process_wrote_it(store: JobStore) -> None:
+    """Embedded mode: a long poll answers from the notice, without reading the job back."""
+    import queue
+
+    heard: queue.Queue = queue.Queue()
+    stop = store.listen_finished(lambda job_id, job: heard.put((job_id, job)))
+    try:
+        time.sleep(0.2)
+        job, _ = store.create(new_job())
+        job.status, job.attempts = JobStatus.SUCCEEDED, 0
+        assert store.transition(job, 0)
+        job_id, carried = heard.get(timeout=5)
+    finally:
+        stop()
+    assert job_id == job.id
+    if isinstance(store, SqliteJobStore):
+        assert carried is not None and carried.status is JobStatus.SUCCEEDED and carried.id == job.id
+    else:
+        assert carried is None  # Redis: the id crosses processes; readers read the job back
