@@ -49,6 +49,7 @@ from workers.runtime import WorkerRuntime
 RESULTS = REPO_ROOT / "bench" / "results"
 CELERY_THREADS = 4  # per worker process, as the embedded pool's default
 Upload = tuple[str, bytes]  # file name, content
+LONE_JOBS = 48  # jobs sent one at a time per concurrency-1 row: a median of 16 moved by a millisecond between runs
 RUNS_PER_CORE = {"MEDIMG_INFERENCE_THREADS": "1", "MEDIMG_INFERENCE_PARALLEL_RUNS": str(os.cpu_count() or 1),
                  "MEDIMG_BATCH_MAX_ROWS": "1"}
 
@@ -86,7 +87,7 @@ def raw_limit(version, photos: list[np.ndarray]) -> dict:
         by_batch[batch] = round(len(tensors) / (time.perf_counter() - started), 2)
     best = max(by_batch, key=by_batch.get)
     single = []
-    for tensor in tensors[:16]:
+    for tensor in (tensors[i % len(tensors)] for i in range(LONE_JOBS)):
         started = time.perf_counter()
         session.run(["logits"], {"image": tensor[None]})
         single.append(time.perf_counter() - started)
@@ -239,23 +240,24 @@ def benchmark_model(label: str, repository_root: Path, model_id: str, jobs: int,
     model_dir = version.directory
     rgbs = [make_fundus(seed).rgb for seed in range(min(jobs, 32))]
     pngs = [("fundus.png", png_bytes(rgbs[i % len(rgbs)])) for i in range(jobs)]
-    jpegs = [("fundus.jpg", jpeg_bytes(rgbs[i % len(rgbs)])) for i in range(16)]
+    jpegs = [("fundus.jpg", jpeg_bytes(rgbs[i % len(rgbs)])) for i in range(LONE_JOBS)]
+    lone = pngs[:LONE_JOBS]
     rows = {"a_raw_onnxruntime": raw_limit(version, rgbs)}
     print(f"[{label}] raw limit: {rows['a_raw_onnxruntime']['throughput_per_s']}/s", flush=True)
     rows["b_predict_in_process"] = in_process(repository_root, pngs[: max(8, jobs // 4)])
     # One client at a time: the latency the service adds around the model, without queueing behind others.
-    rows["c_embedded_http_c1"] = embedded(repository_root, pngs[:16], 1, workdir / label / "c1")
+    rows["c_embedded_http_c1"] = embedded(repository_root, lone, 1, workdir / label / "c1")
     rows["c_embedded_http_c1_jpeg"] = embedded(repository_root, jpegs, 1, workdir / label / "c1-jpeg")
-    rows["d_celery_1_worker_c1"] = celery(repository_root, pngs[:16], 1, 1, workdir / label / "c1")
+    rows["d_celery_1_worker_c1"] = celery(repository_root, lone, 1, 1, workdir / label / "c1")
     rows[f"c_embedded_http_c{concurrency}"] = embedded(repository_root, pngs, concurrency, workdir / label)
     # One single-threaded run per core instead of one run on all cores: the CPU throughput setting, and
     # what it costs a lone job.
-    rows["c_embedded_http_c1_runs_per_core"] = embedded(repository_root, pngs[:16], 1, workdir / label / "c1-per-core",
+    rows["c_embedded_http_c1_runs_per_core"] = embedded(repository_root, lone, 1, workdir / label / "c1-per-core",
                                                         **RUNS_PER_CORE)
     rows[f"c_embedded_http_c{concurrency}_runs_per_core"] = embedded(
         repository_root, pngs, concurrency, workdir / label / "per-core", **RUNS_PER_CORE)
     # ONNX Runtime's own default, side by side with the service's (idle threads do not spin).
-    rows["c_embedded_http_c1_ort_spinning"] = embedded(repository_root, pngs[:16], 1, workdir / label / "c1-spin",
+    rows["c_embedded_http_c1_ort_spinning"] = embedded(repository_root, lone, 1, workdir / label / "c1-spin",
                                                        MEDIMG_INFERENCE_THREAD_SPINNING="1")
     rows[f"c_embedded_http_c{concurrency}_ort_spinning"] = embedded(
         repository_root, pngs, concurrency, workdir / label / "spin", MEDIMG_INFERENCE_THREAD_SPINNING="1")

@@ -36,7 +36,8 @@ def test_split_runs_when_it_should(monkeypatch) -> None:
     assert len(calls) == 2  # the horizontal pass, then the vertical one
 
 
-@pytest.mark.parametrize("shape,size", [((600, 500, 3), (224, 224)), ((600, 600, 3), (224, 112)), ((600, 600), (224, 224))])
+@pytest.mark.parametrize("shape,size", [((600, 500, 3), (224, 224)), ((600, 600, 3), (224, 112)),
+                                        ((600, 600), (224, 224))])
 def test_other_shapes_and_grey_match_pillow(shape, size) -> None:
     pixels = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     assert np.array_equal(resize_bicubic(pixels, size), pillow_resize(pixels, size))
