@@ -140,15 +140,18 @@ class SqliteJobStore:
         return cursor.rowcount == 1
 
     def transition(self, job: Job, expected_attempts: int) -> bool:
+        document = job.model_dump_json()
         with self._lock:
-            row = self._db.execute("SELECT document FROM jobs WHERE id = ?", (job.id,)).fetchone()
-            if row is None:
-                return False
-            stored = Job.model_validate_json(row[0])
-            if stored.status.finished or stored.attempts != expected_attempts:
-                return False
-            self._db.execute("UPDATE jobs SET status = ?, document = ? WHERE id = ?",
-                             (job.status.value, job.model_dump_json(), job.id))
+            # One conditional UPDATE: the stored record's status and attempts are compared in SQLite, without
+            # reading and parsing its document (twice per job, under the lock the gateway also reads through).
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = ?, document = ? WHERE id = ? AND status IN (?, ?)"
+                " AND json_extract(document, '$.attempts') = ?",
+                (job.status.value, document, job.id, JobStatus.QUEUED.value, JobStatus.RUNNING.value,
+                 expected_attempts),
+            )
+        if cursor.rowcount != 1:
+            return False
         if job.status.finished:
             self._finished.notify(job.id, job)
         return True

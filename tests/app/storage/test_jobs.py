@@ -111,3 +111,31 @@ def test_a_notice_carries_the_finished_job_when_this_process_wrote_it(store: Job
         assert carried is not None and carried.status is JobStatus.SUCCEEDED and carried.id == job.id
     else:
         assert carried is None  # Redis: the id crosses processes; readers read the job back
+
+
+def test_transition_applies_only_over_an_unfinished_record_with_the_expected_starts(store: JobStore) -> None:
+    """Two deliveries of one job race through `transition`: exactly one starts it, and only the delivery
+    that started the latest attempt records its outcome; a deleted job stays deleted."""
+    job, _ = store.create(new_job())
+    first = job.model_copy(update={"status": JobStatus.RUNNING, "attempts": 1})
+    second = job.model_copy(update={"status": JobStatus.RUNNING, "attempts": 1})
+    assert not store.transition(first, 1)  # the stored record has 0 starts, not 1
+    assert store.transition(first, 0)
+    assert not store.transition(second, 0)  # the other delivery lost the start
+    assert store.get(job.id).attempts == 1
+
+    stale = first.model_copy(update={"status": JobStatus.SUCCEEDED})
+    retried = first.model_copy(update={"attempts": 2})
+    assert store.transition(retried, 1)  # redelivered after its worker died: attempt 2 starts
+    assert not store.transition(stale, 1)  # attempt 1's late outcome is discarded
+    assert store.get(job.id).status is JobStatus.RUNNING
+
+    done = retried.model_copy(update={"status": JobStatus.FAILED})
+    assert store.transition(done, 2)
+    assert not store.transition(done.model_copy(update={"status": JobStatus.SUCCEEDED}), 2)  # finished stays
+    assert store.get(job.id).status is JobStatus.FAILED
+
+    store.delete(job.id)
+    assert not store.transition(retried, 2)
+    with pytest.raises(JobNotFound):
+        store.get(job.id)
