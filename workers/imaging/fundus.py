@@ -31,8 +31,9 @@ def crop_to_retina(rgb: np.ndarray) -> np.ndarray:
 
     Returns the input unchanged when no retina is visible (an all-dark image).
     """
-    box = _retina_square(Image.fromarray(rgb))
-    return rgb if box is None else np.asarray(Image.fromarray(rgb).crop(box))
+    image = Image.fromarray(rgb)
+    box = _retina_square(image)
+    return rgb if box is None else np.asarray(image.crop(box))
 
 
 def _retina_square(image: Image.Image) -> tuple[int, int, int, int] | None:

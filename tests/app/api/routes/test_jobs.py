@@ -123,6 +123,18 @@ def test_create_job_idempotency_key_returns_same_job(embedded_service: Service) 
     assert other.json()["id"] != first.json()["id"]
 
 
+def test_create_job_prefer_wait_on_a_replayed_idempotency_key_waits_for_the_earlier_job(
+        embedded_service: Service) -> None:
+    """The replay names the job of the first submission, not the id the second one would have had."""
+    data = png_bytes(make_fundus(seed=8).rgb)
+    headers = {"Idempotency-Key": "order-124-photo-1"}
+    first = submit_job(embedded_service, "dr-grading", [("a.png", data)], headers=headers)
+    replay = submit_job(embedded_service, "dr-grading", [("a.png", data)], headers=headers | {"Prefer": "wait=30"})
+    assert replay.status_code == 200, replay.text
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert replay.json()["id"] == first.json()["id"] and replay.json()["status"] == "succeeded"
+
+
 def _zip(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
