@@ -36,7 +36,7 @@ from workers.pipelines.covid_lesion_segmentation import _resize, model_slices, s
 MODEL_ID = "covid-lesion-segmentation-reference"
 VERSION_DIR = HERE / "1"
 SEED = 2468
-SPLIT_SEEDS = {"train": 40_000_000, "test": 50_000_000}
+SPLIT_SEEDS = {"train": 40_000_000, "validation": 45_000_000, "test": 50_000_000}  # validation: threshold_sweep.py
 SIZE = (128, 128)
 WINDOW_HU = (-1350.0, 150.0)
 CHANNELS = 3

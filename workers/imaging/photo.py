@@ -10,9 +10,9 @@ import io
 import warnings
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pydicom
-import imagecodecs
 from PIL import Image, ImageOps
 from pydicom.pixels import apply_color_lut, apply_voi_lut
 

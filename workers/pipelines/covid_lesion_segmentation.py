@@ -143,11 +143,20 @@ def stack_neighbours(slices: np.ndarray, indices: np.ndarray, channels: int) -> 
 
 
 def predict_labels(hu: np.ndarray, manifest: ModelManifest, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Labels 0/1/2 on the source grid (uint8, same shape as `hu`); probabilities resized back per slice."""
+    """Labels 0/1/2 on the source grid (uint8, same shape as `hu`): each voxel's most probable class."""
+    labels = np.empty(hu.shape, np.uint8)
+    for index, probability in slice_probabilities(hu, manifest, run):
+        labels[index] = np.argmax(probability, axis=0)
+    return labels
+
+
+def slice_probabilities(hu: np.ndarray, manifest: ModelManifest,
+                        run: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    """(slice index, float32 class probabilities resized back to the slice's rows and columns), slice by slice,
+    so that no caller need hold the probabilities of a whole volume."""
     channels = int(manifest.inputs[0].shape[1])
     batch_size = manifest.preprocessing.batch_size or DEFAULT_BATCH
     small = model_slices(hu, manifest)
-    labels = np.empty(hu.shape, np.uint8)
     for first in range(0, hu.shape[0], batch_size):
         indices = np.arange(first, min(first + batch_size, hu.shape[0]))
         logits = run(stack_neighbours(small, indices, channels))
@@ -155,8 +164,7 @@ def predict_labels(hu: np.ndarray, manifest: ModelManifest, run: Callable[[np.nd
             raise ModelError(f"the model returned {logits.shape} for a batch of {len(indices)} slices")
         probability = activate(logits, manifest.decoding, axis=1).astype(np.float32)
         for offset, index in enumerate(indices):
-            labels[index] = np.argmax(_resize(probability[offset], hu.shape[1:]), axis=0)
-    return labels
+            yield int(index), _resize(probability[offset], hu.shape[1:])
 
 
 def decode_labels(raw: np.ndarray, lungs: LungMask, affine: np.ndarray,
