@@ -64,10 +64,21 @@ class Preprocessing(Strict):
     crop: Literal["none", "retina-disc", "imaging-region"] = "none"
     target_size: tuple[int, int] | None = Field(None, description="Height and width in pixels")
     normalization: Normalization | None = None
-    target_spacing_mm: tuple[float, float, float] | None = Field(None, description="z, y, x voxel spacing")
+    target_spacing_mm: tuple[float, float, float] | None = Field(
+        None, description="z, y, x voxel spacing the model reads; slice-wise (2D, 2.5D) models resample only in "
+        "plane (y, x) and read the series' own slices"
+    )
     window_hu: tuple[float, float] | None = Field(None, description="Lower and upper Hounsfield unit bounds")
-    patch_size: tuple[int, ...] | None = None
-    patch_overlap: float | None = Field(None, ge=0.0, lt=1.0)
+    slice_offsets_mm: list[float] | None = Field(
+        None, description="Slice-wise (2.5D) models: the planes stacked as an input's channels, in mm along the "
+        "slice normal from the slice being segmented, interpolated between the series' slices (the end slices "
+        "repeat beyond the series); null stacks the slice and its adjacent slices, as many as the input's channels"
+    )
+    patch_size: tuple[int, ...] | None = Field(
+        None, description="Sliding-window inference in patches of this size (3 axes for volumes, 2 for slices); "
+        "null runs whole inputs"
+    )
+    patch_overlap: float | None = Field(None, ge=0.0, lt=1.0, description="Fraction of a patch its neighbour overlaps")
     batch_size: int | None = Field(
         None, ge=1, description="Slices or patches per inference run; null leaves it to the pipeline's default"
     )
@@ -131,6 +142,15 @@ class ModelManifest(Strict):
         description="Ids of other models in the repository this model's pipeline also runs (a cascade's earlier "
         "stages); they are loaded with it and never serve a task on their own",
     )
+
+    @model_validator(mode="after")
+    def _slice_offsets_fill_the_channels(self) -> ModelManifest:
+        offsets = self.preprocessing.slice_offsets_mm
+        channels = self.inputs[0].shape[1] if len(self.inputs[0].shape) > 1 else None
+        if offsets is not None and isinstance(channels, int) and len(offsets) != channels:
+            raise ValueError(f"preprocessing.slice_offsets_mm has {len(offsets)} planes, but the input "
+                             f"{self.inputs[0].name!r} has {channels} channels")
+        return self
 
     @model_validator(mode="after")
     def _default_operating_point_exists(self) -> ModelManifest:

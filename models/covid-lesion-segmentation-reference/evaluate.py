@@ -37,18 +37,19 @@ TOLERANCE = {"dice": 0.02, "volume_error": 0.03, "involvement_error": 0.5}
 CARD_BEGIN, CARD_END = "<!-- metrics:begin -->", "<!-- metrics:end -->"
 
 
-def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2) -> dict[str, float]:
+def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2, version_dir: Path = VERSION_DIR,
+             split: str = "test") -> dict[str, float]:
     from app.model_repository import load_model_version
     from workers.onnx import load_model
     from workers.pipelines.covid_lesion_segmentation import ArrayCase, onnx_runner, segment_arrays
 
-    model = load_model(load_model_version(VERSION_DIR), threads=threads)
+    model = load_model(load_model_version(version_dir), threads=threads)
     manifest, run = model.manifest, onnx_runner(model)
     inter = {1: 0, 2: 0, "any": 0, "lung": 0}
     sums = {1: 0, 2: 0, "any": 0, "lung": 0}
     volume_errors, involvement_errors = [], []
     for index in range(n_scans):
-        case = make_case("test", index)
+        case = make_case(split, index)
         labels, lungs = segment_arrays(ArrayCase(case.hu, case.grid.affine, case.grid.spacing), manifest, run)
         for key, pred, true in ((1, labels == 1, case.labels == 1), (2, labels == 2, case.labels == 2),
                                 ("any", labels > 0, case.labels > 0), ("lung", lungs.both, case.lung_mask)):
@@ -127,8 +128,12 @@ def main() -> int:
     parser.add_argument("--scans", type=int, default=N_TEST_SCANS)
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--split", default="test", choices=sorted(SPLIT_SEEDS), help="validation: for choosing a model")
+    parser.add_argument("--version-dir", type=Path, default=VERSION_DIR, help="another version folder (experiments)")
     args = parser.parse_args()
-    metrics = evaluate(args.scans)
+    if (args.write or args.check) and (args.split != "test" or args.version_dir != VERSION_DIR):
+        parser.error("--write and --check are for the served model's card: the test split of version 1")
+    metrics = evaluate(args.scans, version_dir=args.version_dir, split=args.split)
     print(json.dumps(metrics, indent=2))
     if args.write:
         write(metrics)

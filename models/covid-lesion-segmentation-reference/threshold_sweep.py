@@ -13,6 +13,7 @@ of the voxels its argmax misses.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def lesion_probabilities(case, manifest, run) -> tuple[np.ndarray, np.ndarray, n
     argmax = np.empty(case.hu.shape, np.uint8)
     lesion = np.empty(case.hu.shape, np.float32)
     consolidation = np.empty(case.hu.shape, bool)
-    for index, probability in slice_probabilities(case.hu, manifest, run):
+    for index, probability in slice_probabilities(case.hu, case.grid.spacing, manifest, run):
         argmax[index] = np.argmax(probability, axis=0)
         lesion[index] = probability[1] + probability[2]
         consolidation[index] = probability[2] > probability[1]
@@ -103,7 +104,10 @@ def main() -> int:
     from workers.onnx import load_model
     from workers.pipelines.covid_lesion_segmentation import onnx_runner
 
-    model = load_model(load_model_version(VERSION_DIR))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version-dir", type=Path, default=VERSION_DIR, help="another version folder (experiments)")
+    args = parser.parse_args()
+    model = load_model(load_model_version(args.version_dir))
     manifest, run = model.manifest, onnx_runner(model)
     table = sweep(N_VALIDATION_SCANS, manifest, run)
     print(f"validation split, {N_VALIDATION_SCANS} scans ({table['argmax']['scans']} with >= {MIN_VOLUME_ML:g} ml "

@@ -31,7 +31,12 @@ for _path in (str(REPO_ROOT), str(HERE)):
 
 import synthetic_covid as sv  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
-from workers.pipelines.covid_lesion_segmentation import _resize, model_slices, stack_neighbours  # noqa: E402
+from workers.pipelines.covid_lesion_segmentation import (  # noqa: E402
+    _resize,
+    model_plane,
+    model_slices,
+    stack_neighbours,
+)
 
 MODEL_ID = "covid-lesion-segmentation-reference"
 VERSION_DIR = HERE / "1"
@@ -39,7 +44,8 @@ SEED = 2468
 SPLIT_SEEDS = {"train": 40_000_000, "validation": 45_000_000, "test": 50_000_000}  # validation: threshold_sweep.py
 SIZE = (128, 128)
 WINDOW_HU = (-1350.0, 150.0)
-CHANNELS = 3
+CHANNELS = 3  # the slice and its two adjacent slices, unless SLICE_OFFSETS_MM says otherwise
+SLICE_OFFSETS_MM: tuple[float, ...] | None = None
 WIDTHS = (12, 24, 48)
 BATCH = 16
 CROP = 64  # training crop (fully convolutional: served on whole slices)
@@ -63,7 +69,9 @@ def make_case(split: str, index: int) -> "sv.Case":
     return sv.simulate_case(rng, **scan_kwargs(rng))
 
 
-def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None, notes: str = "") -> ModelManifest:
+def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None, notes: str = "",
+                 offsets_mm: tuple[float, ...] | None = SLICE_OFFSETS_MM) -> ModelManifest:
+    channels = len(offsets_mm) if offsets_mm else CHANNELS
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest() if onnx_path and onnx_path.exists() else "0" * 64
     return ModelManifest.model_validate({
         "id": MODEL_ID, "version": 1, "task": "covid-lesion-segmentation",
@@ -76,10 +84,10 @@ def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None
         "sha256": sha,
         "accepts": {"formats": ["dicom"], "modalities": ["CT"], "samples_per_pixel": [1], "min_rows": 64,
                     "min_columns": 64, "min_instances": 8, "volume": True},
-        "inputs": [{"name": "ct_slices", "dtype": "float32", "layout": "NCHW", "shape": ["batch", CHANNELS, *SIZE]}],
+        "inputs": [{"name": "ct_slices", "dtype": "float32", "layout": "NCHW", "shape": ["batch", channels, *SIZE]}],
         "outputs": [{"name": "lesion_logits", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, *SIZE]}],
         "preprocessing": {"color_order": "GRAY", "target_size": list(SIZE), "window_hu": list(WINDOW_HU),
-                          "batch_size": SERVE_BATCH},
+                          "slice_offsets_mm": list(offsets_mm) if offsets_mm else None, "batch_size": SERVE_BATCH},
         "decoding": {"kind": "segmentation-labels", "activation": "softmax", "positive_classes": [1, 2],
                      "min_component_voxels": MIN_COMPONENT_VOXELS},
         "class_names": sv.CLASS_NAMES,
@@ -100,17 +108,21 @@ def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None
 
 def build_dataset(n_scans: int, manifest: ModelManifest) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Lung slices of the training scans: images, targets, has-lesion flags and each slice's scan matrix."""
-    cache = CACHE_DIR / f"train-{n_scans}-{CHANNELS}x{SIZE[0]}x{SIZE[1]}-v2.npz"  # a cache per input shape
+    offsets = manifest.preprocessing.slice_offsets_mm
+    channels = int(manifest.inputs[0].shape[1])
+    planes = "adjacent" if offsets is None else "_".join(f"{v:g}" for v in offsets)
+    cache = CACHE_DIR / f"train-{n_scans}-{channels}x{SIZE[0]}x{SIZE[1]}-{planes}-v2.npz"  # a cache per input
     if cache.exists():
         stored = np.load(cache)
         return stored["images"], stored["targets"], stored["has_lesion"], stored["matrix"]
     images, targets, has_lesion, matrix = [], [], [], []
     for index in range(n_scans):
         case = make_case("train", index)
-        small = model_slices(case.hu, manifest)
+        small = model_slices(case.hu, manifest, model_plane(case.hu.shape[1:], case.grid.spacing, manifest))
         labels = _resize(case.labels, SIZE, order=0)
         keep = np.nonzero(case.lung_mask.any(axis=(1, 2)))[0]
-        images.append(stack_neighbours(small, keep, CHANNELS).astype(np.float16))
+        positions = np.arange(case.hu.shape[0]) * case.grid.spacing[2]
+        images.append(stack_neighbours(small, keep, channels, positions, offsets).astype(np.float16))
         targets.append(labels[keep])
         has_lesion.append(labels[keep].any(axis=(1, 2)))
         matrix.append(np.full(len(keep), case.hu.shape[-1], np.int16))
@@ -122,26 +134,28 @@ def build_dataset(n_scans: int, manifest: ModelManifest) -> tuple[np.ndarray, np
     return arrays
 
 
-def crops(images: np.ndarray, targets: np.ndarray, pick: np.ndarray, rng: np.random.Generator):
-    """CROP x CROP windows of the picked slices, centred on a lesion pixel when the slice has one."""
+def crops(images: np.ndarray, targets: np.ndarray, pick: np.ndarray, rng: np.random.Generator, crop: int):
+    """crop x crop windows of the picked slices, centred on a lesion pixel when the slice has one."""
     size = images.shape[-1]
-    x = np.empty((len(pick), images.shape[1], CROP, CROP), np.float32)
-    y = np.empty((len(pick), CROP, CROP), np.int64)
+    if crop >= size:
+        return images[pick].astype(np.float32), targets[pick].astype(np.int64)
+    x = np.empty((len(pick), images.shape[1], crop, crop), np.float32)
+    y = np.empty((len(pick), crop, crop), np.int64)
     for n, index in enumerate(pick):
         rows, cols = np.nonzero(targets[index])
         if rows.size and rng.random() < 0.8:
             k = rng.integers(rows.size)
-            r0 = int(np.clip(rows[k] - CROP // 2 + rng.integers(-16, 17), 0, size - CROP))
-            c0 = int(np.clip(cols[k] - CROP // 2 + rng.integers(-16, 17), 0, size - CROP))
+            r0 = int(np.clip(rows[k] - crop // 2 + rng.integers(-16, 17), 0, size - crop))
+            c0 = int(np.clip(cols[k] - crop // 2 + rng.integers(-16, 17), 0, size - crop))
         else:
-            r0, c0 = (int(v) for v in rng.integers(0, size - CROP + 1, 2))
-        x[n] = images[index, :, r0:r0 + CROP, c0:c0 + CROP]
-        y[n] = targets[index, r0:r0 + CROP, c0:c0 + CROP]
+            r0, c0 = (int(v) for v in rng.integers(0, size - crop + 1, 2))
+        x[n] = images[index, :, r0:r0 + crop, c0:c0 + crop]
+        y[n] = targets[index, r0:r0 + crop, c0:c0 + crop]
     return x, y
 
 
 def train(images: np.ndarray, targets: np.ndarray, has_lesion: np.ndarray, matrix: np.ndarray, minutes: float,
-          max_steps: int):
+          max_steps: int, widths: tuple[int, ...] = WIDTHS, crop: int = CROP, batch: int = BATCH):
     import torch
     import torch.nn.functional as F
 
@@ -149,7 +163,7 @@ def train(images: np.ndarray, targets: np.ndarray, has_lesion: np.ndarray, matri
 
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
-    model = LesionNet(WIDTHS)
+    model = LesionNet(widths, channels=images.shape[1])
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     weights = torch.tensor([1.0, 3.0, 3.0])
     lesion_idx, other_idx = np.nonzero(has_lesion)[0], np.nonzero(~has_lesion)[0]
@@ -160,10 +174,10 @@ def train(images: np.ndarray, targets: np.ndarray, has_lesion: np.ndarray, matri
     step = 0
     deadline = started + minutes * 60
     while step < max_steps and time.perf_counter() < deadline:
-        n_lesion = int(BATCH * 0.75) if len(lesion_idx) else 0
+        n_lesion = int(batch * 0.75) if len(lesion_idx) else 0
         pick = np.concatenate([rng.choice(lesion_idx, n_lesion, p=lesion_p),
-                               rng.choice(other_idx, BATCH - n_lesion, p=other_p)])
-        x_np, y_np = crops(images, targets, pick, rng)
+                               rng.choice(other_idx, batch - n_lesion, p=other_p)])
+        x_np, y_np = crops(images, targets, pick, rng, crop)
         x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
         if rng.random() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
@@ -192,11 +206,11 @@ def train(images: np.ndarray, targets: np.ndarray, has_lesion: np.ndarray, matri
     return model.eval(), step, time.perf_counter() - started
 
 
-def export_onnx(model, path: Path) -> None:
+def export_onnx(model, path: Path, channels: int) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (torch.zeros(1, CHANNELS, *SIZE),), str(path), dynamo=False, opset_version=17,
+    torch.onnx.export(model, (torch.zeros(1, channels, *SIZE),), str(path), dynamo=False, opset_version=17,
                       input_names=["ct_slices"], output_names=["lesion_logits"],
                       dynamic_axes={"ct_slices": {0: "batch"}, "lesion_logits": {0: "batch"}})
 
@@ -207,24 +221,33 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=MINUTES, help="wall-clock cap on training")
     parser.add_argument("--max-steps", type=int, default=MAX_STEPS)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="channels per U-Net level")
+    parser.add_argument("--crop", type=int, default=CROP, help="training crop side; the model size for whole slices")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--offsets", default=",".join(map(str, SLICE_OFFSETS_MM or ())),
+                        help="mm along the normal of each input plane, comma-separated; empty: adjacent slices")
+    parser.add_argument("--out", type=Path, default=VERSION_DIR, help="version folder to write (experiments)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     wall = time.perf_counter()
-    manifest = manifest_for(None)
+    offsets = tuple(float(v) for v in args.offsets.split(",")) if args.offsets else None
+    manifest = manifest_for(None, offsets_mm=offsets)
     images, targets, has_lesion, matrix = build_dataset(args.scans, manifest)
     data_seconds = time.perf_counter() - wall
-    model, steps, train_seconds = train(images, targets, has_lesion, matrix, args.minutes, args.max_steps)
-    onnx_path = VERSION_DIR / "model.onnx"
-    export_onnx(model, onnx_path)
+    widths = tuple(int(v) for v in args.widths.split(","))
+    model, steps, train_seconds = train(images, targets, has_lesion, matrix, args.minutes, args.max_steps, widths,
+                                        args.crop, args.batch)
+    onnx_path = args.out / "model.onnx"
+    export_onnx(model, onnx_path, int(manifest.inputs[0].shape[1]))
     previous = {}
-    manifest_path = VERSION_DIR / "manifest.json"
+    manifest_path = args.out / "manifest.json"
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text()).get("metrics", {})
-    notes = (f"{len(images)} lung slices; {steps} steps of {BATCH} slices (3/4 with lesion) in {train_seconds:.0f} s "
+    notes = (f"{len(images)} lung slices; {steps} steps of {args.batch} slices (3/4 with lesion) in {train_seconds:.0f} s "
              f"after {data_seconds:.0f} s of data generation.")
-    manifest = manifest_for(onnx_path, previous if previous else None, notes)
+    manifest = manifest_for(onnx_path, previous if previous else None, notes, offsets)
     manifest_path.write_text(manifest.model_dump_json(indent=2) + "\n")
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) and {manifest_path}; "
           f"total {time.perf_counter() - wall:.0f} s", flush=True)

@@ -23,11 +23,8 @@ def covid_case(seed: int, matrix: int = 128, slice_spacing: float = 5.0, orienta
 
 
 def held_out_case(index: int):
-    """Scan `index` of the model's test split (never trained on), with the acquisition `train.py` draws."""
-    sv = synthetic_covid()
-    rng = np.random.default_rng(50_000_000 + index)
-    kwargs = {"matrix": int(rng.choice([96, 128, 160])), "slice_spacing": float(rng.choice([2.5, 3.0, 5.0]))}
-    return sv.simulate_case(rng, **kwargs)
+    """Scan `index` of the model's test split (never trained on), drawn as `train.py` draws its scans."""
+    return load_reference_module(COVID_MODEL_ID, "train").make_case("test", index)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

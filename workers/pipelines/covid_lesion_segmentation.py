@@ -1,9 +1,10 @@
 """COVID-19 lesion segmentation on one CT series: lesion masks on the source grid, volumes, lung involvement.
 
 load (CT series → HU volume + geometry, `workers.imaging.ct_series`) → lungs (classical mask, left and right,
-`workers.imaging.lungs`) → preprocess (per slice: the slice and its two neighbours as channels, the
-manifest's HU window, resized in-plane to the manifest's target size) → infer (batches of slices, as many
-as the manifest's batch size) → decode (softmax, argmax resized back to the source rows and columns: labels
+`workers.imaging.lungs`) → preprocess (per slice: the slice and its neighbours as channels, the manifest's
+HU window, resized in-plane to the manifest's pixel spacing or target size) → infer (the whole slice, or
+overlapping patches of the manifest's patch size blended back; as many per run as the manifest's batch size)
+→ decode (softmax, argmax resized back to the source rows and columns: labels
 background / ground-glass / consolidation; small components removed; only lesions in the lungs kept)
 → outputs (figures from the true voxel spacing; NIfTI label volume; mask and overlay PNG per affected slice).
 """
@@ -35,6 +36,7 @@ from workers.imaging.ct_series import CTVolume, load_ct_series
 from workers.imaging.lungs import LungMask, component_sizes, label_compact, patient_x, segment_lungs
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
+from workers.sliding_window import sliding_window
 
 BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
 DEFAULT_BATCH = 8
@@ -59,7 +61,7 @@ class CovidLesionSegmentationPipeline:
         with stages("lungs"):
             lungs = segment_lungs(ct.hu, ct.affine, ct.spacing_mm)
         with stages("infer"):
-            raw = predict_labels(ct.hu, manifest, onnx_runner(model))
+            raw = predict_labels(ct.hu, ct.spacing_mm, manifest, onnx_runner(model), ct.geometry.slice_positions_mm)
         with stages("decode"):
             labels, lungs = decode_labels(raw, lungs, ct.affine, manifest)  # in place: `raw` is `labels` now
             result = build_result(ct, labels, lungs, manifest)
@@ -121,48 +123,99 @@ def _resize(array: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndar
     return out
 
 
-def model_slices(hu: np.ndarray, manifest: ModelManifest) -> np.ndarray:
-    """Every slice windowed to [0, 1] and resized in-plane to the model's size: float32 (slices, H, W)."""
+def model_plane(shape: tuple[int, int], spacing_mm: tuple[float, float, float],
+                manifest: ModelManifest) -> tuple[int, int]:
+    """The rows and columns each slice is resized to for the model.
+
+    With `target_spacing_mm`, the slice keeps its field of view at the model's pixel spacing (its y and x; a
+    slice-wise model reads the series' own slices, so z is not resampled); otherwise `target_size`.
+    `spacing_mm` is the series' (column, row, slice) spacing.
+    """
     spec = manifest.preprocessing
-    if spec.window_hu is None or spec.target_size is None:
-        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.window_hu and target_size")
+    if spec.target_spacing_mm is not None:
+        _, row_mm, column_mm = spec.target_spacing_mm
+        return (max(1, round(shape[0] * spacing_mm[1] / row_mm)), max(1, round(shape[1] * spacing_mm[0] / column_mm)))
+    if spec.target_size is None:
+        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.target_size or target_spacing_mm")
+    return tuple(spec.target_size)
+
+
+def model_slices(hu: np.ndarray, manifest: ModelManifest, plane: tuple[int, int]) -> np.ndarray:
+    """Every slice windowed to [0, 1] and resized in-plane to `plane`: float32 (slices, *plane)."""
+    spec = manifest.preprocessing
+    if spec.window_hu is None:
+        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.window_hu")
     low, high = spec.window_hu
-    out = np.empty((hu.shape[0], *spec.target_size), np.float32)
+    out = np.empty((hu.shape[0], *plane), np.float32)
     for index in range(hu.shape[0]):
         windowed = np.clip((hu[index] - low) / (high - low), 0.0, 1.0)
-        out[index] = _resize(windowed, spec.target_size)
+        out[index] = _resize(windowed, plane)
     return out
 
 
-def stack_neighbours(slices: np.ndarray, indices: np.ndarray, channels: int) -> np.ndarray:
-    """(len(indices), channels, H, W): each slice with its neighbours along the series (edges repeated)."""
-    half = channels // 2
-    offsets = np.arange(-half, half + 1)
-    picks = np.clip(indices[:, None] + offsets[None, :], 0, slices.shape[0] - 1)
-    return slices[picks]
+def stack_neighbours(slices: np.ndarray, indices: np.ndarray, channels: int, positions_mm: np.ndarray | None = None,
+                     offsets_mm: list[float] | None = None) -> np.ndarray:
+    """(len(indices), channels, H, W): each slice with its neighbours along the series.
+
+    Without `offsets_mm`, the adjacent slices (the end slices repeated). With them, the planes that far along
+    the slice normal, each interpolated linearly between the two slices around it from the slices' true
+    positions (`positions_mm`, increasing), so that a channel means the same distance whatever the spacing.
+    """
+    if offsets_mm is None:
+        half = channels // 2
+        offsets = np.arange(-half, half + 1)
+        picks = np.clip(indices[:, None] + offsets[None, :], 0, slices.shape[0] - 1)
+        return slices[picks]
+    wanted = positions_mm[indices][:, None] + np.asarray(offsets_mm, np.float64)[None, :]
+    fractional = np.interp(wanted, positions_mm, np.arange(len(positions_mm)))  # clamped to the end slices
+    below = np.floor(fractional).astype(np.intp)
+    above = np.minimum(below + 1, slices.shape[0] - 1)
+    weight = (fractional - below)[..., None, None].astype(np.float32)
+    return slices[below] * (1 - weight) + slices[above] * weight
 
 
-def predict_labels(hu: np.ndarray, manifest: ModelManifest, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def predict_labels(hu: np.ndarray, spacing_mm: tuple[float, float, float], manifest: ModelManifest,
+                   run: Callable[[np.ndarray], np.ndarray], positions_mm: np.ndarray | None = None) -> np.ndarray:
     """Labels 0/1/2 on the source grid (uint8, same shape as `hu`): each voxel's most probable class."""
     labels = np.empty(hu.shape, np.uint8)
-    for index, probability in slice_probabilities(hu, manifest, run):
+    for index, probability in slice_probabilities(hu, spacing_mm, manifest, run, positions_mm):
         labels[index] = np.argmax(probability, axis=0)
     return labels
 
 
-def slice_probabilities(hu: np.ndarray, manifest: ModelManifest,
-                        run: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+def slice_probabilities(hu: np.ndarray, spacing_mm: tuple[float, float, float], manifest: ModelManifest,
+                        run: Callable[[np.ndarray], np.ndarray],
+                        positions_mm: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(slice index, float32 class probabilities resized back to the slice's rows and columns), slice by slice,
-    so that no caller need hold the probabilities of a whole volume."""
+    so that no caller need hold the probabilities of a whole volume.
+
+    Each slice, with its neighbours as channels (`stack_neighbours`), is resized to the model's plane
+    (`model_plane`), then run whole or, when the manifest gives `patch_size`, as overlapping patches blended
+    back (`sliding_window`). `spacing_mm` is the series' (column, row, slice) spacing; `positions_mm` each
+    slice's distance along the normal from slice 0 (None: evenly spaced at the slice spacing).
+    """
+    spec = manifest.preprocessing
     channels = int(manifest.inputs[0].shape[1])
-    batch_size = manifest.preprocessing.batch_size or DEFAULT_BATCH
-    small = model_slices(hu, manifest)
+    batch_size = spec.batch_size or DEFAULT_BATCH
+    plane = model_plane(hu.shape[1:], spacing_mm, manifest)
+    patch = tuple(int(v) for v in (spec.patch_size or plane))
+    if len(patch) != 2:
+        raise ModelError(f"{manifest.id}: patch_size {list(patch)} is not a 2-D patch for slice-wise inference")
+    if positions_mm is None:
+        positions_mm = np.arange(hu.shape[0], dtype=np.float64) * spacing_mm[2]
+    n_classes = len(manifest.class_names)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        logits = run(batch)
+        if logits.shape[0] != batch.shape[0] or logits.shape[1] != n_classes:
+            raise ModelError(f"the model returned {logits.shape} for a batch of {batch.shape[0]} inputs")
+        return activate(logits, manifest.decoding, axis=1).astype(np.float32)
+
+    small = model_slices(hu, manifest, plane)
     for first in range(0, hu.shape[0], batch_size):
         indices = np.arange(first, min(first + batch_size, hu.shape[0]))
-        logits = run(stack_neighbours(small, indices, channels))
-        if logits.shape[0] != len(indices) or logits.shape[1] != len(manifest.class_names):
-            raise ModelError(f"the model returned {logits.shape} for a batch of {len(indices)} slices")
-        probability = activate(logits, manifest.decoding, axis=1).astype(np.float32)
+        stacked = stack_neighbours(small, indices, channels, positions_mm, spec.slice_offsets_mm)
+        probability = sliding_window(stacked, patch, spec.patch_overlap or 0.0, predict, batch_size)
         for offset, index in enumerate(indices):
             yield int(index), _resize(probability[offset], hu.shape[1:])
 
@@ -444,5 +497,5 @@ def segment_arrays(case: ArrayCase, manifest: ModelManifest,
                    run: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, LungMask]:
     """lungs → infer → decode on arrays: the pipeline's steps in its order."""
     lungs = segment_lungs(case.hu, case.affine, case.spacing_mm)
-    raw = predict_labels(case.hu, manifest, run)
+    raw = predict_labels(case.hu, case.spacing_mm, manifest, run)
     return decode_labels(raw, lungs, case.affine, manifest)

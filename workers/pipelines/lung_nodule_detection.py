@@ -25,6 +25,7 @@ from workers.imaging.ct_resample import ResampledVolume, resample_to_spacing, wi
 from workers.imaging.ct_series import CTVolume, load_ct_series
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
+from workers.sliding_window import sliding_window
 
 PATCH_BATCH = 2
 LUNG_WINDOW_HU = (-1350.0, 150.0)  # level -600, width 1500
@@ -91,45 +92,16 @@ def sliding_window_probability(volume: np.ndarray, manifest: ModelManifest,
     """Probability map over the whole volume from overlapping patches, blended with Gaussian weights."""
     spec = manifest.preprocessing
     patch = tuple(int(v) for v in (spec.patch_size or manifest.inputs[0].shape[2:]))
-    overlap = spec.patch_overlap or 0.0
-    padded_shape = tuple(max(n, p) for n, p in zip(volume.shape, patch, strict=True))
-    if padded_shape != volume.shape:
-        padded = np.zeros(padded_shape, np.float32)  # 0 is the window's floor: air
-        padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = volume
-    else:
-        padded = volume
-    starts = [_starts(n, p, overlap) for n, p in zip(padded_shape, patch, strict=True)]
-    corners = [(z, y, x) for z in starts[0] for y in starts[1] for x in starts[2]]
-    weight = _gaussian_weight(patch)
-    total = np.zeros(padded_shape, np.float32)
-    norm = np.zeros(padded_shape, np.float32)
-    for first in range(0, len(corners), PATCH_BATCH):
-        chunk = corners[first : first + PATCH_BATCH]
-        batch = np.stack([padded[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in chunk])
-        logits = run(batch[:, np.newaxis].astype(np.float32, copy=False))
+
+    def predict(batch: np.ndarray) -> np.ndarray:  # (B, 1, *patch): one channel in, the nodule probability out
+        logits = run(batch)
         if logits.shape[-3:] != patch:
             raise ModelError(f"the model returned {logits.shape} for patches of {patch}")
-        probability = activate(logits[:, 0], manifest.decoding).astype(np.float32)
-        for (z, y, x), prob in zip(chunk, probability, strict=True):
-            region = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
-            total[region] += prob * weight
-            norm[region] += weight
-    total /= np.maximum(norm, 1e-6)
-    return total[: volume.shape[0], : volume.shape[1], : volume.shape[2]]
+        return activate(logits.reshape(batch.shape), manifest.decoding).astype(np.float32)
 
-
-def _starts(n: int, p: int, overlap: float) -> list[int]:
-    if n <= p:
-        return [0]
-    step = max(1, int(p * (1 - overlap)))
-    count = math.ceil((n - p) / step) + 1
-    return sorted({int(round(v)) for v in np.linspace(0, n - p, count)})
-
-
-def _gaussian_weight(patch: tuple[int, ...]) -> np.ndarray:
-    axes = [np.exp(-0.5 * ((np.arange(p) - (p - 1) / 2) / (p / 4)) ** 2) for p in patch]
-    weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
+    probability = sliding_window(volume[np.newaxis, np.newaxis], patch, spec.patch_overlap or 0.0, predict,
+                                 spec.batch_size or PATCH_BATCH)
+    return probability[0, 0]
 
 
 def decode_components(probability: np.ndarray, spacing_zyx: tuple[float, float, float],

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.errors import ModelError
 from app.schemas.manifest import ModelManifest
 from tests.utils.covid import COVID_MODEL_ID
 from tests.utils.ct import small_grid, write_series
@@ -22,8 +23,10 @@ from workers.pipelines.covid_lesion_segmentation import (
     decode_labels,
     label_nifti,
     mask_png,
+    model_plane,
     overlay_png,
     predict_labels,
+    stack_neighbours,
     write_artifacts,
 )
 
@@ -57,7 +60,7 @@ def test_predict_labels_batches_as_the_manifest_says_and_returns_the_source_grid
         logits = np.stack([np.zeros_like(middle), np.zeros_like(middle) - 5, (middle - 0.6) * 50], axis=1)
         return logits.astype(np.float32)
 
-    labels = predict_labels(hu, manifest, run)
+    labels = predict_labels(hu, (0.8, 0.8, 2.5), manifest, run)
 
     batch = manifest.preprocessing.batch_size
     assert [s[0] for s in seen] == [batch] * (19 // batch) + ([19 % batch] if 19 % batch else [])
@@ -65,6 +68,65 @@ def test_predict_labels_batches_as_the_manifest_says_and_returns_the_source_grid
     assert labels.shape == hu.shape and labels.dtype == np.uint8
     assert (labels[:, 42:58, 32:48] == 2).all()
     assert (labels[:, :35, :] == 0).all()
+
+
+def test_predict_labels_at_the_manifests_pixel_spacing_in_overlapping_patches(manifest) -> None:
+    """A model trained at a pixel spacing, served in patches: each slice keeps its field of view at 2 mm pixels
+    (100 rows of 1 mm -> 50, 90 columns of 1.5 mm -> 68), then slides in 64 x 64 patches overlapping by half."""
+    spec = manifest.preprocessing.model_copy(update={"target_size": None, "target_spacing_mm": (5.0, 2.0, 2.0),
+                                                     "patch_size": (64, 64), "patch_overlap": 0.5})
+    patched = manifest.model_copy(update={"preprocessing": spec})
+    hu = np.full((19, 100, 90), -850.0, np.float32)
+    hu[:, 40:60, 30:50] = 0.0
+    seen = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.shape)
+        middle = batch[:, 1]
+        return np.stack([np.zeros_like(middle), np.zeros_like(middle) - 5, (middle - 0.6) * 50], axis=1)
+
+    labels = predict_labels(hu, (1.5, 1.0, 3.0), patched, run)
+
+    assert model_plane(hu.shape[1:], (1.5, 1.0, 3.0), patched) == (50, 68)
+    assert all(s[1:] == (3, 64, 64) and s[0] <= spec.batch_size for s in seen)
+    assert sum(s[0] for s in seen) == 19 * 2  # rows padded to one patch, columns two patches (starts 0 and 4)
+    assert labels.shape == hu.shape
+    assert (labels[:, 42:58, 32:48] == 2).all()
+    assert (labels[:, :37, :] == 0).all() and (labels[:, 63:, :] == 0).all()
+
+
+def test_stack_neighbours_interpolates_planes_at_distances_along_the_normal_from_true_positions() -> None:
+    """Slices 2.5 mm apart with one missing (positions 0, 2.5, 7.5, 10, ...): a slice's value is its position,
+    so every interpolated plane must read the distance it was asked for, clamped to the series' ends."""
+    positions = np.array([0.0, 2.5, 7.5, 10.0, 12.5, 15.0])
+    slices = np.broadcast_to(positions[:, None, None], (6, 4, 5)).astype(np.float32)
+    offsets = [-10.0, -4.0, 0.0, 4.0, 10.0]
+
+    stacked = stack_neighbours(slices, np.array([1, 2, 5]), 5, positions, offsets)
+
+    assert stacked.shape == (3, 5, 4, 5)
+    expected = np.clip(positions[[1, 2, 5]][:, None] + np.array(offsets)[None, :], 0.0, 15.0)
+    np.testing.assert_allclose(stacked[:, :, 0, 0], expected, atol=1e-5)
+    np.testing.assert_array_equal(stacked[:, 2], slices[[1, 2, 5]])  # offset 0 is the slice itself, untouched
+    # Without offsets: the adjacent slices, the ends repeated.
+    np.testing.assert_array_equal(stack_neighbours(slices, np.array([0, 5]), 3)[:, :, 0, 0], [[0, 0, 2.5], [12.5, 15, 15]])
+
+
+def test_a_manifest_whose_slice_offsets_do_not_fill_the_input_channels_is_refused(manifest) -> None:
+    from pydantic import ValidationError
+
+    document = json.loads(MANIFEST_PATH.read_text())
+    document["preprocessing"]["slice_offsets_mm"] = [-5.0, 0.0, 5.0, 10.0]
+    document["inputs"][0]["shape"][1] = 3
+    with pytest.raises(ValidationError, match="slice_offsets_mm has 4 planes, but the input 'ct_slices' has 3"):
+        ModelManifest.model_validate(document)
+
+
+def test_a_patch_size_that_is_not_two_dimensional_is_a_model_error(manifest) -> None:
+    spec = manifest.preprocessing.model_copy(update={"patch_size": (3, 64, 64)})
+    with pytest.raises(ModelError, match="not a 2-D patch"):
+        predict_labels(np.zeros((4, 64, 64), np.float32), (1.0, 1.0, 1.0),
+                       manifest.model_copy(update={"preprocessing": spec}), lambda batch: batch)
 
 
 def test_decode_labels_drops_small_and_extrapulmonary_components_and_extends_the_lungs(manifest) -> None:

@@ -1,0 +1,80 @@
+"""Sliding-window inference over the trailing axes of an array, patches blended with Gaussian weights.
+
+Patches overlap by the manifest's `patch_overlap`, the last one flush with the far edge, and each pixel takes
+the weighted mean of the patches over it. Weights fall off from a patch's centre (sigma = a quarter of the
+patch, as nnU-Net and MONAI blend), because a network sees least context at a patch's border. An array
+smaller than the patch is padded with `pad_value` (the HU window's floor, air, for CT) and cropped back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from app.errors import ModelError
+
+
+def window_starts(length: int, patch: int, overlap: float) -> list[int]:
+    """First index of each patch along one axis: steps of patch x (1 - overlap), the last patch at the end."""
+    if length <= patch:
+        return [0]
+    step = max(1, int(patch * (1 - overlap)))
+    count = math.ceil((length - patch) / step) + 1
+    return sorted({int(round(v)) for v in np.linspace(0, length - patch, count)})
+
+
+def gaussian_weight(patch: tuple[int, ...]) -> np.ndarray:
+    axes = [np.exp(-0.5 * ((np.arange(p) - (p - 1) / 2) / (p / 4)) ** 2) for p in patch]
+    weight = axes[0]
+    for axis in axes[1:]:
+        weight = np.multiply.outer(weight, axis)
+    return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
+
+
+def sliding_window(items: np.ndarray, patch: tuple[int, ...], overlap: float,
+                   predict: Callable[[np.ndarray], np.ndarray], batch_size: int,
+                   pad_value: float = 0.0) -> np.ndarray:
+    """(N, C, *spatial) in, (N, K, *spatial) float32 out.
+
+    `predict` takes a batch (B <= batch_size, C, *patch) of float32 and returns (B, K, *patch): probabilities,
+    or anything else a weighted mean suits. Patches of all N items share runs. When one patch is the whole
+    array, its prediction is returned as it is, unweighted.
+    """
+    spatial = tuple(items.shape[2:])
+    if len(patch) != len(spatial):
+        raise ModelError(f"a {len(patch)}-D patch {patch} cannot slide over {len(spatial)}-D inputs {spatial}")
+    padded_shape = tuple(max(n, p) for n, p in zip(spatial, patch, strict=True))
+    padded = items
+    if padded_shape != spatial:
+        padded = np.full(items.shape[:2] + padded_shape, pad_value, np.float32)
+        padded[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)] = items
+    corners = list(itertools.product(*(window_starts(n, p, overlap) for n, p in zip(padded_shape, patch, strict=True))))
+    regions = [tuple(slice(start, start + p) for start, p in zip(corner, patch, strict=True)) for corner in corners]
+    single = len(regions) == 1
+    weight = None if single else gaussian_weight(patch)
+    norm = None
+    if not single:
+        norm = np.zeros(padded_shape, np.float32)
+        for region in regions:
+            norm[region] += weight
+    total = None
+    jobs = [(n, region) for n in range(items.shape[0]) for region in regions]
+    for first in range(0, len(jobs), batch_size):
+        chunk = jobs[first: first + batch_size]
+        batch = np.stack([padded[(n, slice(None)) + region] for n, region in chunk]).astype(np.float32, copy=False)
+        out = predict(batch)
+        if out.ndim != batch.ndim or out.shape[0] != len(chunk) or tuple(out.shape[2:]) != patch:
+            raise ModelError(f"the model returned {out.shape} for a batch of {len(chunk)} patches of {patch}")
+        if total is None:
+            total = np.zeros((items.shape[0], out.shape[1], *padded_shape), np.float32)
+        for (n, region), prediction in zip(chunk, out, strict=True):
+            if single:
+                total[n] = prediction
+            else:
+                total[(n, slice(None)) + region] += prediction * weight
+    if norm is not None:
+        total /= np.maximum(norm, 1e-6)
+    return total[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)]
