@@ -23,7 +23,7 @@ def window_starts(length: int, patch: int, overlap: float) -> list[int]:
         return [0]
     step = max(1, int(patch * (1 - overlap)))
     count = math.ceil((length - patch) / step) + 1
-    return sorted({int(round(v)) for v in np.linspace(0, length - patch, count)})
+    return sorted({round(float(v)) for v in np.linspace(0, length - patch, count)})
 
 
 def gaussian_weight(patch: tuple[int, ...]) -> np.ndarray:

@@ -3,13 +3,17 @@
     .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py            # print the metrics
     .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py --write    # into manifest + CARD.md
     .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py --check    # reproduce them (exit 1 if not)
+    .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py --split validation --scans 32 \
+        --version-dir runs/<name>/covid-lesion-segmentation-reference/1                # judge a candidate model
 
-Held-out scans are the test split of `train.py` (seeds 50000000+i), never seen in training. Each scan goes
+Held-out scans are the test split of `train.py` (seeds 50000000+i), never seen in training; candidate models
+are compared on the validation split (seeds 45000000+i) instead, so that the test split is read once. Each scan goes
 through `workers/pipelines/covid_lesion_segmentation.py` exactly as served (classical lung mask, 2.5D
 inference, small-component removal, lesions kept in the lungs, masks on the source grid), minus DICOM I/O.
 
 Metrics: Dice of ground-glass, of consolidation and of any lesion, pooled over all test voxels; total lesion
-volume error |predicted - true| / true per scan (mean and max over scans with at least 5 ml of lesion);
+volume error |predicted - true| / true per scan (mean and max over scans with at least 5 ml of lesion, and
+how many of those are within 10 %);
 involvement error |predicted % - true %| in points (mean and max over all scans; the truth's lung is the
 phantom's); lung mask Dice.
 """
@@ -32,8 +36,9 @@ for _path in (str(REPO_ROOT), str(HERE)):
 from train import MODEL_ID, SPLIT_SEEDS, VERSION_DIR, make_case  # noqa: E402
 
 N_TEST_SCANS = 12
+N_VALIDATION_SCANS = 32  # for choosing among candidate models (CARD.md) and the threshold sweep
 MIN_VOLUME_ML = 5.0
-TOLERANCE = {"dice": 0.02, "volume_error": 0.03, "involvement_error": 0.5}
+TOLERANCE = {"dice": 0.02, "volume_error": 0.03, "involvement_error": 0.5, "volume_scans": 1.0}
 CARD_BEGIN, CARD_END = "<!-- metrics:begin -->", "<!-- metrics:end -->"
 
 
@@ -73,6 +78,8 @@ def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2, version_dir: Path = 
         "dice_ggo": dice(1), "dice_consolidation": dice(2), "dice_lesion": dice("any"), "dice_lung": dice("lung"),
         "volume_error_mean": round(float(np.mean(volume_errors)), 4) if volume_errors else 0.0,
         "volume_error_max": round(float(np.max(volume_errors)), 4) if volume_errors else 0.0,
+        "volume_scans": float(len(volume_errors)),
+        "volume_scans_within_10_percent": float(sum(e <= 0.10 for e in volume_errors)),
         "involvement_error_mean_points": round(float(np.mean(involvement_errors)), 3),
         "involvement_error_max_points": round(float(np.max(involvement_errors)), 3),
         "n_test_scans": float(n_scans),
@@ -88,6 +95,8 @@ def card_table(metrics: dict[str, float]) -> str:
         ("Dice, lung mask (classical, lesion-extended)", metrics["dice_lung"]),
         (f"Total lesion volume error, mean (scans with ≥ {MIN_VOLUME_ML:g} ml)", metrics["volume_error_mean"]),
         ("Total lesion volume error, max", metrics["volume_error_max"]),
+        ("Scans with total lesion volume within 10 % (of those with ≥ 5 ml)",
+         f"{int(metrics['volume_scans_within_10_percent'])} of {int(metrics['volume_scans'])}"),
         ("Involvement error, mean (percentage points)", metrics["involvement_error_mean_points"]),
         ("Involvement error, max (percentage points)", metrics["involvement_error_max_points"]),
     ]

@@ -6,6 +6,8 @@ consolidation. One level per entry of `widths`; each level halves the resolution
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,8 +24,8 @@ class LesionNet(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (12, 24, 48), channels: int = 3, classes: int = 3) -> None:
         super().__init__()
         self.encoders = nn.ModuleList(
-            [_block(channels, widths[0])] + [_block(a, b, 2) for a, b in zip(widths, widths[1:])])
-        self.decoders = nn.ModuleList([_block(deep + skip, skip) for deep, skip in zip(widths[1:], widths)])
+            [_block(channels, widths[0])] + [_block(a, b, 2) for a, b in pairwise(widths)])
+        self.decoders = nn.ModuleList([_block(deep + skip, skip) for skip, deep in pairwise(widths)])
         self.head = nn.Conv2d(widths[0], classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,16 @@
 """Train the COVID lesion reference segmenter on synthetic chest CT and export it to ONNX.
 
-    .venv/bin/python models/covid-lesion-segmentation-reference/train.py     # ~10 min on 2 quiet CPU cores, ~27 min when shared
+    .venv/bin/python models/covid-lesion-segmentation-reference/train.py     # ~25 min on 2 quiet CPU cores
+
+    # a candidate, judged on the validation split by evaluate.py (CARD.md, model selection):
+    .venv/bin/python models/covid-lesion-segmentation-reference/train.py --widths 12,24,48,96 --crop 128 \
+        --batch 8 --offsets "" --scans 48 --max-steps 5000 --out runs/a/covid-lesion-segmentation-reference/1
 
 1. Generates whole-chest synthetic scans (`synthetic_covid.py`: the lung-nodule phantom plus ground-glass and
    consolidation lesions of known masks) and passes every slice through the serving preprocessing
-   (`workers/pipelines/covid_lesion_segmentation.py`: HU window, in-plane resize, 3 neighbouring slices).
-2. Trains `network.LesionNet` (2.5D U-Net, ~67 k parameters) with cross-entropy + soft Dice on 64 x 64
+   (`workers/pipelines/covid_lesion_segmentation.py`: HU window, in-plane resize, the planes at
+   SLICE_OFFSETS_MM along the slice normal as channels).
+2. Trains `network.LesionNet` (2.5D U-Net, ~68 k parameters) with cross-entropy + soft Dice on 64 x 64
    crops (mostly around lesions), for a fixed number of steps; served on whole 128 x 128 slices.
 3. Exports `1/model.onnx` (opset 17, dynamic batch) and writes `1/manifest.json`. Held-out metrics are added
    by `evaluate.py --write`.
@@ -44,16 +49,18 @@ SEED = 2468
 SPLIT_SEEDS = {"train": 40_000_000, "validation": 45_000_000, "test": 50_000_000}  # validation: threshold_sweep.py
 SIZE = (128, 128)
 WINDOW_HU = (-1350.0, 150.0)
-CHANNELS = 3  # the slice and its two adjacent slices, unless SLICE_OFFSETS_MM says otherwise
-SLICE_OFFSETS_MM: tuple[float, ...] | None = None
+CHANNELS = 3  # without slice offsets: the slice and its two adjacent slices
+# The planes each input stacks, in mm along the slice normal: as far as 20 mm either side, where a vessel's course
+# or the heart's outline shows beside a consolidation that hides them (CARD.md, model selection).
+SLICE_OFFSETS_MM: tuple[float, ...] | None = (-20.0, -10.0, -4.0, 0.0, 4.0, 10.0, 20.0)
 WIDTHS = (12, 24, 48)
 BATCH = 16
 CROP = 64  # training crop (fully convolutional: served on whole slices)
 CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 SERVE_BATCH = 8
 MIN_COMPONENT_VOXELS = 20
-N_TRAIN_SCANS = 48
-MAX_STEPS = 5000
+N_TRAIN_SCANS = 96
+MAX_STEPS = 8000
 COARSE_MATRIX = 96
 COARSE_WEIGHT = 3.0
 MINUTES = 60.0  # a cap: on a busy machine the step budget would otherwise run for hours
@@ -70,7 +77,7 @@ def make_case(split: str, index: int) -> "sv.Case":
 
 
 def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None, notes: str = "",
-                 offsets_mm: tuple[float, ...] | None = SLICE_OFFSETS_MM) -> ModelManifest:
+                 offsets_mm: tuple[float, ...] | None = SLICE_OFFSETS_MM, n_scans: int = N_TRAIN_SCANS) -> ModelManifest:
     channels = len(offsets_mm) if offsets_mm else CHANNELS
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest() if onnx_path and onnx_path.exists() else "0" * 64
     return ModelManifest.model_validate({
@@ -99,7 +106,7 @@ def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None
             "created": datetime.date.today().isoformat(),
             "framework": "PyTorch 2.13.0 CPU → ONNX opset 17",
             "training_data": f"synthetic whole-chest CT from models/{MODEL_ID}/synthetic_covid.py over the "
-            f"lung-nodule phantom: {N_TRAIN_SCANS} scans (seeds {SPLIT_SEEDS['train']}+i), 96-160 pixel matrix, "
+            f"lung-nodule phantom: {n_scans} scans (seeds {SPLIT_SEEDS['train']}+i), 96-160 pixel matrix, "
             f"2.5-5 mm slices, HFS/FFS/HFP/FFP, 0-8 lesions each (GGO, consolidation, mixed). {notes}",
             "training_script": f"models/{MODEL_ID}/train.py",
         },
@@ -247,7 +254,7 @@ def main() -> int:
         previous = json.loads(manifest_path.read_text()).get("metrics", {})
     notes = (f"{len(images)} lung slices; {steps} steps of {args.batch} slices (3/4 with lesion) in {train_seconds:.0f} s "
              f"after {data_seconds:.0f} s of data generation.")
-    manifest = manifest_for(onnx_path, previous if previous else None, notes, offsets)
+    manifest = manifest_for(onnx_path, previous if previous else None, notes, offsets, args.scans)
     manifest_path.write_text(manifest.model_dump_json(indent=2) + "\n")
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) and {manifest_path}; "
           f"total {time.perf_counter() - wall:.0f} s", flush=True)
