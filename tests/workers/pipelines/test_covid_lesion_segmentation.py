@@ -56,7 +56,7 @@ def test_predict_labels_batches_as_the_manifest_says_and_returns_the_source_grid
 
     def run(batch: np.ndarray) -> np.ndarray:
         seen.append(batch.shape)
-        middle = batch[:, 1]
+        middle = batch[:, batch.shape[1] // 2]  # the slice itself: the middle plane
         logits = np.stack([np.zeros_like(middle), np.zeros_like(middle) - 5, (middle - 0.6) * 50], axis=1)
         return logits.astype(np.float32)
 
@@ -64,7 +64,8 @@ def test_predict_labels_batches_as_the_manifest_says_and_returns_the_source_grid
 
     batch = manifest.preprocessing.batch_size
     assert [s[0] for s in seen] == [batch] * (19 // batch) + ([19 % batch] if 19 % batch else [])
-    assert all(s[1:] == (3, *manifest.preprocessing.target_size) for s in seen)
+    channels = manifest.inputs[0].shape[1]
+    assert all(s[1:] == (channels, *manifest.preprocessing.target_size) for s in seen)
     assert labels.shape == hu.shape and labels.dtype == np.uint8
     assert (labels[:, 42:58, 32:48] == 2).all()
     assert (labels[:, :35, :] == 0).all()
@@ -82,13 +83,13 @@ def test_predict_labels_at_the_manifests_pixel_spacing_in_overlapping_patches(ma
 
     def run(batch: np.ndarray) -> np.ndarray:
         seen.append(batch.shape)
-        middle = batch[:, 1]
+        middle = batch[:, batch.shape[1] // 2]  # the slice itself: the middle plane
         return np.stack([np.zeros_like(middle), np.zeros_like(middle) - 5, (middle - 0.6) * 50], axis=1)
 
     labels = predict_labels(hu, (1.5, 1.0, 3.0), patched, run)
 
     assert model_plane(hu.shape[1:], (1.5, 1.0, 3.0), patched) == (50, 68)
-    assert all(s[1:] == (3, 64, 64) and s[0] <= spec.batch_size for s in seen)
+    assert all(s[1:] == (manifest.inputs[0].shape[1], 64, 64) and s[0] <= spec.batch_size for s in seen)
     assert sum(s[0] for s in seen) == 19 * 2  # rows padded to one patch, columns two patches (starts 0 and 4)
     assert labels.shape == hu.shape
     assert (labels[:, 42:58, 32:48] == 2).all()
