@@ -40,8 +40,7 @@ def sliding_window(items: np.ndarray, patch: tuple[int, ...], overlap: float,
     """(N, C, *spatial) in, (N, K, *spatial) float32 out.
 
     `predict` takes a batch (B <= batch_size, C, *patch) of float32 and returns (B, K, *patch): probabilities,
-    or anything else a weighted mean suits. Patches of all N items share runs. When one patch is the whole
-    array, its prediction is returned as it is, unweighted.
+    or anything else a weighted mean suits. Patches of all N items share runs.
     """
     spatial = tuple(items.shape[2:])
     if len(patch) != len(spatial):
@@ -53,13 +52,11 @@ def sliding_window(items: np.ndarray, patch: tuple[int, ...], overlap: float,
         padded[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)] = items
     corners = list(itertools.product(*(window_starts(n, p, overlap) for n, p in zip(padded_shape, patch, strict=True))))
     regions = [tuple(slice(start, start + p) for start, p in zip(corner, patch, strict=True)) for corner in corners]
-    single = len(regions) == 1
-    weight = None if single else gaussian_weight(patch)
-    norm = None
-    if not single:
-        norm = np.zeros(padded_shape, np.float32)
-        for region in regions:
-            norm[region] += weight
+    # One patch over the whole array: unit weights, so its prediction comes back exactly as it was.
+    weight = gaussian_weight(patch) if len(regions) > 1 else np.ones(patch, np.float32)
+    norm = np.zeros(padded_shape, np.float32)
+    for region in regions:
+        norm[region] += weight
     total = None
     jobs = [(n, region) for n in range(items.shape[0]) for region in regions]
     for first in range(0, len(jobs), batch_size):
@@ -71,10 +68,6 @@ def sliding_window(items: np.ndarray, patch: tuple[int, ...], overlap: float,
         if total is None:
             total = np.zeros((items.shape[0], out.shape[1], *padded_shape), np.float32)
         for (n, region), prediction in zip(chunk, out, strict=True):
-            if single:
-                total[n] = prediction
-            else:
-                total[(n, slice(None)) + region] += prediction * weight
-    if norm is not None:
-        total /= np.maximum(norm, 1e-6)
+            total[(n, slice(None)) + region] += prediction * weight
+    total /= np.maximum(norm, 1e-6)
     return total[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)]

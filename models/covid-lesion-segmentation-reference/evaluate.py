@@ -13,7 +13,7 @@ inference, small-component removal, lesions kept in the lungs, masks on the sour
 
 Metrics: Dice of ground-glass, of consolidation and of any lesion, pooled over all test voxels; total lesion
 volume error |predicted - true| / true per scan (mean and max over scans with at least 5 ml of lesion, and
-how many of those are within 10 %);
+how many of those are within 10 %), and its signed mean, the bias;
 involvement error |predicted % - true %| in points (mean and max over all scans; the truth's lung is the
 phantom's); lung mask Dice.
 """
@@ -63,7 +63,7 @@ def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2, version_dir: Path = 
         true_volume, pred_volume = int((case.labels > 0).sum()), int((labels > 0).sum())
         voxel_ml = float(np.prod(case.grid.spacing)) / 1000.0
         if true_volume * voxel_ml >= MIN_VOLUME_ML:
-            volume_errors.append(abs(pred_volume - true_volume) / true_volume)
+            volume_errors.append((pred_volume - true_volume) / true_volume)  # signed: the bias is a metric too
         true_inv = case.involvement_percent()
         pred_inv = 100.0 * pred_volume / max(int(lungs.both.sum()), 1)
         involvement_errors.append(abs(pred_inv - true_inv))
@@ -76,10 +76,11 @@ def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2, version_dir: Path = 
 
     return {
         "dice_ggo": dice(1), "dice_consolidation": dice(2), "dice_lesion": dice("any"), "dice_lung": dice("lung"),
-        "volume_error_mean": round(float(np.mean(volume_errors)), 4) if volume_errors else 0.0,
-        "volume_error_max": round(float(np.max(volume_errors)), 4) if volume_errors else 0.0,
+        "volume_error_mean": round(float(np.mean(np.abs(volume_errors))), 4) if volume_errors else 0.0,
+        "volume_error_max": round(float(np.max(np.abs(volume_errors))), 4) if volume_errors else 0.0,
+        "volume_error_bias": round(float(np.mean(volume_errors)), 4) if volume_errors else 0.0,
         "volume_scans": float(len(volume_errors)),
-        "volume_scans_within_10_percent": float(sum(e <= 0.10 for e in volume_errors)),
+        "volume_scans_within_10_percent": float(sum(abs(e) <= 0.10 for e in volume_errors)),
         "involvement_error_mean_points": round(float(np.mean(involvement_errors)), 3),
         "involvement_error_max_points": round(float(np.max(involvement_errors)), 3),
         "n_test_scans": float(n_scans),
@@ -95,6 +96,7 @@ def card_table(metrics: dict[str, float]) -> str:
         ("Dice, lung mask (classical, lesion-extended)", metrics["dice_lung"]),
         (f"Total lesion volume error, mean (scans with ≥ {MIN_VOLUME_ML:g} ml)", metrics["volume_error_mean"]),
         ("Total lesion volume error, max", metrics["volume_error_max"]),
+        ("Total lesion volume bias, mean of (predicted - true) / true", metrics["volume_error_bias"]),
         ("Scans with total lesion volume within 10 % (of those with ≥ 5 ml)",
          f"{int(metrics['volume_scans_within_10_percent'])} of {int(metrics['volume_scans'])}"),
         ("Involvement error, mean (percentage points)", metrics["involvement_error_mean_points"]),
