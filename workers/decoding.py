@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.schemas.manifest import Decoding
+from app.schemas.manifest import Calibration, Decoding
 
 
 def activate(raw: np.ndarray, decoding: Decoding, axis: int = -1) -> np.ndarray:
@@ -20,3 +20,8 @@ def activate(raw: np.ndarray, decoding: Decoding, axis: int = -1) -> np.ndarray:
 
 def positive_probability(probabilities: np.ndarray, decoding: Decoding) -> float:
     return float(np.clip(probabilities[decoding.positive_classes].sum(), 0.0, 1.0))
+
+
+def calibrated(logits: np.ndarray, calibration: Calibration | None) -> np.ndarray:
+    """Temperature scaling (Guo et al. 2017): logits / T, fitted on the validation split; identity without one."""
+    return logits if calibration is None else np.asarray(logits, np.float64) / calibration.temperature

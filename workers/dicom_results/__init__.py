@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.schemas.jobs import Job
+from app.schemas.quality import UngradableResult
 from app.schemas.results import DRGradingResult, LungNoduleDetectionResult, ThyroidMalignancyResult
 from app.schemas.tasks import TaskName
 from workers.dicom_results.common import DICOM_MEDIA_TYPE, ResultNotWritten, encode, read_sources
@@ -26,6 +27,7 @@ logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 SEG_ARTIFACT = "seg.dcm"
 SR_ARTIFACT = "sr.dcm"
+SALIENCY_ARTIFACT = "saliency.dcm"
 
 
 @dataclass
@@ -35,6 +37,10 @@ class DicomResults:
 
 
 def dicom_results(job: Job, output: PipelineOutput, inputs: list[JobInput]) -> DicomResults:
+    if isinstance(output.result, UngradableResult):
+        codes = ", ".join(r.code for r in output.result.quality.reasons)
+        return DicomResults(notes=[f"Not graded: the input failed the quality gate ({codes}); result.quality says "
+                                   "why and what to send instead. No DICOM results are written for it"])
     dicom_paths = [i.path for i in inputs if i.format == "dicom"]
     formats = sorted({i.format.upper() for i in inputs if i.format != "dicom"})
     if not dicom_paths:
@@ -55,6 +61,8 @@ def dicom_results(job: Job, output: PipelineOutput, inputs: list[JobInput]) -> D
         except Exception as exc:  # the JSON result stands; only this DICOM object is missing
             log.exception("job %s: %s could not be built (%s)", job.id, name, type(exc).__name__)
             results.notes.append(f"No {name}: it could not be built from this input ({type(exc).__name__})")
+            continue
+        if dataset is None:  # an optional output the job did not ask for
             continue
         results.artifacts.append(ArtifactOutput(name=name, media_type=DICOM_MEDIA_TYPE, data=encode(dataset)))
     return results
@@ -114,10 +122,26 @@ def _covid_seg(job: Job, output: PipelineOutput, paths):
     return covid_lesion_seg([by_uid[uid] for uid in uids], output.masks, job.model, job.id)
 
 
+def _saliency_sc(job: Job, output: PipelineOutput, paths):
+    """The saliency overlay (options.explain) as a Secondary Capture beside the source photo or frame."""
+    from PIL import Image
+
+    from workers.dicom_results.sc import saliency_sc
+    from workers.saliency import OVERLAY_NAME
+
+    overlay = next((a for a in output.artifacts if a.name == OVERLAY_NAME), None)
+    if overlay is None:
+        return None
+    with Image.open(io.BytesIO(overlay.data)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return saliency_sc(read_sources(paths[:1])[0], pixels, job.model, job.id)
+
+
 Builder = Callable[[Job, PipelineOutput, list], object]
 BUILDERS: dict[TaskName, list[tuple[str, Builder]]] = {
     TaskName.LUNG_NODULE_DETECTION: [(SR_ARTIFACT, _lung_sr)],
-    TaskName.DR_GRADING: [(SR_ARTIFACT, _dr_sr)],
-    TaskName.THYROID_MALIGNANCY: [(SEG_ARTIFACT, _thyroid_seg), (SR_ARTIFACT, _thyroid_sr)],
+    TaskName.DR_GRADING: [(SR_ARTIFACT, _dr_sr), (SALIENCY_ARTIFACT, _saliency_sc)],
+    TaskName.THYROID_MALIGNANCY: [(SEG_ARTIFACT, _thyroid_seg), (SR_ARTIFACT, _thyroid_sr),
+                                  (SALIENCY_ARTIFACT, _saliency_sc)],
     TaskName.COVID_LESION_SEGMENTATION: [(SEG_ARTIFACT, _covid_seg)],
 }

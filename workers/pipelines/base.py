@@ -12,7 +12,9 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel
 
+from app.schemas.manifest import ModelManifest
 from app.schemas.options import TaskOptions
+from app.schemas.quality import Quality, UngradableResult
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore
 from app.storage.jobs import JobStore
@@ -54,6 +56,12 @@ class PipelineOutput:
     # each slice, for the DICOM SEG written after the pipeline.
     masks: Mapping[str, np.ndarray] = field(default_factory=dict)
     mask_sop_instance_uids: list[str] = field(default_factory=list)
+
+
+def ungradable(quality: Quality, manifest: ModelManifest) -> PipelineOutput:
+    """The output for an input the task's quality gate refused: the job succeeds with the reasons, no grade."""
+    return PipelineOutput(result=UngradableResult(task=manifest.task, quality=quality,
+                                                  research_use_only=manifest.research_use_only))
 
 
 @dataclass

@@ -30,12 +30,15 @@ from app.schemas.results import (
     LungVolumes,
     ZoneInvolvement,
 )
+from app.schemas.quality import Quality, SegmentationUncertainty
 from app.schemas.tasks import TaskName
+from workers import uncertainty
 from workers.decoding import activate
 from workers.imaging.ct_series import CTVolume, load_ct_series
 from workers.imaging.lungs import LungMask, component_sizes, label_compact, patient_x, segment_lungs
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
+from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer, ungradable
+from workers.quality.ct import check_ct
 from workers.sliding_window import sliding_window
 
 BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
@@ -46,11 +49,14 @@ OVERLAY_ALPHA = 0.45
 MASK_GREY = {GGO: 128, CONSOLIDATION: 255}
 NIFTI_NAME = "lesions.nii.gz"
 SLICES_NAME = "slices.json"
+UNCERTAINTY_NIFTI_NAME = "uncertainty.nii.gz"
+UNCERTAINTY_PNG_NAME = "uncertainty.png"
+UNCERTAIN_COLOUR = (0, 230, 255)
 
 
 class CovidLesionSegmentationPipeline:
     task = TaskName.COVID_LESION_SEGMENTATION
-    stages = ("load", "lungs", "infer", "decode", "outputs")
+    stages = ("load", "quality", "lungs", "infer", "uncertainty", "decode", "outputs")
 
     def run(self, inputs: list[JobInput], options: CovidLesionSegmentationOptions, model: LoadedModel,
             stages: StageTimer) -> PipelineOutput:
@@ -58,15 +64,28 @@ class CovidLesionSegmentationPipeline:
         with stages("load"):
             ct = load_ct_series([i.path for i in inputs if i.format == "dicom"], options.series_instance_uid,
                                 manifest.accepts.modalities or ("CT",), task=f"task {self.task.value!r}")
+        with stages("quality"):
+            quality = check_ct(ct.hu, ct.geometry, manifest.quality.ct)
+        if not quality.gradable:
+            return ungradable(quality, manifest)
         with stages("lungs"):
             lungs = segment_lungs(ct.hu, ct.affine, ct.spacing_mm)
         with stages("infer"):
             raw = predict_labels(ct.hu, ct.spacing_mm, manifest, onnx_runner(model), ct.geometry.slice_positions_mm)
+        disagreement, augmentations = None, []
+        if uncertainty.wanted(options.uncertainty, manifest.uncertainty):
+            with stages("uncertainty"):
+                disagreement, augmentations = lesion_disagreement(ct, raw, manifest, onnx_runner(model))
         with stages("decode"):
             labels, lungs = decode_labels(raw, lungs, ct.affine, manifest)  # in place: `raw` is `labels` now
-            result = build_result(ct, labels, lungs, manifest)
+            result = build_result(ct, labels, lungs, manifest, quality)
+            if disagreement is not None:
+                result.uncertainty = uncertainty.segmentation(
+                    disagreement, int(np.count_nonzero(labels)), float(np.prod(ct.spacing_mm)) / 1000.0, augmentations)
         with stages("outputs"):
             artifacts = write_artifacts(ct, labels, result.affected_slices)
+            if disagreement is not None:
+                artifacts += uncertainty_artifacts(ct, labels, disagreement, len(augmentations) - 1)
         return PipelineOutput(result=result, artifacts=artifacts, masks=SegmentMasks(labels, lungs),
                               mask_sop_instance_uids=list(ct.sop_instance_uids))
 
@@ -384,8 +403,8 @@ class _VoxelCounts:
             self.lesion_in_lung[side] += int(np.count_nonzero(in_side & lesion))
 
 
-def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
-                 manifest: ModelManifest) -> CovidLesionSegmentationResult:
+def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask, manifest: ModelManifest,
+                 quality: Quality | None = None) -> CovidLesionSegmentationResult:
     voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
     counts = _VoxelCounts.of(labels, lungs)
     right, left = LungMask.RIGHT, LungMask.LEFT
@@ -407,6 +426,7 @@ def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
         n_slices=ct.geometry.n_slices,
         definitions=DEFINITIONS,
         warnings=list(ct.warnings),
+        quality=quality,
         research_use_only=manifest.research_use_only,
     )
 
@@ -453,13 +473,17 @@ def mask_png(label_slice: np.ndarray) -> bytes:
 
 def overlay_png(hu_slice: np.ndarray, label_slice: np.ndarray) -> bytes:
     """The slice in a lung window, ground-glass in amber and consolidation in red; source rows x columns."""
+    return _png(overlay_rgb(hu_slice, label_slice))
+
+
+def overlay_rgb(hu_slice: np.ndarray, label_slice: np.ndarray) -> np.ndarray:
     low, high = OVERLAY_WINDOW_HU
     grey = np.clip((hu_slice - low) * (255.0 / (high - low)), 0, 255).astype(np.float32)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     for label, colour in OVERLAY_COLOURS.items():
         where = label_slice == label
         rgb[where] = (1 - OVERLAY_ALPHA) * rgb[where] + OVERLAY_ALPHA * np.asarray(colour, np.float32)
-    return _png(np.clip(rgb, 0, 255).astype(np.uint8))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def slice_artifact_names(index: int) -> tuple[str, str]:
@@ -482,6 +506,43 @@ def write_artifacts(ct: CTVolume, labels: np.ndarray, affected: list[int]) -> li
                 "nifti": NIFTI_NAME, "slices": entries}
     artifacts.append(ArtifactOutput(SLICES_NAME, "application/json", json.dumps(document, indent=1).encode()))
     return artifacts
+
+
+def lesion_disagreement(ct: CTVolume, raw: np.ndarray, manifest: ModelManifest,
+                        run: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """uint8 per voxel: how many flipped copies of the series call lesion where the original did not, or the
+    reverse; and the augmentation names, the original first. Compared before decoding, on the model's calls."""
+    lesion = raw > 0
+    disagreement = np.zeros(raw.shape, np.uint8)
+    names = uncertainty.volume_augmentations(manifest.uncertainty)
+    for name in names:
+        flipped = predict_labels(uncertainty.unflip(ct.hu, name), ct.spacing_mm, manifest, run,
+                                 ct.geometry.slice_positions_mm)
+        disagreement += lesion != (uncertainty.unflip(flipped, name) > 0)
+    return disagreement, [uncertainty.ORIGINAL, *names]
+
+
+def uncertainty_artifacts(ct: CTVolume, labels: np.ndarray, disagreement: np.ndarray,
+                          runs: int) -> list[ArtifactOutput]:
+    """uncertainty.nii.gz: the share of augmentations disagreeing per voxel, on the series' grid (uint8 counts
+    with a scale slope of 1/runs); uncertainty.png: the slice with the most disagreement, lesions in the lung
+    window's overlay colours and uncertain voxels in cyan."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(disagreement.transpose(2, 1, 0), nifti_affine(ct.affine))
+    image.header.set_xyzt_units("mm")
+    image.header.set_slope_inter(1.0 / max(runs, 1), 0.0)
+    image.header["descrip"] = b"share of augmentations whose lesion call differs"
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6) as stream:
+        image.to_stream(stream)
+    index = int(np.argmax(np.count_nonzero(disagreement, axis=(1, 2))))
+    picture = overlay_rgb(ct.hu[index], labels[index])
+    picture[disagreement[index] > 0] = UNCERTAIN_COLOUR
+    return [ArtifactOutput(UNCERTAINTY_NIFTI_NAME, "application/gzip", buffer.getvalue()),
+            ArtifactOutput(UNCERTAINTY_PNG_NAME, "image/png", _png(picture))]
 
 
 @dataclass(frozen=True)

@@ -218,3 +218,39 @@ def test_write_artifacts_names_slices_by_index_and_sop_instance_uid(ffs_ct) -> N
     assert [e["index"] for e in document["slices"]] == [4, 9]
     assert document["slices"][1]["sop_instance_uid"] == ffs_ct.geometry.slices[9].sop_instance_uid
     assert document["slices"][1]["overlay"] == "slice-0009-overlay.png"
+
+
+def test_uncertainty_map_is_written_on_the_source_grid(tmp_path) -> None:
+    """options.uncertainty: one flipped run more; the map shares the lesion NIfTI's grid (about 10 s)."""
+    import gzip
+    import io
+
+    import nibabel as nib
+    from PIL import Image
+
+    from app.config import Settings
+    from app.schemas.tasks import TaskName
+    from tests.utils.covid import covid_case
+    from tests.utils.ct import write_series
+    from workers.local import predict_files
+
+    case = covid_case(2, matrix=96, slice_spacing=5.0)
+    paths = write_series(tmp_path / "series", case.hu, case.grid)
+
+    job, artifacts = predict_files(Settings(data_dir=tmp_path / "data"), TaskName.COVID_LESION_SEGMENTATION, paths,
+                                   '{"uncertainty": true}', show_progress=False)
+
+    assert job.status == "succeeded", job.error
+    assert "uncertainty" in job.stage_seconds
+    summary = job.result["uncertainty"]
+    assert summary["augmentations"] == ["original", "flip-horizontal"]
+    lesions = nib.Nifti1Image.from_bytes(gzip.decompress(artifacts["lesions.nii.gz"]))
+    uncertain = nib.Nifti1Image.from_bytes(gzip.decompress(artifacts["uncertainty.nii.gz"]))
+    assert uncertain.shape == lesions.shape
+    assert np.allclose(uncertain.affine, lesions.affine)
+    shares = uncertain.get_fdata()
+    assert shares.min() >= 0.0 and shares.max() <= 1.0
+    voxel_ml = float(np.prod(job.result["spacing_mm"])) / 1000.0
+    assert abs(np.count_nonzero(shares) * voxel_ml - summary["uncertain_volume_ml"]) < 0.01
+    with Image.open(io.BytesIO(artifacts["uncertainty.png"])) as picture:
+        assert picture.size == (case.hu.shape[2], case.hu.shape[1])
