@@ -49,7 +49,8 @@ def occlusion_map(tensor: np.ndarray, score: Callable[[np.ndarray], np.ndarray],
     occluded = slice(None) if channels is None else list(channels)
     _, rows, cols = tensor.shape
     patch = min(settings.patch_px, rows, cols)
-    corners = [(y, x) for y in _starts(rows, patch, settings.stride_px) for x in _starts(cols, patch, settings.stride_px)]
+    stride = settings.stride_px
+    corners = [(y, x) for y in _starts(rows, patch, stride) for x in _starts(cols, patch, stride)]
     base = float(score(tensor[np.newaxis])[0])
     total = np.zeros((rows, cols), np.float64)
     cover = np.zeros((rows, cols), np.float64)

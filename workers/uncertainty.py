@@ -16,8 +16,11 @@ from app.schemas.quality import ClassificationUncertainty, FindingSpread, Segmen
 ORIGINAL = "original"
 
 
-def wanted(option: bool | None, settings: UncertaintySettings) -> bool:
-    """The caller's options.uncertainty, or the manifest's default when they gave none."""
+def wanted(option: bool | None, settings: UncertaintySettings, volume: bool = False) -> bool:
+    """The caller's options.uncertainty, or the manifest's default when they gave none; never for a volume when
+    the manifest lists no flip (volumes take no intensity change)."""
+    if volume and not volume_augmentations(settings):
+        return False
     return settings.default if option is None else option
 
 

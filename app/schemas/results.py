@@ -142,7 +142,7 @@ class ThyroidMalignancyResult(BaseModel):
     spacing_source: Literal["ultrasound-regions", "pixel-spacing", "options", "none"]
     quality: Quality | None = QUALITY_FIELD
     uncertainty: ClassificationUncertainty | None = Field(None, description="Test-time augmentation spread of the "
-                                                          "malignancy probability; null when options.uncertainty is off")
+                                                          "malignancy probability; null when uncertainty is off")
     research_use_only: bool
 
     @model_validator(mode="after")

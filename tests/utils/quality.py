@@ -29,7 +29,7 @@ def document_scan(width: int = 600, height: int = 800) -> np.ndarray:
     page = Image.new("RGB", (width, height), (245, 245, 240))
     draw = ImageDraw.Draw(page)
     for y in range(60, height - 40, 24):
-        draw.text((50, y), "Referral letter: please grade the enclosed retinal photographs 0123456789", fill=(20, 20, 20))
+        draw.text((50, y), "Referral letter: please grade the enclosed retinal photographs 0123", fill=(20, 20, 20))
     return np.asarray(page)
 
 

@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from app.model_repository import load_model_version
 from app.schemas.manifest import SaliencySettings
-from tests.utils.reference_models import load_reference_module, reference_model_dir
+from tests.utils.fundus import lesions_in_one_quadrant
+from tests.utils.reference_models import reference_model_dir
 from workers import saliency
 from workers.imaging.fundus import fit_to_model, retina_square, to_model_tensor
 from workers.onnx import load_model
@@ -19,22 +20,6 @@ from workers.pipelines.dr_grading import referable_scores
 @pytest.fixture(scope="module")
 def dr_model():
     return load_model(load_model_version(reference_model_dir("dr-grading-reference") / "1"), ["CPUExecutionProvider"])
-
-
-def lesions_in_one_quadrant(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A healthy eye with the lesions of the same eye at grade 3 pasted into its upper-right quadrant only:
-    the photo, and the mask of the pixels the lesions changed."""
-    synthetic = load_reference_module("dr-grading-reference", "synthetic_fundus")
-    # One seed renders the same eye at every grade; only the lesions differ.
-    healthy = synthetic.generate_fundus(np.random.default_rng(seed), grade=0, size=448).rgb
-    severe = synthetic.generate_fundus(np.random.default_rng(seed), grade=3, size=448).rgb
-    lesion = np.abs(severe.astype(int) - healthy.astype(int)).max(axis=-1) > 20
-    rows, cols = lesion.shape
-    lesion[rows // 2:] = False
-    lesion[:, :cols // 2] = False
-    photo = healthy.copy()
-    photo[lesion] = severe[lesion]
-    return photo, lesion
 
 
 @pytest.mark.parametrize("seed", [1, 3])

@@ -73,7 +73,7 @@ class CovidLesionSegmentationPipeline:
         with stages("infer"):
             raw = predict_labels(ct.hu, ct.spacing_mm, manifest, onnx_runner(model), ct.geometry.slice_positions_mm)
         disagreement, augmentations = None, []
-        if uncertainty.wanted(options.uncertainty, manifest.uncertainty):
+        if uncertainty.wanted(options.uncertainty, manifest.uncertainty, volume=True):
             with stages("uncertainty"):
                 disagreement, augmentations = lesion_disagreement(ct, raw, manifest, onnx_runner(model))
         with stages("decode"):

@@ -65,7 +65,7 @@ class LungNoduleDetectionPipeline:
         with stages("infer"):
             probability = sliding_window_probability(resampled.volume, manifest, onnx_runner(model))
         augmented: dict[str, np.ndarray] = {}
-        if uncertainty.wanted(options.uncertainty, manifest.uncertainty):
+        if uncertainty.wanted(options.uncertainty, manifest.uncertainty, volume=True):
             with stages("uncertainty"):
                 augmented = augmented_probabilities(resampled.volume, manifest, onnx_runner(model))
         with stages("decode"):

@@ -238,7 +238,8 @@ def augmented_spread(grey: np.ndarray, mask: np.ndarray, probability: float,
 def saliency_overlay(prepared: PreparedFrame, mask: np.ndarray, model: LoadedModel) -> ArtifactOutput:
     """Occlusion of the image channel only (the nodule outline stays), placed back on the frame's grid."""
     tensor = classifier_input(prepared.grey, mask, model.manifest.preprocessing)
-    heat, _ = saliency.occlusion_map(tensor, saliency.log_odds(malignancy_scores(model)), model.manifest.saliency, channels=(0,))
+    heat, _ = saliency.occlusion_map(tensor, saliency.log_odds(malignancy_scores(model)), model.manifest.saliency,
+                                     channels=(0,))
     source_heat = saliency.to_source_grid(heat, classifier_crop_box(mask), prepared.grey.shape)
     return ArtifactOutput(name=saliency.OVERLAY_NAME, media_type="image/png",
                           data=saliency.overlay_png(prepared.frame, source_heat))

@@ -51,7 +51,8 @@ def _sampling_reasons(measures: dict, limits: CTQuality) -> list[QualityReason]:
     if measures["pixel_spacing_mm"] > limits.max_pixel_spacing_mm:
         reasons.append(QualityReason(code="pixels-too-coarse", detail=(
             f"Pixels are {measures['pixel_spacing_mm']:g} mm; this model needs at most "
-            f"{limits.max_pixel_spacing_mm:g} mm. Send a reconstruction with a smaller field of view or a larger matrix.")))
+            f"{limits.max_pixel_spacing_mm:g} mm. Send a reconstruction with a smaller field of view or a larger "
+            "matrix.")))
     if measures["longest_missing_run"] > limits.max_missing_run:
         reasons.append(QualityReason(code="missing-slices", detail=(
             f"{measures['missing_slices']} slice(s) are missing, {measures['longest_missing_run']} in a row "
