@@ -80,8 +80,9 @@ def refusal_strip(refused: list[tuple[str, np.ndarray, list[str]]]) -> Image.Ima
 
 
 def save(image: Image.Image, path: Path) -> None:
+    """A 64-colour palette PNG: small enough to commit, plenty for a README picture."""
     path.parent.mkdir(exist_ok=True)
-    image.save(path, optimize=True)
+    image.convert("RGB").quantize(64, dither=Image.Dither.NONE).save(path, optimize=True)
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
