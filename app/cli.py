@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app.schemas.tasks import TaskName
+from app.schemas.tasks import EXPORT_QUEUE, TaskName
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("new-key", help="Make an API key and print it with the sha256 to configure")
 
     worker = commands.add_parser("worker", help="Run a Celery worker (needs MEDIMG_REDIS_URL)")
-    worker.add_argument("--queues", default=",".join(t.value for t in TaskName),
-                        help="Comma-separated task queues to consume (default: all)")
+    worker.add_argument("--queues", default=",".join([*(t.value for t in TaskName), EXPORT_QUEUE]),
+                        help=f"Comma-separated task queues, and {EXPORT_QUEUE!r} for sending results to "
+                        "MEDIMG_EXPORT_DESTINATIONS, to consume (default: all)")
     worker.add_argument("--concurrency", type=int, default=1, help="Jobs at once: processes or threads (default 1)")
     worker.add_argument("--pool", choices=["prefork", "threads"], default=None,
                         help="prefork (default, MEDIMG_WORKER_POOL): a process per job; threads: jobs share the "
@@ -136,10 +137,10 @@ def _new_key() -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    unknown = sorted(set(queues) - {t.value for t in TaskName})
+    unknown = sorted(set(queues) - {t.value for t in TaskName} - {EXPORT_QUEUE})
     if unknown:
         print(f"medimg worker: unknown queue(s) {unknown}; queues are task names: "
-              f"{', '.join(t.value for t in TaskName)}", file=sys.stderr)
+              f"{', '.join(t.value for t in TaskName)}, and {EXPORT_QUEUE}", file=sys.stderr)
         return 2
     # Worker processes read their queues from the settings after the fork.
     os.environ["MEDIMG_WORKER_QUEUES"] = json.dumps(queues)

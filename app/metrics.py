@@ -36,3 +36,6 @@ MODEL_WARMUP_SECONDS = Histogram(
     "medimg_model_warmup_seconds", "A model's warm-up run", ["model", "provider"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
+EXPORTS = Counter(
+    "medimg_exports_total", "Export attempts by destination and outcome (sent, retry, dead)", ["destination", "outcome"]
+)

@@ -3,7 +3,7 @@
 from kombu import Queue
 
 from app.config import get_settings
-from app.schemas.tasks import RUN_JOB_TASK, TaskName
+from app.schemas.tasks import EXPORT_QUEUE, RUN_JOB_TASK, TaskName
 
 _settings = get_settings()
 
@@ -22,7 +22,7 @@ worker_prefetch_multiplier = 1  # a busy worker does not hoard messages other wo
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 
-task_queues = [Queue(task.value) for task in TaskName]
+task_queues = [Queue(task.value) for task in TaskName] + [Queue(EXPORT_QUEUE)]  # exports: app/export/outbox.py
 task_default_queue = TaskName.DR_GRADING.value
 task_routes = {RUN_JOB_TASK: {"queue": TaskName.DR_GRADING.value}}  # the gateway names the queue per job
 worker_hijack_root_logger = False

@@ -21,7 +21,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
 
 from app.config import Settings
 from app.errors import MedimgError
-from app.intake.routing import route
+from app.intake.routing import matching_rule
 from app.intake.service import Intake
 from app.schemas.tasks import TaskName
 
@@ -86,14 +86,17 @@ class SeriesCollector:
 
     def _submit(self, pending: PendingSeries) -> None:
         try:
-            task = self.task or route(pending.header, self.settings.routing_rules)
+            rule = matching_rule(pending.header, self.settings.routing_rules)
+            task = self.task or (TaskName(rule.task) if rule else None)
+            export_to = rule.export_to if rule and rule.task == task else []  # the routing rule's destinations
             if task is None:
                 log.warning("a received series matched no routing rule (MEDIMG_ROUTING_RULES); it was discarded")
                 return
             files = sorted(pending.folder.iterdir())
             streams = [path.open("rb") for path in files]
             try:
-                job, _ = self.intake.accept(task, streams, None, caller=f"dimse-{pending.calling_ae.strip()}")
+                job, _ = self.intake.accept(task, streams, None, caller=f"dimse-{pending.calling_ae.strip()}",
+                                            export_to=export_to)
             finally:
                 for stream in streams:
                     stream.close()

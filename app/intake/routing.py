@@ -14,6 +14,12 @@ from app.schemas.tasks import TaskName
 
 
 def route(header: pydicom.Dataset, rules: list[RoutingRule]) -> TaskName | None:
+    rule = matching_rule(header, rules)
+    return TaskName(rule.task) if rule is not None else None
+
+
+def matching_rule(header: pydicom.Dataset, rules: list[RoutingRule]) -> RoutingRule | None:
+    """The first rule whose every given field matches; it names the task and the export destinations."""
     for rule in rules:
         if rule.modality is not None and header.get("Modality") != rule.modality:
             continue
@@ -24,5 +30,5 @@ def route(header: pydicom.Dataset, rules: list[RoutingRule]) -> TaskName | None:
         if rule.series_description is not None and not re.search(rule.series_description,
                                                                    str(header.get("SeriesDescription", ""))):
             continue
-        return TaskName(rule.task)
+        return rule
     return None

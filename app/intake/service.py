@@ -43,10 +43,12 @@ class Intake:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         job_id: str | None = None,
+        export_to: list[str] | None = None,
     ) -> tuple[Job, bool]:
         """Returns the job and whether it is new (False: the same caller sent this idempotency key before).
 
-        `job_id`: the id the new job takes (from `new_job_id`), when the caller must know it beforehand."""
+        `job_id`: the id the new job takes (from `new_job_id`), when the caller must know it beforehand.
+        `export_to`: destinations of its DICOM results, already checked (app/export/policy.py)."""
         model = self.repository.for_task(task)
         options = parse_options(task, options_json)
         settings = self.settings
@@ -82,6 +84,7 @@ class Intake:
                 caller=caller,
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
+                export_to=export_to or [],
             )
             job, created = self.jobs.create(job)
             if not created:

@@ -1,0 +1,297 @@
+"""Results go back to the PACS: a real Orthanc over DICOMweb (STOW-RS) and over its own DICOM port (C-STORE),
+and dcmtk's storescp; a peer that is down gets retries, then the dead-letter list, then an admin's resend.
+
+One embedded service and one Orthanc for the module; each test runs its own thyroid job (an ultrasound DICOM
+gives both a SEG and an SR), so the SOP Instance UIDs of its results are its own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+
+
+from tests.utils.keys import auth, keys_env
+from tests.utils.pacs import STORESCP, Orthanc, Storescp, orthanc_available
+from tests.utils.services import Service, service_env
+from tests.utils.ultrasound import dicom_us_bytes, make_frame
+from workers.imaging.ultrasound import to_grey
+
+pytestmark = pytest.mark.skipif(not orthanc_available() or STORESCP is None,
+                                reason="Debian packages orthanc, orthanc-dicomweb and dcmtk are needed")
+
+TASK = "thyroid-malignancy"
+MAX_ATTEMPTS = 5
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory) -> Iterator[Orthanc]:
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"), dicom=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def peers(tmp_path_factory) -> dict:
+    """Ports of the storescp destinations, started and stopped by the tests themselves."""
+    root = tmp_path_factory.mktemp("storescp")
+    return {name: Storescp(root / name) for name in ("storescp", "flaky", "nowhere")}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, orthanc: Orthanc, peers: dict) -> Iterator[Service]:
+    data_dir = tmp_path_factory.mktemp("export-service")
+    secret = data_dir / "orthanc-auth"
+    secret.write_text("Authorization: Bearer not-needed-by-this-orthanc\n")  # read per send, never logged
+    destinations = [
+        {"name": "orthanc-web", "kind": "dicomweb", "url": orthanc.dicomweb, "auth_header_file": str(secret),
+         "include_sources": True},
+        {"name": "orthanc-dimse", "kind": "dimse", "ae_title": orthanc.ae_title, "host": "127.0.0.1",
+         "port": orthanc.dicom_port},
+        *({"name": name, "kind": "dimse", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port,
+           "include_sources": name == "storescp"} for name, peer in peers.items()),
+    ]
+    keys = json.loads(keys_env())
+    for key in keys:
+        if key["name"] == "clinic-a":
+            key["may_export_to"] = [d["name"] for d in destinations if d["name"] != "orthanc-web"]
+        if key["name"] == "clinic-b":
+            key["export_to"] = ["storescp"]
+    env = service_env(
+        data_dir, MEDIMG_API_KEYS=json.dumps(keys), MEDIMG_EXPORT_DESTINATIONS=json.dumps(destinations),
+        MEDIMG_ROUTING_RULES=json.dumps([{"task": TASK, "modality": "US", "export_to": ["orthanc-web"]}]),
+        MEDIMG_EXPORT_MAX_ATTEMPTS=str(MAX_ATTEMPTS), MEDIMG_EXPORT_RETRY_FIRST_SECONDS="1",
+        MEDIMG_EXPORT_RETRY_MAX_SECONDS="2", MEDIMG_EXPORT_POLL_SECONDS="0.2", MEDIMG_EXPORT_PROBE_SECONDS="1",
+        MEDIMG_EXPORT_TIMEOUT_SECONDS="10",
+    )
+    running = Service(data_dir, env)
+    running.start_gateway()
+    yield running
+    running.stop()
+
+
+def us_instance(seed: int, compressed: bool = False) -> bytes:
+    data = dicom_us_bytes(to_grey(make_frame(seed).frame))
+    if not compressed:
+        return data
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.compress(RLELossless)  # as many PACS send: the peer below accepts uncompressed data only
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def submit(service: Service, data: bytes, caller: str = "clinic-a", export_to: list[str] | None = None) -> httpx.Response:
+    form = {"task": TASK} | ({"export_to": json.dumps(export_to)} if export_to is not None else {})
+    return httpx.post(f"{service.url}/v1/jobs", data=form, files=[("files", ("us.dcm", data, "application/dicom"))],
+                      headers=auth(caller), timeout=60)
+
+
+def run_exported(service: Service, data: bytes, export_to: list[str], caller: str = "clinic-a") -> dict:
+    response = submit(service, data, caller, export_to)
+    assert response.status_code == 202, response.text
+    job = wait_job_as(service, response.json()["id"], caller)
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def wait_job_as(service: Service, job_id: str, caller: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{service.url}/v1/jobs/{job_id}", params={"wait": 10}, headers=auth(caller), timeout=30).json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        assert time.monotonic() < deadline, job
+
+
+def wait_export(service: Service, job_id: str, destination: str, until, caller: str = "clinic-a",
+                timeout: float = 60) -> dict:
+    """The job's export to `destination` once `until(export)` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{service.url}/v1/jobs/{job_id}", headers=auth(caller), timeout=30).json()
+        export = next((e for e in job.get("exports", []) if e["destination"] == destination), None)
+        if export is not None and until(export):
+            return export
+        assert time.monotonic() < deadline, job.get("exports")
+        time.sleep(0.2)
+
+
+def sent(export: dict) -> bool:
+    return export["status"] == "sent"
+
+
+def result_uids(service: Service, job: dict, caller: str = "clinic-a") -> dict[str, str]:
+    """SOP Instance UID of each DICOM artifact (seg.dcm, sr.dcm), read back through the API."""
+    uids = {}
+    for artifact in job["artifacts"]:
+        if artifact["media_type"] == "application/dicom":
+            response = httpx.get(f"{service.url}{artifact['url']}", headers=auth(caller), timeout=30)
+            uids[artifact["name"]] = pydicom.dcmread(io.BytesIO(response.content)).SOPInstanceUID
+    assert set(uids) == {"seg.dcm", "sr.dcm"}, job["artifacts"]
+    return uids
+
+
+def referenced_uids(element) -> set[str]:
+    """Every ReferencedSOPInstanceUID (0008,1155) anywhere in a DICOM JSON document."""
+    found = set()
+    if isinstance(element, dict):
+        for tag, value in element.items():
+            if tag == "00081155":
+                found.update(value.get("Value", []))
+            else:
+                found |= referenced_uids(value)
+    elif isinstance(element, list):
+        for item in element:
+            found |= referenced_uids(item)
+    return found
+
+
+def assert_study_viewable(orthanc: Orthanc, study_uid: str, source_uid: str, results: dict[str, str]) -> None:
+    """QIDO-RS finds the source, SEG and SR series in the study; SEG and SR reference instances Orthanc holds."""
+    qido = httpx.get(f"{orthanc.dicomweb}/studies/{study_uid}/series", timeout=30)
+    assert qido.status_code == 200, qido.text
+    series = {s["0020000E"]["Value"][0]: s["00080060"]["Value"][0] for s in qido.json()}
+    assert sorted(series.values()) == ["SEG", "SR", "US"], series
+    held = set()
+    for series_uid in series:
+        instances = httpx.get(f"{orthanc.dicomweb}/studies/{study_uid}/series/{series_uid}/instances", timeout=30)
+        held |= {i["00080018"]["Value"][0] for i in instances.json()}
+    assert held == {source_uid, *results.values()}, held
+    for series_uid, modality in series.items():
+        if modality in ("SEG", "SR"):
+            metadata = httpx.get(f"{orthanc.dicomweb}/studies/{study_uid}/series/{series_uid}/metadata",
+                                 timeout=30).json()
+            references = referenced_uids(metadata)
+            assert source_uid in references, (modality, references)
+            assert references <= held, (modality, references - held)
+
+
+def test_stow_routed_series_is_exported_to_orthanc_over_dicomweb(service: Service, orthanc: Orthanc) -> None:
+    # A PACS pushes a series by STOW-RS; the routing rule picks the task and names the destination, which
+    # holds no copy of the study yet (include_sources): it receives the source with the SEG and SR.
+    data = us_instance(1)
+    source = pydicom.dcmread(io.BytesIO(data))
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
+            + f"\r\n--{boundary}--\r\n".encode())
+    stored = httpx.post(f"{service.url}/dicomweb/studies", content=body, headers=auth("clinic-a") | {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}, timeout=60)
+    assert stored.status_code == 200, stored.text
+    [job_id] = stored.headers["X-Medimg-Job-Ids"].split(",")
+    job = wait_job_as(service, job_id, "clinic-a")
+    assert job["status"] == "succeeded", job
+
+    export = wait_export(service, job_id, "orthanc-web", sent)
+    assert export["attempts"] == 1 and export["last_error"] is None and export["sent_at"]
+    assert_study_viewable(orthanc, source.StudyInstanceUID, source.SOPInstanceUID, result_uids(service, job))
+
+
+def test_job_is_exported_to_orthanc_over_its_dicom_port(service: Service, orthanc: Orthanc) -> None:
+    # The usual case: the PACS already holds the study and receives only our SEG and SR, by C-STORE.
+    data = us_instance(2)
+    source = pydicom.dcmread(io.BytesIO(data))
+    assert httpx.post(f"{orthanc.url}/instances", content=data, timeout=30).status_code == 200
+
+    job = run_exported(service, data, ["orthanc-dimse"])
+    assert wait_export(service, job["id"], "orthanc-dimse", sent)["attempts"] == 1
+    assert_study_viewable(orthanc, source.StudyInstanceUID, source.SOPInstanceUID, result_uids(service, job))
+
+
+def test_api_key_default_exports_to_storescp_negotiating_an_uncompressed_syntax(service: Service, peers) -> None:
+    storescp = peers["storescp"].start()
+    try:
+        data = us_instance(3, compressed=True)
+        job = run_exported(service, data, [], caller="clinic-b")  # the key's export_to names storescp
+        wait_export(service, job["id"], "storescp", sent, caller="clinic-b")
+        received = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, storescp.received())}
+        source_uid = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+        assert set(received) == {source_uid, *result_uids(service, job, "clinic-b").values()}
+        # The RLE source went over as the uncompressed syntax storescp accepts, pixels intact.
+        assert not received[source_uid].file_meta.TransferSyntaxUID.is_compressed
+        assert received[source_uid].pixel_array.tobytes() == pydicom.dcmread(io.BytesIO(data)).pixel_array.tobytes()
+    finally:
+        storescp.stop()
+
+
+def test_destination_down_during_export_is_retried_and_delivered_once(service: Service, peers) -> None:
+    flaky = peers["flaky"].start()
+    flaky.stop()  # the PACS goes down before the job's results are ready
+    job = run_exported(service, us_instance(4), ["flaky"])
+    failing = wait_export(service, job["id"], "flaky", lambda e: e["attempts"] >= 1 and e["last_error"])
+    assert failing["status"] in ("pending", "sending") and "cannot reach" in failing["last_error"], failing
+
+    flaky.start()  # back
+    try:
+        export = wait_export(service, job["id"], "flaky", sent)
+        assert 2 <= export["attempts"] <= MAX_ATTEMPTS
+        stored = {str(pydicom.dcmread(p).SOPInstanceUID) for p in flaky.received()}
+        assert stored == set(result_uids(service, job).values())
+        assert flaky.receptions() == 2  # SEG and SR, each received once
+        assert "already exists" not in flaky.log_path.read_text(errors="replace")
+    finally:
+        flaky.stop()
+
+
+def test_destination_that_stays_down_is_dead_lettered_then_resent_by_an_admin(service: Service, peers) -> None:
+    job = run_exported(service, us_instance(5), ["nowhere"])
+    dead = wait_export(service, job["id"], "nowhere", lambda e: e["status"] == "dead")
+    assert dead["attempts"] == MAX_ATTEMPTS
+    assert "cannot reach STORESCP@127.0.0.1" in dead["last_error"] and "gave up after" in dead["last_error"]
+
+    listed = httpx.get(f"{service.url}/v1/exports/dead", headers=auth("ops"), timeout=30).json()
+    assert {"job_id": job["id"], "destination": "nowhere"}.items() <= next(
+        d for d in listed["data"] if d["job_id"] == job["id"]).items()
+    resend = f"{service.url}/v1/jobs/{job['id']}/exports/nowhere/resend"
+    refused = httpx.post(resend, headers=auth("clinic-a"), timeout=30)
+    assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
+
+    nowhere = peers["nowhere"].start()
+    try:
+        reopened = httpx.post(resend, headers=auth("ops"), timeout=30)
+        assert reopened.status_code == 202, reopened.text
+        assert reopened.json()["attempts"] == 0
+        assert wait_export(service, job["id"], "nowhere", sent)["attempts"] == 1
+        assert len(nowhere.received()) == 2
+        again = httpx.post(f"{service.url}/v1/jobs/{job['id']}/exports/orthanc-web/resend", headers=auth("ops"))
+        assert again.status_code == 404 and again.json()["code"] == "export-not-found"
+    finally:
+        nowhere.stop()
+
+
+def test_export_to_outside_the_keys_allowance_is_refused(service: Service) -> None:
+    forbidden = submit(service, us_instance(6), export_to=["orthanc-web"])  # not in clinic-a's may_export_to
+    assert forbidden.status_code == 403, forbidden.text
+    assert "orthanc-web" in forbidden.json()["detail"]
+    unknown = submit(service, us_instance(6), export_to=["no-such-pacs"])
+    assert unknown.status_code == 422 and "no-such-pacs" in unknown.json()["detail"]
+    assert forbidden.headers["content-type"] == unknown.headers["content-type"] == "application/problem+json"
+
+
+def test_readyz_reports_destination_reachability_and_metrics_count_outcomes(service: Service) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        ready = httpx.get(f"{service.url}/readyz", timeout=30)
+        assert ready.status_code == 200, ready.text  # a PACS being down never makes the service unready
+        reach = ready.json()["export_destinations"]
+        if all(r["reachable"] is not None for r in reach.values()):
+            break
+        assert time.monotonic() < deadline, reach
+        time.sleep(0.5)
+    assert reach["orthanc-web"]["reachable"] and reach["orthanc-dimse"]["reachable"], reach
+    assert reach["nowhere"]["reachable"] is False and "cannot reach" in reach["nowhere"]["detail"]
+
+    metrics = httpx.get(f"{service.url}/metrics", timeout=30).text
+    assert 'medimg_exports_total{destination="orthanc-web",outcome="sent"}' in metrics
+    assert 'medimg_exports_total{destination="nowhere",outcome="dead"} 1.0' in metrics
+    assert 'medimg_exports_total{destination="flaky",outcome="retry"}' in metrics
+    assert "not-needed-by-this-orthanc" not in "".join(p.read_text() for p in service.log_paths)
