@@ -99,6 +99,8 @@ def _dicom_listener(args: argparse.Namespace) -> int:
     from app.config import get_settings
     from app.dimse.listener import SeriesCollector, make_listener_ae
     from app.dispatch import make_dispatcher
+    from app.export.outbox import make_export_outbox
+    from app.export.scheduler import ExportScheduler
     from app.intake.service import Intake
     from app.logs import configure_logging
     from app.storage.factory import make_blob_store, make_job_store, make_model_repository
@@ -109,6 +111,9 @@ def _dicom_listener(args: argparse.Namespace) -> int:
     jobs, blobs = make_job_store(settings), make_blob_store(settings)
     dispatcher = make_dispatcher(settings, jobs, blobs)
     dispatcher.start()
+    # Embedded, this process runs the jobs it queues, so it also sends their results (MEDIMG_EXPORT_DESTINATIONS).
+    exports = ExportScheduler(make_export_outbox(settings, jobs, blobs))
+    exports.start()
     intake = Intake(settings, make_model_repository(settings), jobs, blobs, dispatcher)
     collector = SeriesCollector(intake, settings, TaskName(args.task) if args.task else None)
     ae, handlers = make_listener_ae(collector, args.ae_title)
@@ -123,6 +128,7 @@ def _dicom_listener(args: argparse.Namespace) -> int:
         server.shutdown()
         collector.flush_quiet(now=float("inf"))  # series received before the stop are not lost
         dispatcher.stop()
+        exports.stop()
     return 0
 
 

@@ -100,8 +100,13 @@ class ExportOutbox:
                 log.warning("job %s: export to %s not started now (%s); the scheduler will", record.job_id,
                             record.destination, type(exc).__name__)
 
-    def public(self, job_id: str) -> list[ExportPublic]:
-        return [ExportPublic.from_record(r) for r in self.store.for_job(job_id)]
+    def public(self, job: Job) -> list[ExportPublic]:
+        """The job's exports; while it runs, its destinations show as pending, attempts 0."""
+        exports = [ExportPublic.from_record(r) for r in self.store.for_job(job.id)]
+        if not job.status.finished:
+            exports += [ExportPublic(destination=name, status=ExportStatus.PENDING, attempts=0)
+                        for name in job.export_to if name not in {e.destination for e in exports}]
+        return exports
 
     # --- sending -------------------------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ async def create_job(
 
 async def _document(job: Job, exports) -> JobPublic:
     """The job document, with its exports when its DICOM results are being sent anywhere."""
-    records = await run_in_threadpool(exports.public, job.id) if job.export_to else []
+    records = await run_in_threadpool(exports.public, job) if job.export_to else []
     return JobPublic.from_job(job, records)
 
 
