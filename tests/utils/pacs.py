@@ -30,6 +30,7 @@ class Orthanc:
     dicom: bool = False
     ae_title: str = "ORTHANC"
     dicomweb_servers: dict[str, dict] = field(default_factory=dict)
+    lua: str | None = None  # a Lua script, e.g. a ReceivedInstanceFilter (read at each start)
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -52,9 +53,13 @@ class Orthanc:
             "AuthenticationEnabled": False, "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": self.dicomweb_servers},
         }
+        if self.lua is not None:
+            script = self.workdir / "script.lua"
+            script.write_text(self.lua)
+            config["LuaScripts"] = [str(script)]
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config))
-        log = (self.workdir / "orthanc.log").open("ab")
+        log = self.log_path.open("ab")
         self.process = subprocess.Popen([ORTHANC, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 30
@@ -64,8 +69,12 @@ class Orthanc:
                     return self
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, (self.workdir / "orthanc.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, self.log_path.read_text(errors="replace")[-2000:]
             time.sleep(0.2)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "orthanc.log"
 
     def stop(self) -> None:
         if self.process is not None:

@@ -43,6 +43,32 @@ def orthanc(tmp_path_factory) -> Iterator[Orthanc]:
     server.stop()
 
 
+# Orthanc that dies as the second instance of an association arrives, after storing and acknowledging the first.
+DIES_ON_SECOND = """
+received = 0
+function ReceivedInstanceFilter(dicom, origin, info)
+  if origin.RequestOrigin ~= 'DicomProtocol' then return true end
+  print('medimg-test received ' .. dicom.SOPInstanceUID)
+  received = received + 1
+  if received == 2 then os.exit(1) end
+  return true
+end
+"""
+LOGS_ONLY = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  if origin.RequestOrigin == 'DicomProtocol' then print('medimg-test received ' .. dicom.SOPInstanceUID) end
+  return true
+end
+"""
+
+
+@pytest.fixture(scope="module")
+def dying_orthanc(tmp_path_factory) -> Iterator[Orthanc]:
+    server = Orthanc(tmp_path_factory.mktemp("dying-orthanc"), dicom=True, ae_title="DYING")
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory) -> dict:
     """Ports of the storescp destinations, started and stopped by the tests themselves."""
@@ -51,7 +77,7 @@ def peers(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, orthanc: Orthanc, peers: dict) -> Iterator[Service]:
+def service(tmp_path_factory, orthanc: Orthanc, dying_orthanc: Orthanc, peers: dict) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("export-service")
     secret = data_dir / "orthanc-auth"
     secret.write_text("Authorization: Bearer not-needed-by-this-orthanc\n")  # read per send, never logged
@@ -60,6 +86,8 @@ def service(tmp_path_factory, orthanc: Orthanc, peers: dict) -> Iterator[Service
          "include_sources": True},
         {"name": "orthanc-dimse", "kind": "dimse", "ae_title": orthanc.ae_title, "host": "127.0.0.1",
          "port": orthanc.dicom_port},
+        {"name": "dying", "kind": "dimse", "ae_title": dying_orthanc.ae_title, "host": "127.0.0.1",
+         "port": dying_orthanc.dicom_port},
         *({"name": name, "kind": "dimse", "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port,
            "include_sources": name == "storescp"} for name, peer in peers.items()),
     ]
@@ -161,6 +189,31 @@ def test_destination_down_during_export_is_retried_and_delivered_once(service: S
         assert "already exists" not in flaky.log_path.read_text(errors="replace")
     finally:
         flaky.stop()
+
+
+def test_peer_stopping_mid_association_gets_only_the_rest_once_back(service: Service,
+                                                                   dying_orthanc: Orthanc) -> None:
+    dying_orthanc.lua = DIES_ON_SECOND
+    dying_orthanc.start()
+    data = us_instance(7)
+    source = pydicom.dcmread(io.BytesIO(data))
+    assert httpx.post(f"{dying_orthanc.url}/instances", content=data, timeout=30).status_code == 200
+    job = run_exported(service, data, ["dying"])
+    failing = wait_export(service, job["id"], "dying", lambda e: e["attempts"] >= 1 and e["last_error"])
+    assert failing["status"] != "sent", failing
+    dying_orthanc.process.wait(30)  # it stopped itself on the second instance (SEG stored, SR not)
+    first_run = dying_orthanc.log_path.read_text(errors="replace")
+    results = result_uids(service, job)
+    assert first_run.count("medimg-test received") == 2 and results["seg.dcm"] in first_run
+
+    dying_orthanc.lua = LOGS_ONLY
+    dying_orthanc.start()
+    export = wait_export(service, job["id"], "dying", sent)
+    assert export["attempts"] >= 2
+    second_run = dying_orthanc.log_path.read_text(errors="replace")[len(first_run):]
+    # Only the instance the peer had not confirmed went again; the archive holds each instance once.
+    assert second_run.count("medimg-test received") == 1 and results["sr.dcm"] in second_run, second_run[-2000:]
+    assert_study_viewable(dying_orthanc, source.StudyInstanceUID, source.SOPInstanceUID, results)
 
 
 def test_destination_that_stays_down_is_dead_lettered_then_resent_by_an_admin(service: Service, peers) -> None:
