@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class Storescp:
     workdir: Path
     ae_title: str = "STORESCP"
     port: int = field(default_factory=free_port)
+    tls_args: list[str] = field(default_factory=list)  # e.g. ["+tls", key, cert, "+cf", trusted client cert]
     process: subprocess.Popen | None = None
 
     @property
@@ -104,15 +106,24 @@ class Storescp:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         # Default transfer syntaxes only (uncompressed): a sender must negotiate down to them.
-        self.process = subprocess.Popen([STORESCP, "-v", "-aet", self.ae_title, "-od", str(self.out_dir),
-                                         str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen([STORESCP, "-v", "-aet", self.ae_title, *self.tls_args, "-od",
+                                         str(self.out_dir), str(self.port)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 15
-        while subprocess.run(["echoscu", "-aec", self.ae_title, "127.0.0.1", str(self.port)],
-                             capture_output=True).returncode != 0:
+        while not self._answers():
             assert time.monotonic() < deadline, self.log_path.read_text(errors="replace")[-2000:]
             time.sleep(0.2)
         return self
+
+    def _answers(self) -> bool:
+        if self.tls_args:  # echoscu would need the same certificates: a TCP connection will do
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        return subprocess.run(["echoscu", "-aec", self.ae_title, "127.0.0.1", str(self.port)],
+                              capture_output=True).returncode == 0
 
     def stop(self) -> None:
         if self.process is not None:
