@@ -160,7 +160,8 @@ class DimseSender:
         try:
             assoc = self._associate(ae)
         except SendFailed as exc:
-            return Reachability(False, exc.reason)
+            # /readyz answers anyone who can reach it: the detail leaves out the peer's address.
+            return Reachability(False, exc.reason.replace(self._peer(), "the peer"))
         try:
             status = assoc.send_c_echo()
         finally:

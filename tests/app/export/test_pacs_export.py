@@ -251,7 +251,7 @@ def test_export_to_outside_the_keys_allowance_is_refused(service: Service) -> No
     assert forbidden.headers["content-type"] == unknown.headers["content-type"] == "application/problem+json"
 
 
-def test_readyz_reports_destination_reachability_and_metrics_count_outcomes(service: Service) -> None:
+def test_readyz_reports_destination_reachability_and_metrics_count_outcomes(service: Service, peers) -> None:
     deadline = time.monotonic() + 30
     while True:
         ready = httpx.get(f"{service.url}/readyz", timeout=30)
@@ -262,7 +262,8 @@ def test_readyz_reports_destination_reachability_and_metrics_count_outcomes(serv
         assert time.monotonic() < deadline, reach
         time.sleep(0.5)
     assert reach["orthanc-web"]["reachable"] and reach["orthanc-dimse"]["reachable"], reach
-    assert reach["nowhere"]["reachable"] is False and "cannot reach" in reach["nowhere"]["detail"]
+    assert reach["nowhere"]["reachable"] is False and "cannot reach the peer" in reach["nowhere"]["detail"]
+    assert str(peers["nowhere"].port) not in json.dumps(reach)  # /readyz is open: no addresses in it
 
     metrics = httpx.get(f"{service.url}/metrics", timeout=30).text
     assert 'medimg_exports_total{destination="orthanc-web",outcome="sent"}' in metrics
