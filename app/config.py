@@ -226,6 +226,11 @@ class Settings(BaseSettings):
             check_destinations(rule.export_to, names, f"MEDIMG_ROUTING_RULES[{index}].export_to")
         for key in self.api_keys:
             check_destinations([*key.export_to, *key.may_export_to], names, f"MEDIMG_API_KEYS ({key.name!r})")
+        for destination in self.export_destinations:
+            if (self.environment == "production" and isinstance(destination, DicomwebDestination)
+                    and destination.auth_header_file is not None and not destination.url.startswith("https://")):
+                raise ValueError(f"MEDIMG_EXPORT_DESTINATIONS: {destination.name!r} would send its credentials "
+                                 f"unencrypted to {destination.url!r}; use https:// in production")
         return self
 
     def export_destination(self, name: str) -> DimseDestination | DicomwebDestination | None:
