@@ -156,7 +156,8 @@ class ExportOutbox:
         return held.model_copy(update={"status": ExportStatus.SENT, "sent_at": utcnow(), "due_at": None,
                                        "stored_instances": [*held.stored_instances, *stored]})
 
-    def _failed(self, held: ExportRecord, reason: str, transient: bool, stored: list[str] | None = None) -> ExportRecord:
+    def _failed(self, held: ExportRecord, reason: str, transient: bool,
+                stored: list[str] | None = None) -> ExportRecord:
         update = {"last_error": reason, "stored_instances": [*held.stored_instances, *(stored or [])]}
         if transient and held.attempts < self.settings.export_max_attempts:
             update |= {"status": ExportStatus.PENDING, "due_at": time.time() + self.backoff(held.attempts)}

@@ -19,6 +19,7 @@ from app.export.senders import sender_for
 
 log = logging.getLogger(__name__)
 
+
 class ExportScheduler:
     def __init__(self, outbox: ExportOutbox) -> None:
         self.outbox = outbox

@@ -82,14 +82,16 @@ class SqliteExportStore:
         with self._lock:
             for record in records:
                 self._db.execute(
-                    "INSERT OR IGNORE INTO exports (job_id, destination, status, due_at, document) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO exports (job_id, destination, status, due_at, document)"
+                    " VALUES (?, ?, ?, ?, ?)",
                     (record.job_id, record.destination, record.status.value, record.due_at, record.model_dump_json()),
                 )
             self._added.notify_all()
 
     def for_job(self, job_id: str) -> list[ExportRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT document FROM exports WHERE job_id = ? ORDER BY rowid", (job_id,)).fetchall()
+            rows = self._db.execute("SELECT document FROM exports WHERE job_id = ? ORDER BY rowid",
+                                    (job_id,)).fetchall()
         return [ExportRecord.model_validate_json(row[0]) for row in rows]
 
     def get(self, job_id: str, destination: str) -> ExportRecord | None:

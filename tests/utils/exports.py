@@ -23,7 +23,8 @@ def _headers(caller: str | None) -> dict[str, str]:
 def wait_job_as(service: Service, job_id: str, caller: str | None, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        job = httpx.get(f"{service.url}/v1/jobs/{job_id}", params={"wait": 10}, headers=_headers(caller), timeout=30).json()
+        job = httpx.get(f"{service.url}/v1/jobs/{job_id}", params={"wait": 10}, headers=_headers(caller),
+                        timeout=30).json()
         if job["status"] in ("succeeded", "failed"):
             return job
         assert time.monotonic() < deadline, job
