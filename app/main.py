@@ -16,6 +16,9 @@ from app.api.waiting import FinishedJobWaiter
 from app.config import Settings, get_settings
 from app.dispatch import make_dispatcher
 from app.dispatch.recovery import recover_periodically
+from app.export.outbox import make_export_outbox
+from app.export.policy import ExportPolicy
+from app.export.scheduler import ExportScheduler
 from app.retention import purge_periodically
 from app.security.keys import KeyRing, load_keys
 from app.security.rate_limit import RateLimiter
@@ -40,6 +43,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.repository = make_model_repository(settings)
         app.state.dispatcher = make_dispatcher(settings, app.state.jobs, app.state.blobs)
         app.state.dispatcher.start()
+        app.state.export_policy = export_policy
+        app.state.exports = make_export_outbox(settings, app.state.jobs, app.state.blobs)
+        app.state.export_scheduler = ExportScheduler(app.state.exports)
+        app.state.export_scheduler.start()
         background = [
             asyncio.create_task(purge_periodically(app.state.jobs, app.state.blobs, settings)),
             asyncio.create_task(recover_periodically(app.state.dispatcher, app.state.jobs, settings)),
@@ -50,9 +57,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 task.cancel()
             app.state.waiter.close()
+            app.state.export_scheduler.stop()
             app.state.dispatcher.stop()
 
-    keyring = KeyRing(load_keys(settings))  # a broken key file stops the start, not the first request
+    keys = load_keys(settings)  # a broken key file stops the start, not the first request
+    keyring = KeyRing(keys)
+    export_policy = ExportPolicy(settings, keys)
     app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     install_problem_handlers(app)
     app.include_router(api_router)
