@@ -336,8 +336,6 @@ const KNOWN_FIELDS = new Set(["id", "task", "status", "created_at", "started_at"
 
 function renderJob(job, context) {
   const view = $("job-view");
-  view.dataset.jobId = job.id;
-  view.dataset.status = job.status;
   const header = [
     el("h2", { id: "job-heading" }, `${job.task} `, el("span", { className: `status ${job.status}`, id: "job-status", text: job.status })),
     keyValueTable([
@@ -370,6 +368,8 @@ function renderJob(job, context) {
   }
   body.push(artifactList(job, context));
   view.replaceChildren(...header, ...body);
+  view.dataset.jobId = job.id;
+  view.dataset.status = job.status;  // set last: tests and assistive tools read a whole view
 }
 
 function qualityView(quality) {

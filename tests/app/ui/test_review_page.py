@@ -1,0 +1,192 @@
+"""The review page at /ui in a real headless Chromium (Debian's, driven by Playwright), against a real gateway.
+
+A person's path through it: enter a key, submit a CT ZIP and a fundus PNG with upload progress, wait for the
+results, jump to a nodule's key slice and scroll with the keyboard, list jobs with a filter, read a model card.
+Screenshots go to out/browser/ (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.utils.ct import nodule_scan, synthetic_ct, zip_bytes
+from tests.utils.fundus import make_fundus, png_bytes
+from tests.utils.keys import KEYS, keys_env
+from tests.utils.reference_models import REPO_ROOT
+from tests.utils.services import Service, service_env
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = REPO_ROOT / "out" / "browser"
+JOB_TIMEOUT_MS = 150_000
+KEY = KEYS["clinic-a"][0]
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
+expect = playwright_api.expect
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(tmp_path_factory) -> Iterator[Service]:
+    data_dir = tmp_path_factory.mktemp("ui")
+    service = Service(data_dir, service_env(data_dir, MEDIMG_API_KEYS=keys_env()))
+    service.start_gateway()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """A small CT series as a ZIP (24 slices of 256 x 256, two nodules) and a fundus photograph as PNG."""
+    directory = tmp_path_factory.mktemp("ui-inputs")
+    scan = nodule_scan(seed=7, z_extent_mm=60.0, diameters=(9.0, 14.0))
+    paths = synthetic_ct().write_ct_series(scan.hu, scan.grid, directory / "series", shuffle_names=True,
+                                           rng=np.random.default_rng(3))
+    ct_zip = directory / "chest-ct.zip"
+    ct_zip.write_bytes(zip_bytes(paths))
+    fundus = directory / "eye.png"
+    fundus.write_bytes(png_bytes(make_fundus(seed=12, size=512).rgb))
+    return {"ct": ct_zip, "fundus": fundus}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.console_errors = []  # type: ignore[attr-defined]
+    page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+    page.on("pageerror", lambda e: page.console_errors.append(f"uncaught: {e}"))
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name))
+
+
+def enter_key(page, service: Service) -> None:
+    """Open the page and give it the key; the calls it made before it had one may answer 401, nothing else."""
+    page.goto(f"{service.url}/ui/")
+    page.fill("#api-key", KEY)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector("#task option[value='lung-nodule-detection']", state="attached")
+    page.wait_for_selector("#readiness.ok")
+    before_key = [e for e in page.console_errors if "401" not in e]
+    assert before_key == [], before_key
+    page.console_errors.clear()
+
+
+def submit(page, task: str, path: Path) -> str:
+    page.select_option("#task", task)
+    page.set_input_files("#files", str(path))
+    shown_before = page.get_attribute("#job-view", "data-job-id")
+    page.click("#submit-button")
+    page.wait_for_function(
+        "([before]) => { const view = document.getElementById('job-view');"
+        " return view.dataset.jobId !== before && ['succeeded', 'failed'].includes(view.dataset.status); }",
+        arg=[shown_before], timeout=JOB_TIMEOUT_MS)
+    assert page.get_attribute("#job-view", "data-status") == "succeeded", page.inner_text("#job-view")
+    job_id = page.get_attribute("#job-view", "data-job-id")
+    assert page.inner_text("#upload-status") == f"Submitted {job_id[:8]}"
+    return job_id
+
+
+def natural_width(page, selector: str) -> int:
+    page.wait_for_function(f"document.querySelector({selector!r}).naturalWidth > 0", timeout=20_000)
+    return page.eval_on_selector(selector, "image => image.naturalWidth")
+
+
+def test_page_served_from_the_package_with_a_strict_csp(keyed_gateway: Service) -> None:
+    response = httpx.get(f"{keyed_gateway.url}/ui", follow_redirects=True)
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert "<script>" not in response.text and " style=" not in response.text  # nothing inline for the CSP to block
+    script = httpx.get(f"{keyed_gateway.url}/ui/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "http://" not in script.text and "https://" not in script.text  # nothing fetched from elsewhere
+
+
+def test_review_ct_and_fundus_jobs_in_the_browser(page, keyed_gateway: Service, inputs: dict[str, Path]) -> None:
+    enter_key(page, keyed_gateway)
+
+    # CT: a ZIP of DICOM slices, then the first nodule's key slice in the scroller and its overlay.
+    ct_job = submit(page, "lung-nodule-detection", inputs["ct"])
+    jump = page.locator("button.nodule-jump").first
+    key_slice = jump.get_attribute("data-slice")
+    jump.click()
+    page.wait_for_selector(f"#ct-canvas[data-slice='{key_slice}'][data-drawn='true']")
+    assert int(page.get_attribute("#ct-canvas", "data-natural-width")) == 256
+    assert natural_width(page, "#key-slice-overlay") >= 256
+    page.focus("#ct-canvas")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_selector(f"#ct-canvas[data-slice='{int(key_slice) + 1}'][data-drawn='true']")
+    page.keyboard.press("ArrowUp")
+    page.wait_for_selector(f"#ct-canvas[data-slice='{key_slice}'][data-drawn='true']")
+    screenshot(page, "ct-nodule-key-slice.png")
+
+    # DR: a fundus PNG, graded, with the retina shown.
+    dr_job = submit(page, "dr-grading", inputs["fundus"])
+    assert natural_width(page, "#retina-image") > 0
+    assert page.inner_text("#referable") in ("referable", "not referable")
+    assert page.locator(".probabilities meter").count() == 5
+    screenshot(page, "dr-result.png")
+
+    # The job list, filtered by task, newest first.
+    page.select_option("#filter-task", "dr-grading")
+    page.click("#filter-form button[type=submit]")
+    expect(page.locator("#job-list .job-row")).to_have_count(1)
+    assert page.get_attribute("#job-list .job-row", "data-job-id") == dr_job
+    page.select_option("#filter-task", "")
+    page.click("#filter-form button[type=submit]")
+    expect(page.locator("#job-list .job-row")).to_have_count(2)
+    assert [r.get_attribute("data-job-id") for r in page.locator("#job-list .job-row").all()] == [dr_job, ct_job]
+
+    # A model card, rendered from Markdown.
+    page.click("#tab-models")
+    page.click("#model-list button[data-model-id='dr-grading-reference']")
+    page.wait_for_selector("#model-card h4")
+    assert page.locator("#model-card table").count() >= 1
+
+    assert page.console_errors == []
+
+
+def test_refused_upload_shows_the_problem_detail(page, keyed_gateway: Service, tmp_path: Path) -> None:
+    enter_key(page, keyed_gateway)
+    text = tmp_path / "notes.png"
+    text.write_bytes(b"not an image at all")
+    page.select_option("#task", "dr-grading")
+    page.set_input_files("#files", str(text))
+    page.click("#submit-button")
+    page.wait_for_selector("#submit-problem:not([hidden])")
+    shown = page.inner_text("#submit-problem")
+    response = httpx.post(f"{keyed_gateway.url}/v1/jobs", data={"task": "dr-grading"},
+                          files={"files": ("notes.png", b"not an image at all")}, headers={"X-API-Key": KEY})
+    assert response.status_code == 415
+    assert response.json()["detail"] in shown and "415" in shown
+    screenshot(page, "refused-upload.png")
+    # The refused upload's own 415 is the only error the browser logged.
+    assert all("415" in e for e in page.console_errors), page.console_errors
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_screenshots() -> None:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
