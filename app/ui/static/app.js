@@ -476,7 +476,8 @@ function covidView(job, context) {
   const definitions = el("details", {}, el("summary", { text: "What each figure is" }),
     el("dl", {}, Object.entries(r.definitions).map(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])));
   const scroller = new SliceScroller(job, context, {
-    start: r.affected_slices.length ? r.affected_slices[0] : Math.floor(r.n_slices / 2),
+    // The middle slice with lesion: the apex and base ones often hold a speck.
+    start: r.affected_slices.length ? r.affected_slices[Math.floor(r.affected_slices.length / 2)] : Math.floor(r.n_slices / 2),
     masks: new Map(r.affected_slices.map((i) => [i, artifactUrl(job, `slice-${String(i).padStart(4, "0")}-mask.png`)])
       .filter(([, url]) => url)),
   });
@@ -629,6 +630,7 @@ class SliceScroller {
         c.globalAlpha = 1;
       }
       if (this.markers.checked) this.drawNodules(c, index);
+      this.canvas.dataset.mask = mask ? "shown" : "none";
       this.canvas.dataset.drawn = "true";
       this.canvas.dataset.naturalWidth = image.naturalWidth;
     } catch (error) {

@@ -15,11 +15,14 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.utils.covid import covid_case
 from tests.utils.ct import nodule_scan, synthetic_ct, zip_bytes
 from tests.utils.fundus import make_fundus, png_bytes
 from tests.utils.keys import KEYS, keys_env
 from tests.utils.reference_models import REPO_ROOT
 from tests.utils.services import Service, service_env
+from tests.utils.ultrasound import make_frame
+from tests.utils.ultrasound import png_bytes as ultrasound_png
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO_ROOT / "out" / "browser"
@@ -51,7 +54,13 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     ct_zip.write_bytes(zip_bytes(paths))
     fundus = directory / "eye.png"
     fundus.write_bytes(png_bytes(make_fundus(seed=12, size=512).rgb))
-    return {"ct": ct_zip, "fundus": fundus}
+    covid = covid_case(seed=4, matrix=96, slice_spacing=10.0)
+    covid_paths = synthetic_ct().write_ct_series(covid.hu, covid.grid, directory / "covid")
+    covid_zip = directory / "covid-ct.zip"
+    covid_zip.write_bytes(zip_bytes(covid_paths))
+    frame = directory / "thyroid.png"
+    frame.write_bytes(ultrasound_png(make_frame(101, ui=True, margin="smooth").frame))
+    return {"ct": ct_zip, "fundus": fundus, "covid": covid_zip, "thyroid": frame}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +119,9 @@ def submit(page, task: str, path: Path) -> str:
 
 
 def natural_width(page, selector: str) -> int:
-    page.wait_for_function(f"document.querySelector({selector!r}).naturalWidth > 0", timeout=20_000)
+    # A function, not an expression: Playwright evaluates expressions with eval, which the page's CSP forbids.
+    page.wait_for_function("(selector) => document.querySelector(selector)?.naturalWidth > 0", arg=selector,
+                           timeout=20_000)
     return page.eval_on_selector(selector, "image => image.naturalWidth")
 
 
@@ -165,6 +176,34 @@ def test_review_ct_and_fundus_jobs_in_the_browser(page, keyed_gateway: Service, 
     page.click("#model-list button[data-model-id='dr-grading-reference']")
     page.wait_for_selector("#model-card h4")
     assert page.locator("#model-card table").count() >= 1
+
+    assert page.console_errors == []
+
+
+def test_review_covid_and_thyroid_results_in_the_browser(page, keyed_gateway: Service, inputs: dict[str, Path]) -> None:
+    enter_key(page, keyed_gateway)
+
+    # COVID: the scroller opens on the middle slice with lesion, its mask drawn over the display slice.
+    submit(page, "covid-lesion-segmentation", inputs["covid"])
+    job = httpx.get(f"{keyed_gateway.url}/v1/jobs/{page.get_attribute('#job-view', 'data-job-id')}",
+                    headers={"X-API-Key": KEY}).json()
+    affected = job["result"]["affected_slices"]
+    assert affected, "the test case must have lesions"
+    middle = affected[len(affected) // 2]
+    page.wait_for_selector(f"#ct-canvas[data-slice='{middle}'][data-drawn='true'][data-mask='shown']")
+    page.focus("#mask-opacity")
+    page.keyboard.press("End")
+    assert page.input_value("#mask-opacity") == "100"
+    expect(page.locator("table.volumes")).to_contain_text(f"{job['result']['lesion_volume_ml']['total']:.1f}")
+    screenshot(page, "covid-lesions.png")
+
+    # Thyroid: the outlined frame with its TI-RADS band and size.
+    submit(page, "thyroid-malignancy", inputs["thyroid"])
+    assert natural_width(page, "#thyroid-overlay") > 0
+    job = httpx.get(f"{keyed_gateway.url}/v1/jobs/{page.get_attribute('#job-view', 'data-job-id')}",
+                    headers={"X-API-Key": KEY}).json()
+    expect(page.locator("#job-view .headline")).to_contain_text(job["result"]["risk_band"])
+    screenshot(page, "thyroid-result.png")
 
     assert page.console_errors == []
 
