@@ -7,8 +7,9 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Annotated
+
+from pydantic import AwareDatetime, BeforeValidator
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -30,6 +31,16 @@ from app.storage.jobs import JobStore
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+
+
+def _rfc3339_only(value: object) -> object:
+    # pydantic would read a bare number as seconds since the epoch; a time here is written out, with its offset.
+    if isinstance(value, str) and not ("T" in value or " " in value):
+        raise ValueError("give a date and time with its offset, e.g. 2026-12-01T08:00:00Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
 
 
 @router.post(
@@ -158,8 +169,8 @@ async def list_jobs(
     caller: Reader,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
     task: Annotated[TaskName | None, Query(description="Only jobs of this task")] = None,
-    created_after: Annotated[datetime | None, Query(description="Only jobs created after this time (exclusive)")] = None,
-    created_before: Annotated[datetime | None, Query(description="Only jobs created before this time (exclusive)")] = None,
+    created_after: Annotated[Instant | None, Query(description="Only jobs created after this time (exclusive)")] = None,
+    created_before: Annotated[Instant | None, Query(description="Only jobs created before this time (exclusive)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Jobs per page")] = 20,
     cursor: Annotated[str | None, Query(max_length=512, description="From the previous page's `next` link")] = None,
 ) -> JobsPublic:

@@ -96,6 +96,10 @@ def test_list_jobs_filters(listed: Listed) -> None:
     window = list_jobs(service, "clinic-a", created_after=mine[0]["created_at"], created_before=mine[-1]["created_at"])
     assert ids(window.json()["data"]) == ids(mine[1:-1])[::-1]
     assert list_jobs(service, "clinic-a", status="done").status_code == 422
+    # A time is written out with its offset: not seconds since the epoch, not a wall-clock time of no zone.
+    for vague in ("1764633600", "2026-12-01T08:00:00", "2026-12-01"):
+        response = list_jobs(service, "clinic-a", created_after=vague)
+        assert response.status_code == 422 and "created_after" in response.json()["detail"], response.text
 
 
 def test_list_jobs_pages_follow_next_links(listed: Listed) -> None:
