@@ -360,8 +360,13 @@ function renderJob(job, context) {
   }
   const body = [];
   if (job.status === "succeeded" && job.result) {
-    const view_ = RESULT_VIEWS[job.task] || genericView;
-    body.push(view_(job, context));
+    // A view that does not understand the result (a task's schema moved on) falls back to the plain one.
+    try {
+      body.push((RESULT_VIEWS[job.task] || genericView)(job, context));
+    } catch (error) {
+      console.warn(`no ${job.task} view for this result (${error.message}); showing it as JSON`);
+      body.push(genericView(job));
+    }
     body.push(jsonBlock(job.result, "Result as JSON"));
   } else if (!FINISHED.has(job.status)) {
     body.push(el("p", { className: "muted", text: `Waiting for the job to finish (${job.status})…` }));
@@ -418,6 +423,10 @@ function genericView(job) {
 
 function drView(job, context) {
   const r = job.result;
+  if (r.grade === null || r.grade === undefined) {  // ungradable: say why, never a grade
+    return el("section", {}, figure(job, context, "retina.jpg", "The photograph (retina.jpg)", "retina-image"),
+      el("p", { className: "headline", text: "Ungradable" }), jsonBlock(r, "Why"));
+  }
   const probabilities = el("table", { className: "probabilities" },
     el("caption", { text: "Probability per ICDR grade" }),
     el("tbody", {}, r.probabilities.map((p, grade) => el("tr", { className: grade === r.grade ? "chosen" : "" },
@@ -489,7 +498,7 @@ function covidView(job, context) {
 
 function noduleView(job, context) {
   const r = job.result;
-  const keyImage = el("img", { id: "key-slice-overlay", className: "result-image", alt: "Key-slice overlay of the chosen nodule" });
+  const keyImage = el("img", { id: "key-slice-overlay", className: "result-image", alt: "Key-slice overlay of the chosen nodule", hidden: true });
   const keyCaption = el("figcaption", { text: "Pick a nodule to see the model's key-slice overlay" });
   const scroller = new SliceScroller(job, context, {
     start: r.nodules.length ? r.nodules[0].key_slice.index : Math.floor(r.n_slices / 2),
@@ -498,7 +507,7 @@ function noduleView(job, context) {
   const jump = (nodule) => {
     scroller.show(nodule.key_slice.index);
     const url = artifactUrl(job, `nodule-${nodule.id}.png`);
-    if (url) context.blobs.url(url).then((u) => { keyImage.src = u; }, (error) => showProblem($("notice"), error));
+    if (url) context.blobs.url(url).then((u) => { keyImage.src = u; keyImage.hidden = false; }, (error) => showProblem($("notice"), error));
     keyCaption.textContent = `nodule-${nodule.id}.png: nodule ${nodule.id} on its key slice ${nodule.key_slice.index}`;
   };
   const rows = r.nodules.map((n) => el("tr", {},
@@ -511,6 +520,7 @@ function noduleView(job, context) {
       el("thead", {}, el("tr", {}, ["", "Diameter", "Score", "Key slice", "Centre (LPS mm)"].map((h) => el("th", { scope: "col", text: h })))),
       el("tbody", {}, rows))
     : el("p", { text: "No nodule at or above the operating point." });
+  if (r.nodules.length) jump(r.nodules[0]);
   return el("section", {}, el("div", { className: "result-grid" }, scroller.element,
     el("div", {}, table, r.warnings.length ? el("ul", { className: "notes" }, r.warnings.map((w) => el("li", { text: w }))) : null,
       el("figure", {}, keyImage, keyCaption))));

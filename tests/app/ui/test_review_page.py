@@ -226,6 +226,19 @@ def test_refused_upload_shows_the_problem_detail(page, keyed_gateway: Service, t
     assert all("415" in e for e in page.console_errors), page.console_errors
 
 
+def test_model_card_markdown_cannot_inject_markup(page, keyed_gateway: Service) -> None:
+    page.goto(f"{keyed_gateway.url}/ui/")
+    rendered = page.evaluate("""(source) => {
+        const box = document.createElement('div');
+        box.append(Markdown.render(source));
+        return {html: box.innerHTML, hrefs: [...box.querySelectorAll('a')].map((a) => a.getAttribute('href'))};
+    }""", "# Card <img src=x onerror=alert(1)>\n\n| a | b |\n|---|---|\n| **1** | `<b>` |\n\n"
+          "[ok](https://example.org/x) [bad](javascript:alert(1)) [worse](//evil.example/)")
+    assert "<img" not in rendered["html"] and "&lt;img src=x" in rendered["html"]
+    assert "<strong>1</strong>" in rendered["html"] and "<code>&lt;b&gt;</code>" in rendered["html"]
+    assert rendered["hrefs"] == ["https://example.org/x"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_screenshots() -> None:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
