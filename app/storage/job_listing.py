@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -108,11 +109,31 @@ class RedisJobIndex:
 
     ALL = "medimg:jobs:by-created"
     BY_CALLER_PREFIX = "medimg:jobs:by-created:caller:"
+    BUILT = "medimg:jobs:by-created:built"  # set once the jobs stored before the index existed are in it
     SCAN_BATCH = 200
+    BUILD_BATCH = 1000
 
     def __init__(self, client: redis.Redis, record_prefix: str) -> None:
         self._redis = client
         self._record_prefix = record_prefix
+        self._built = False
+
+    def ensure_built(self, records: Callable[[], Iterable[Job]]) -> None:
+        """Indexes the jobs stored before this index existed: once per Redis, checked once per process.
+
+        Idempotent, so two processes building at once only repeat each other's ZADDs.
+        """
+        if self._built:
+            return
+        if not self._redis.exists(self.BUILT):
+            pipe = self._redis.pipeline(transaction=False)
+            for count, job in enumerate(records(), start=1):
+                self.add(pipe, job)
+                if count % self.BUILD_BATCH == 0:
+                    pipe.execute()
+            pipe.set(self.BUILT, "1")
+            pipe.execute()
+        self._built = True
 
     @classmethod
     def caller_key(cls, caller: str) -> str:

@@ -358,6 +358,7 @@ class RedisJobStore:
                 yield Job.model_validate_json(raw)
 
     def list_jobs(self, query: JobQuery) -> JobPage:
+        self._index.ensure_built(self.iter_jobs)
         return self._index.list_jobs(query)
 
     def ping(self) -> None:

@@ -588,10 +588,6 @@ class SliceScroller {
     this.canvas.dataset.slice = index;
     this.canvas.dataset.drawn = "false";
     await this.draw();
-    for (const near of [index + 1, index - 1]) {  // the next slices are likely wanted next
-      const url = near >= 0 && near < this.count ? this.sliceUrl(near) : null;
-      if (url) this.context.blobs.url(url).catch(() => {});
-    }
   }
 
   async colouredMask(index) {
@@ -614,8 +610,25 @@ class SliceScroller {
     return this.colouredMasks.get(index);
   }
 
+  // One slice is fetched and drawn at a time; slices passed over meanwhile are skipped, so holding a key down
+  // through a long series costs a few requests, not one per slice (the API key has a rate limit).
   async draw() {
-    const index = this.index;
+    if (this.drawing) {
+      this.redraw = true;
+      return;
+    }
+    this.drawing = true;
+    try {
+      do {
+        this.redraw = false;
+        await this.drawSlice(this.index);
+      } while (this.redraw);
+    } finally {
+      this.drawing = false;
+    }
+  }
+
+  async drawSlice(index) {
     const url = this.sliceUrl(index);
     const c = this.canvas.getContext("2d");
     if (!url) {
@@ -627,7 +640,7 @@ class SliceScroller {
     try {
       const image = await this.context.blobs.image(url);
       const mask = this.masks.has(index) ? await this.colouredMask(index) : null;
-      if (index !== this.index) return;  // scrolled on meanwhile
+      if (index !== this.index) return;  // scrolled on meanwhile: draw() goes on to the slice now wanted
       if (this.canvas.width !== image.naturalWidth || this.canvas.height !== image.naturalHeight) {
         this.canvas.width = image.naturalWidth;
         this.canvas.height = image.naturalHeight;
@@ -643,6 +656,10 @@ class SliceScroller {
       this.canvas.dataset.mask = mask ? "shown" : "none";
       this.canvas.dataset.drawn = "true";
       this.canvas.dataset.naturalWidth = image.naturalWidth;
+      for (const near of [index + 1, index - 1]) {  // the neighbours are likely wanted next
+        const nearUrl = near >= 0 && near < this.count ? this.sliceUrl(near) : null;
+        if (nearUrl) this.context.blobs.url(nearUrl).catch(() => {});
+      }
     } catch (error) {
       showProblem($("notice"), error);
     }

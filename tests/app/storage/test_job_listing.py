@@ -10,8 +10,8 @@ import pytest
 from app.errors import InvalidRequest
 from app.schemas.jobs import Job, JobStatus
 from app.schemas.tasks import TaskName
-from app.storage.job_listing import JobQuery, Position
-from app.storage.jobs import JobStore
+from app.storage.job_listing import JobQuery, Position, RedisJobIndex
+from app.storage.jobs import JobStore, RedisJobStore, SqliteJobStore
 from tests.app.storage.test_jobs import new_job, store  # noqa: F401  (the fixture runs each test on both stores)
 
 
@@ -108,6 +108,35 @@ def test_list_jobs_leaves_out_deleted_jobs(store: JobStore, epoch: datetime) -> 
     kept, gone = make_jobs(store, caller, epoch, [1, 2])
     store.delete(gone.id)
     assert [j.id for j in store.list_jobs(JobQuery(owner=caller)).jobs] == [kept.id]
+
+
+def test_list_jobs_redis_indexes_jobs_stored_before_the_index(redis_server, epoch: datetime) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    older = new_job(caller=f"a-{uuid.uuid4()}", created_at=epoch)
+    client.set(RedisJobStore.PREFIX + older.id, older.model_dump_json())  # as a release without the index left it
+    client.delete(RedisJobIndex.BUILT)
+    store = RedisJobStore(client)
+    newer, _ = store.create(new_job(caller=older.caller, created_at=epoch + timedelta(seconds=1)))
+    assert [j.id for j in store.list_jobs(JobQuery(owner=older.caller)).jobs] == [newer.id, older.id]
+    assert client.exists(RedisJobIndex.BUILT)
+    client.close()
+
+
+def test_list_jobs_sqlite_store_made_before_the_listing_index(tmp_path, epoch: datetime) -> None:
+    import sqlite3
+
+    older = new_job(caller="a", created_at=epoch)
+    db = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, caller TEXT NOT NULL, idempotency_key TEXT,"
+               " status TEXT NOT NULL, document TEXT NOT NULL)")  # the table as the release before made it
+    db.execute("INSERT INTO jobs VALUES (?, ?, NULL, ?, ?)", (older.id, "a", "queued", older.model_dump_json()))
+    db.commit()
+    db.close()
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    newer, _ = store.create(new_job(caller="a", created_at=epoch + timedelta(seconds=1)))
+    assert [j.id for j in store.list_jobs(JobQuery(owner="a")).jobs] == [newer.id, older.id]
 
 
 @pytest.mark.parametrize("cursor", ["nonsense!", "", Position(1, "x").encode()[:-3], "WzEsMl0"])
