@@ -118,6 +118,14 @@ def submit(page, task: str, path: Path) -> str:
     return job_id
 
 
+def assert_accessible_at_1280(page) -> None:
+    """Every control has a label, and nothing is wider than the 1280-pixel window."""
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, canvas[tabindex]')]
+        .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map((e) => e.id || e.outerHTML)""")
+    assert unlabelled == []
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+
+
 def natural_width(page, selector: str) -> int:
     # A function, not an expression: Playwright evaluates expressions with eval, which the page's CSP forbids.
     page.wait_for_function("(selector) => document.querySelector(selector)?.naturalWidth > 0", arg=selector,
@@ -153,6 +161,7 @@ def test_review_ct_and_fundus_jobs_in_the_browser(page, keyed_gateway: Service, 
     page.keyboard.press("ArrowUp")
     page.wait_for_selector(f"#ct-canvas[data-slice='{key_slice}'][data-drawn='true']")
     screenshot(page, "ct-nodule-key-slice.png")
+    assert_accessible_at_1280(page)
 
     # DR: a fundus PNG, graded, with the retina shown.
     dr_job = submit(page, "dr-grading", inputs["fundus"])
@@ -160,6 +169,11 @@ def test_review_ct_and_fundus_jobs_in_the_browser(page, keyed_gateway: Service, 
     assert page.inner_text("#referable") in ("referable", "not referable")
     assert page.locator(".probabilities meter").count() == 5
     screenshot(page, "dr-result.png")
+    with page.expect_download() as download:  # artifacts download through the key, as blobs
+        page.click("button[aria-label='Download retina.jpg']")
+    saved = download.value
+    assert saved.suggested_filename == "retina.jpg"
+    assert Path(saved.path()).read_bytes()[:3] == b"\xff\xd8\xff"
 
     # The job list, filtered by task, newest first.
     page.select_option("#filter-task", "dr-grading")
