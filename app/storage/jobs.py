@@ -216,7 +216,8 @@ class SqliteJobStore:
             clauses.append(("created_us < ?", (query.before_us,)))
         if query.after is not None:
             at = query.after
-            clauses.append(("(created_us < ? OR (created_us = ? AND id < ?))", (at.created_us, at.created_us, at.job_id)))
+            clauses.append(("(created_us < ? OR (created_us = ? AND id < ?))",
+                            (at.created_us, at.created_us, at.job_id)))
         where = " WHERE " + " AND ".join(c for c, _ in clauses) if clauses else ""
         params = [value for _, values in clauses for value in values]
         with self._lock:

@@ -169,8 +169,8 @@ async def list_jobs(
     caller: Reader,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
     task: Annotated[TaskName | None, Query(description="Only jobs of this task")] = None,
-    created_after: Annotated[Instant | None, Query(description="Only jobs created after this time (exclusive)")] = None,
-    created_before: Annotated[Instant | None, Query(description="Only jobs created before this time (exclusive)")] = None,
+    created_after: Annotated[Instant | None, Query(description="Only jobs created after this (exclusive)")] = None,
+    created_before: Annotated[Instant | None, Query(description="Only jobs created before this (exclusive)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Jobs per page")] = 20,
     cursor: Annotated[str | None, Query(max_length=512, description="From the previous page's `next` link")] = None,
 ) -> JobsPublic:

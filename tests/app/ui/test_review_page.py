@@ -121,7 +121,8 @@ def submit(page, task: str, path: Path) -> str:
 def assert_accessible_at_1280(page) -> None:
     """Every control has a label, and nothing is wider than the 1280-pixel window."""
     unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, canvas[tabindex]')]
-        .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map((e) => e.id || e.outerHTML)""")
+        .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+        .map((e) => e.id || e.outerHTML)""")
     assert unlabelled == []
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
 
