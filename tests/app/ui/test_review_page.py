@@ -254,6 +254,24 @@ def test_model_card_markdown_cannot_inject_markup(page, keyed_gateway: Service) 
     assert rendered["hrefs"] == ["https://example.org/x"]
 
 
+def test_unknown_task_and_added_fields_shown_plainly(page, keyed_gateway: Service) -> None:
+    """A task this page has no view for (a plug-in), and job fields other services add, still show."""
+    page.goto(f"{keyed_gateway.url}/ui/")
+    page.evaluate("""() => renderJob({
+        id: "00000000-0000-0000-0000-000000000001", task: "bone-age", status: "succeeded",
+        created_at: "2026-12-01T08:00:00Z", started_at: null, finished_at: null,
+        model: {id: "bone-age-reference", version: 1, sha256: "0", research_use_only: true},
+        result: {months: 131.5}, error: null, artifacts: [{name: "hand.png", media_type: "image/png",
+        size_bytes: 2048, url: "/v1/jobs/x/artifacts/hand.png"}], stage_seconds: {}, notes: [],
+        quality: {gradable: true, focus: 0.93}, priority: "high", queue_position: 3, exports: [{target: "pacs"}]
+    }, {blobs: new BlobCache()})""")
+    view = page.locator("#job-view")
+    expect(view).to_contain_text('"months": 131.5')
+    expect(view.locator("table", has_text="Input quality")).to_contain_text("0.93")
+    expect(view.locator("table", has_text="More")).to_contain_text("queue_position")
+    expect(view).to_contain_text("hand.png")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_screenshots() -> None:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
