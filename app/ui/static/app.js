@@ -332,7 +332,7 @@ async function openJob(jobId, known = null) {
 }
 
 const KNOWN_FIELDS = new Set(["id", "task", "status", "created_at", "started_at", "finished_at", "model", "result",
-  "error", "artifacts", "callback_url", "stage_seconds", "notes"]);
+  "error", "artifacts", "callback_url", "stage_seconds", "notes", "priority", "queue"]);
 
 function renderJob(job, context) {
   const view = $("job-view");
@@ -340,12 +340,14 @@ function renderJob(job, context) {
     el("h2", { id: "job-heading" }, `${job.task} `, el("span", { className: `status ${job.status}`, id: "job-status", text: job.status })),
     keyValueTable([
       ["Job", el("code", { text: job.id })],
+      job.priority ? ["Priority", job.priority] : null,
+      job.queue ? ["Queue", `position ${job.queue.position} in ${job.queue.lane} (1 starts next)`] : null,
       ["Created", when(job.created_at)],
       ["Started", when(job.started_at)],
       ["Finished", when(job.finished_at)],
       ["Model", `${job.model.id} v${job.model.version}${job.model.research_use_only ? " (research use only)" : ""}`],
       ["Stages", Object.entries(job.stage_seconds || {}).map(([s, t]) => `${s} ${t.toFixed(2)} s`).join(" · ") || "—"],
-    ]),
+    ].filter(Boolean)),
   ];
   if (job.notes && job.notes.length) header.push(el("ul", { className: "notes" }, job.notes.map((n) => el("li", { text: n }))));
   if (job.error) {

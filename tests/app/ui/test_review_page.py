@@ -263,12 +263,14 @@ def test_unknown_task_and_added_fields_shown_plainly(page, keyed_gateway: Servic
         model: {id: "bone-age-reference", version: 1, sha256: "0", research_use_only: true},
         result: {months: 131.5}, error: null, artifacts: [{name: "hand.png", media_type: "image/png",
         size_bytes: 2048, url: "/v1/jobs/x/artifacts/hand.png"}], stage_seconds: {}, notes: [],
-        quality: {gradable: true, focus: 0.93}, priority: "high", queue_position: 3, exports: [{target: "pacs"}]
+        quality: {gradable: true, focus: 0.93}, priority: "stat", queue: {lane: "ct", position: 3},
+        exports: [{target: "pacs", status: "sent"}]
     }, {blobs: new BlobCache()})""")
     view = page.locator("#job-view")
     expect(view).to_contain_text('"months": 131.5')
     expect(view.locator("table", has_text="Input quality")).to_contain_text("0.93")
-    expect(view.locator("table", has_text="More")).to_contain_text("queue_position")
+    expect(view.locator("table", has_text="Priority")).to_contain_text("position 3 in ct")
+    expect(view.locator("table", has_text="More")).to_contain_text("exports")
     expect(view).to_contain_text("hand.png")
 
 
