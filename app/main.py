@@ -23,6 +23,7 @@ from app.retention import purge_periodically
 from app.security.keys import KeyRing, load_keys
 from app.security.rate_limit import RateLimiter
 from app.storage.factory import make_blob_store, make_job_store, make_model_repository
+from app.ui import ReviewPage
 
 DESCRIPTION = """Medical-imaging inference: submit DICOM or PNG/JPEG inputs as jobs, read JSON results and
 download masks and overlays. Reference models are for research use only."""
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     install_problem_handlers(app)
     app.include_router(api_router)
+    app.mount("/ui", ReviewPage(), name="ui")  # the review page: static files calling the API above
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        read_timeout=settings.body_read_timeout_seconds)
     app.add_middleware(RequestRecorder)  # outermost of ours: it also sees the 413s BodySizeLimit answers

@@ -169,3 +169,11 @@ class JobPublic(BaseModel):
             notes=job.notes,
             exports=exports or [],
         )
+
+
+class JobsPublic(BaseModel):
+    """One page of a job listing, newest first."""
+
+    data: list[JobPublic]
+    count: int = Field(description="Jobs on this page")
+    next: str | None = Field(None, description="URL of the next page (same filters); null on the last page")

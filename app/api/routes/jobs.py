@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, read (with long polling), fetch artifacts, delete."""
+"""/v1/jobs: submit, list, read (with long polling), fetch artifacts, delete."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from pydantic import AwareDatetime, BeforeValidator
+
+from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
@@ -31,16 +33,27 @@ from app.errors import ArtifactNotFound, JobNotFound, MedimgError
 from app.export.policy import parse_export_to
 from app.metrics import JOBS_REJECTED, JOBS_SUBMITTED, UPLOAD_BYTES
 from app.dispatch import Dispatcher
-from app.schemas.jobs import Job, JobPriority, JobPublic, JobStatus, new_job_id
+from app.schemas.jobs import Job, JobPriority, JobPublic, JobsPublic, JobStatus, new_job_id
 from app.security.keys import Principal
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobNotFound, FilesystemBlobStore, job_prefix
+from app.storage.job_listing import MAX_PAGE, JobQuery, Position
 from app.storage.jobs import JobStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+
+
+def _rfc3339_only(value: object) -> object:
+    # pydantic would read a bare number as seconds since the epoch; a time here is written out, with its offset.
+    if isinstance(value, str) and not ("T" in value or " " in value):
+        raise ValueError("give a date and time with its offset, e.g. 2026-12-01T08:00:00Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
 
 
 @router.post(
@@ -184,6 +197,34 @@ def _readable(job: Job, job_id: str, caller: Principal) -> Job:
         # Another caller's job answers exactly like a missing one, so ids cannot be probed.
         raise JobNotFound(f"No job with id {job_id!r}; it never existed, or it was deleted")
     return job
+
+
+@router.get("", response_model=JobsPublic, summary="List the caller's jobs, newest first (an admin key: all)",
+            description="Each job's document as `GET /v1/jobs/{id}` gives it, without the queue position: read a "
+                        "queued job itself for where it waits.",
+            responses={401: PROBLEM, 422: PROBLEM | {"description": "A filter or the cursor is not valid"}})
+async def list_jobs(
+    request: Request,
+    jobs: JobStoreDep,
+    caller: Reader,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
+    task: Annotated[TaskName | None, Query(description="Only jobs of this task")] = None,
+    created_after: Annotated[Instant | None, Query(description="Only jobs created after this (exclusive)")] = None,
+    created_before: Annotated[Instant | None, Query(description="Only jobs created before this (exclusive)")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Jobs per page")] = 20,
+    cursor: Annotated[str | None, Query(max_length=512, description="From the previous page's `next` link")] = None,
+) -> JobsPublic:
+    query = JobQuery(
+        owner=None if "admin" in caller.scopes else caller.name, status=status, task=task,
+        created_after=created_after, created_before=created_before,
+        after=Position.decode(cursor) if cursor is not None else None, limit=limit,
+    )
+    page = await run_in_threadpool(jobs.list_jobs, query)
+    next_url = None
+    if page.next is not None:
+        # The same filters, the cursor moved on; relative to the server, like the Location of a new job.
+        next_url = str(request.url.include_query_params(cursor=page.next.encode()).replace(scheme="", netloc=""))
+    return JobsPublic(data=[JobPublic.from_job(j) for j in page.jobs], count=len(page.jobs), next=next_url)
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Read a job, optionally waiting for it to finish",
