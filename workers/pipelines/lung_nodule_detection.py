@@ -2,7 +2,8 @@
 
 load (CT series → HU volume + geometry) → preprocess (resample to the manifest's spacing, HU window) →
 infer (sliding window, batched patches) → decode (connected components of the probability map, 3D NMS)
-→ outputs (findings mapped back to voxel and patient coordinates; an overlay PNG per finding).
+→ outputs (findings mapped back to voxel and patient coordinates; an overlay PNG per finding; a display PNG
+per slice for the review page).
 Every number that shapes the result comes from the manifest.
 """
 
@@ -24,6 +25,7 @@ from app.schemas.tasks import TaskName
 from workers import uncertainty
 from workers.decoding import activate
 from workers.imaging.ct_resample import ResampledVolume, resample_to_spacing, window
+from workers.imaging.ct_display import display_slices, lung_window
 from workers.imaging.ct_series import CTVolume, load_ct_series
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer, ungradable
@@ -31,7 +33,6 @@ from workers.quality.ct import check_ct
 from workers.sliding_window import sliding_window
 
 PATCH_BATCH = 2
-LUNG_WINDOW_HU = (-1350.0, 150.0)  # level -600, width 1500
 OVERLAY_MIN_SIDE = 512
 
 
@@ -75,6 +76,7 @@ class LungNoduleDetectionPipeline:
                                   score_spreads(candidates, augmented, manifest) if augmented else None)
         with stages("outputs"):
             artifacts = [nodule_overlay(ct, finding) for finding in result.nodules]
+            artifacts += [ArtifactOutput(name, "image/png", png) for name, png in display_slices(ct.hu)]
         return PipelineOutput(result=result, artifacts=artifacts)
 
 
@@ -250,9 +252,7 @@ def nodule_overlay(ct: CTVolume, finding: NoduleFinding) -> ArtifactOutput:
     """The key slice in a lung window with the finding circled and labelled: nodule-<id>.png."""
     from PIL import Image, ImageDraw
 
-    low, high = LUNG_WINDOW_HU
-    pixels = ct.hu[finding.key_slice.index]
-    grey = np.clip((pixels - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
+    grey = lung_window(ct.hu[finding.key_slice.index]).astype(np.uint8)
     image = Image.fromarray(grey).convert("RGB")
     scale = max(1, math.ceil(OVERLAY_MIN_SIDE / max(image.size)))
     if scale > 1:
