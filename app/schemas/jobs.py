@@ -63,6 +63,18 @@ class Artifact(BaseModel):
     size_bytes: int
 
 
+class ShadowRun(BaseModel):
+    """A candidate model's result on the same inputs (issue: shadow runs). Admins only; never DICOM."""
+
+    model: ModelRef
+    result: dict | None = None
+    error: JobError | None = None
+    artifact_keys: dict[str, str] = Field(
+        default_factory=dict, description="Mask artifacts kept for agreement (name → blob key), not downloadable"
+    )
+    seconds: float = 0.0
+
+
 class Job(BaseModel):
     """The stored record; only the job store and the runner see all of it."""
 
@@ -86,6 +98,7 @@ class Job(BaseModel):
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    shadow: ShadowRun | None = None
 
 
 class ArtifactPublic(BaseModel):
@@ -114,9 +127,12 @@ class JobPublic(BaseModel):
         default_factory=list,
         description="Why an output is absent, e.g. no DICOM SEG/SR (seg.dcm, sr.dcm) for a PNG or JPEG input",
     )
+    shadow: ShadowRun | None = Field(
+        None, description="A candidate model's result on this job (MEDIMG_SHADOW_MODELS); shown to admin keys only"
+    )
 
     @classmethod
-    def from_job(cls, job: Job) -> JobPublic:
+    def from_job(cls, job: Job, include_shadow: bool = False) -> JobPublic:
         return cls(
             id=job.id,
             task=job.task,
@@ -139,4 +155,5 @@ class JobPublic(BaseModel):
             callback_url=job.callback_url,
             stage_seconds=job.stage_seconds,
             notes=job.notes,
+            shadow=job.shadow if include_shadow else None,
         )

@@ -158,7 +158,8 @@ async def read_job(
     caller: Reader,
     wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (long poll)")] = 0,
 ) -> JobPublic:
-    return JobPublic.from_job(await wait_finished(jobs, waiter, job_id, caller, min(wait, settings.max_wait_seconds)))
+    job = await wait_finished(jobs, waiter, job_id, caller, min(wait, settings.max_wait_seconds))
+    return JobPublic.from_job(job, include_shadow="admin" in caller.scopes)
 
 
 @router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (mask, overlay, report)",
