@@ -150,6 +150,7 @@ def _seg_on_grid(path: Path, predicted) -> np.ndarray:
     """A DICOM SEG's frames placed by their ImagePositionPatient (LPS) on the prediction's voxels; each voxel
     gets the number of the segment covering it (the values --mask-label names for SEG)."""
     import pydicom
+    from nibabel.affines import apply_affine
 
     seg = pydicom.dcmread(path)
     frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
@@ -170,16 +171,10 @@ def _seg_on_grid(path: Path, predicted) -> np.ndarray:
         row_dir, column_dir = orientation[:3] * lps_to_ras, orientation[3:] * lps_to_ras
         points = (origin + np.outer(columns * float(spacing[1]), row_dir)
                   + np.outer(rows * float(spacing[0]), column_dir))
-        voxels = np.rint(nib_apply(ras_to_voxel, points)).astype(int)
+        voxels = np.rint(apply_affine(ras_to_voxel, points)).astype(int)
         inside = np.all((voxels >= 0) & (voxels < np.array(out.shape)), axis=1)
         out[tuple(voxels[inside].T)] = segment
     return out
-
-
-def nib_apply(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
-    from nibabel.affines import apply_affine
-
-    return apply_affine(affine, points)
 
 
 EVALUATION = CovidLesionSegmentationEvaluation()

@@ -57,6 +57,10 @@ class ThyroidMalignancyEvaluation:
     def record(self, case: Case, job: Job, artifacts: dict[str, bytes], predictions_dir: Path) -> dict:
         result = job.result or {}
         record = {"probability": result["malignancy_probability"], "risk_band": result["risk_band"], "dice": None}
+        if MASK_ARTIFACT in artifacts:  # the outline the model scored, beside the report for review
+            from workers.evaluation.predict import safe_name
+
+            (predictions_dir / f"{safe_name(case.case_id)}-mask.png").write_bytes(artifacts[MASK_ARTIFACT])
         if case.truth.get("mask") and MASK_ARTIFACT in artifacts:
             with Image.open(case.truth["mask"]) as image:
                 reference = np.asarray(image.convert("L")) > 0
