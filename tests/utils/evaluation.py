@@ -64,7 +64,7 @@ def aptos_set(root: Path, n: int = 4) -> LabelledSet:
     return LabelledSet(root / "train_images", labels, truth)
 
 
-def luna16_set(root: Path, diameters=((8.0, 14.0), (10.0,), ())) -> LabelledSet:
+def luna16_set(root: Path, diameters=((8.0, 14.0), ())) -> LabelledSet:
     """LUNA16 layout: subset0/<seriesuid>/ of DICOM (the one as a ZIP) and annotations.csv in world mm."""
     import zipfile
 
@@ -72,11 +72,11 @@ def luna16_set(root: Path, diameters=((8.0, 14.0), (10.0,), ())) -> LabelledSet:
     (root / "subset0").mkdir(parents=True)
     rows, truth = [], {}
     for k, scan_diameters in enumerate(diameters):
-        scan = nodule_scan(seed=30 + k, diameters=scan_diameters, z_extent_mm=50.0)
+        scan = nodule_scan(seed=30 + k, diameters=scan_diameters, z_extent_mm=40.0)
         ids = ct.SeriesIds.new()
         folder = root / "subset0" / ids.series_instance_uid
         paths = ct.write_ct_series(scan.hu, scan.grid, folder, ids=ids)
-        if k == 1:  # one series as a ZIP, as archives arrive
+        if k == 1:  # one series as a ZIP, as archives arrive; a scan without nodules, as LUNA16 has
             with zipfile.ZipFile(folder.with_suffix(".zip"), "w") as archive:
                 for path in paths:
                     archive.write(path, f"DICOM/{path.name}")

@@ -14,7 +14,6 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score, roc_curve
 
 from tests.utils.covid import dice
 from tests.utils.evaluation import (
-    aptos_set,
     eyepacs_set,
     luna16_set,
     medimg_eval,
@@ -87,15 +86,6 @@ def test_eval_dr_grading_eyepacs_scores_like_scikit_learn_and_resumes(env, tmp_p
     assert read_metrics(out)["metrics"]["qwk"] == metrics["qwk"]
 
 
-def test_eval_dr_grading_reads_aptos_labels(env, tmp_path) -> None:
-    labelled = aptos_set(tmp_path / "aptos")
-    out = tmp_path / "out"
-    medimg_eval(env, "--task", "dr-grading", "--data", str(labelled.data), "--labels", str(labelled.labels),
-                "--out", str(out), "--jobs", "1", "--bootstrap", BOOTSTRAP)
-    rows = {row["case"]: int(row["grade_true"]) for row in read_cases(out)}
-    assert rows == labelled.truth
-
-
 def luna16_cpm(annotations: dict, candidates: dict) -> float:
     """CPM as noduleCADEvaluationLUNA16.py computes it: hits within the radius, the best hit per nodule,
     sklearn's roc_curve turned into false positives per scan, sensitivity interpolated at 1/8 … 8."""
@@ -128,14 +118,14 @@ def test_eval_lung_nodules_luna16_cpm_matches_the_luna16_recipe(env, tmp_path) -
     medimg_eval(env, "--task", "lung-nodule-detection", "--data", str(labelled.data), "--labels",
                 str(labelled.labels), "--out", str(out), "--jobs", "1", "--bootstrap", BOOTSTRAP)
     document = read_metrics(out)
-    assert document["cases"]["scored"] == 3 and document["bootstrap"]["unit"] == "scans"
+    assert document["cases"]["scored"] == 2 and document["bootstrap"]["unit"] == "scans"
     candidates = {}
     for uid in labelled.truth:
         record = json.loads(next((out / "cases").glob(f"{uid}*.json")).read_text())
         candidates[uid] = record["prediction"]["candidates"]
     metrics = document["metrics"]
     assert metrics["cpm"]["value"] == pytest.approx(luna16_cpm(labelled.truth, candidates), abs=1e-6)
-    assert metrics["cpm"]["n"] == 3 and metrics["cpm"]["n_nodules"] == 3
+    assert metrics["cpm"]["n"] == 2 and metrics["cpm"]["n_nodules"] == 2
     assert {f"sensitivity@{r}fp" for r in ("0.125", "0.25", "0.5", "1", "2", "4", "8")} <= set(metrics)
     assert_inside_intervals(metrics)
     assert_report_and_plots(out, ["froc.png"])
@@ -191,19 +181,3 @@ def test_eval_thyroid_auc_and_dice_match_scikit_learn(env, tmp_path) -> None:
     assert {"sensitivity@TR5", "specificity@TR5", "ece"} <= set(metrics)
     assert_inside_intervals(metrics)
     assert_report_and_plots(out, ["calibration.png", "roc.png", "confusion.png"])
-
-
-def test_eval_refuses_labels_in_an_unknown_format(env, tmp_path) -> None:
-    import subprocess
-    import sys
-
-    from tests.utils.services import REPO_ROOT
-
-    labels = tmp_path / "labels.csv"
-    labels.write_text("filename,grade\na,1\n")
-    completed = subprocess.run(
-        [sys.executable, "-m", "app.cli", "eval", "--task", "dr-grading", "--data", str(tmp_path), "--labels",
-         str(labels), "--out", str(tmp_path / "out"), "--no-progress"],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 2
-    assert "image,level" in completed.stderr and "id_code,diagnosis" in completed.stderr
