@@ -27,7 +27,7 @@ class BootstrapSettings:
     n_resamples: int = N_RESAMPLES
 
     def as_json(self) -> dict:
-        return {"method": "bootstrap over cases (scipy.stats.bootstrap, BCa; percentile where BCa is undefined)",
+        return {"method": "scipy.stats.bootstrap, BCa (percentile where BCa is undefined)",
                 "confidence_level": CONFIDENCE, "n_resamples": self.n_resamples, "seed": self.seed}
 
 

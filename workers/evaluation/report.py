@@ -16,6 +16,7 @@ from pathlib import Path
 METRICS_FILE = "metrics.json"
 CASES_FILE = "cases.csv"
 REPORT_FILE = "report.html"
+MAX_CASE_ROWS = 500
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
@@ -37,18 +38,29 @@ def write_outputs(out: Path, document: dict, rows: list[dict], plots: dict[str, 
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
+    columns = _columns(rows)
     with path.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns or ["case"])
         writer.writeheader()
         writer.writerows(rows)
 
 
+def _columns(rows: list[dict]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    return columns
+
+
 def _interval(figure: dict) -> str:
     ci = figure.get("ci95")
     return "–" if not ci else f"{ci[0]:.3f} – {ci[1]:.3f}"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _value(value) -> str:
@@ -96,7 +108,14 @@ def render_html(document: dict, rows: list[dict], plots: dict[str, bytes]) -> st
             parts.append(f"<figure><img src='{uri}' alt='{e(name)}' width='480'><figcaption class='note'>"
                          f"{e(name)}</figcaption></figure>")
         parts.append("</div>")
-    parts.append(f"<h2>Cases</h2><p class='note'>{len(rows)} rows; all of them in {CASES_FILE}.</p>")
+    parts.append(f"<h2>Cases</h2><p class='note'>{len(rows)} cases, also in {CASES_FILE}"
+                 f"{f'; the first {MAX_CASE_ROWS} here' if len(rows) > MAX_CASE_ROWS else ''}.</p>")
+    columns = _columns(rows)
+    if rows:
+        parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>")
+        for row in rows[:MAX_CASE_ROWS]:
+            parts.append("<tr>" + "".join(f"<td>{e(_cell(row.get(c)))}</td>" for c in columns) + "</tr>")
+        parts.append("</table>")
     parts.append(f"<p class='note'>Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by medimg eval.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
