@@ -99,11 +99,36 @@ def nifti_affine_of(grid) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def mosmed_set(root: Path, n: int = 2) -> LabelledSet:
-    """MosMedData layout: studies/study_0001/ of DICOM and masks/study_0001.nii.gz (lesion = 1) on the CT grid.
+def reference_seg(paths: list[Path], lesion: np.ndarray, path: Path) -> None:
+    """A DICOM SEG (highdicom) of the lesion mask (slice, row, column) over the series' instances, segment 1."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
 
-    The masks are written with their rows flipped (another voxel order, the same grid): the reader must go by
-    the affine, not the array order."""
+    sources = sorted((pydicom.dcmread(p) for p in paths), key=lambda d: int(d.InstanceNumber))
+    for source in sources:  # type 2 attributes highdicom copies; the phantom writer leaves them out
+        for keyword in ("AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime",
+                        "PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+            if keyword not in source:
+                setattr(source, keyword, "")
+    order = [int(d.InstanceNumber) - 1 for d in sources]  # write_ct_series numbers instances along the slices
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="lesion", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=lesion[order], segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description], series_instance_uid=hd.UID(), series_number=100,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="site", manufacturer_model_name="reader",
+        software_versions="1", device_serial_number="1")
+    seg.save_as(path)
+
+
+def mosmed_set(root: Path, n: int = 2) -> LabelledSet:
+    """MosMedData layout: studies/study_0001/ of DICOM and masks/study_0001.nii.gz (lesion = 1) on the CT grid;
+    the last case's reference is a DICOM SEG (masks/study_0002.dcm, segment 1) instead.
+
+    The NIfTI masks are written with their rows flipped (another voxel order, the same grid): the reader must go
+    by the affine, not the array order."""
     import nibabel as nib
 
     (root / "studies").mkdir(parents=True)
@@ -112,13 +137,16 @@ def mosmed_set(root: Path, n: int = 2) -> LabelledSet:
     for k in range(n):
         case = covid_case(seed=40 + k, matrix=96, slice_spacing=5.0, n_lesions=3)
         name = f"study_{k + 1:04d}"
-        synthetic_ct().write_ct_series(case.hu, case.grid, root / "studies" / name)
+        paths = synthetic_ct().write_ct_series(case.hu, case.grid, root / "studies" / name)
+        truth[name] = case
+        if k == n - 1:
+            reference_seg(paths, case.labels > 0, root / "masks" / f"{name}.dcm")
+            continue
         data = (case.labels > 0).astype(np.uint8).transpose(2, 1, 0)  # (column, row, slice)
         affine = nifti_affine_of(case.grid)
         flip = np.eye(4)
         flip[1, 1], flip[1, 3] = -1, data.shape[1] - 1
         nib.save(nib.Nifti1Image(data[:, ::-1, :].copy(), affine @ flip), root / "masks" / f"{name}.nii.gz")
-        truth[name] = case
     return LabelledSet(root / "studies", root / "masks", truth)
 
 

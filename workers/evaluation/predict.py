@@ -128,6 +128,9 @@ def _outcome(case: Case, job: Job, artifacts: dict[str, bytes], evaluation, out:
         prediction = evaluation.record(case, job, artifacts, out / PREDICTIONS_DIR)
     except LabelError as exc:  # a reference that does not fit the prediction (another grid, another size)
         return {"status": "label-mismatch", "error": {"code": "label-mismatch", "detail": str(exc)}}
+    except Exception as exc:  # an unreadable reference: reported with its case, the run goes on
+        return {"status": "label-mismatch", "error": {"code": "label-unreadable",
+                                                      "detail": f"{type(exc).__name__}: {exc}"}}
     return {"status": "succeeded", "prediction": prediction}
 
 

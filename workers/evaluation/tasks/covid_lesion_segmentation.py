@@ -157,24 +157,31 @@ def _seg_on_grid(path: Path, predicted) -> np.ndarray:
     ras_to_voxel = np.linalg.inv(predicted.affine)
     out = np.zeros(predicted.shape[:3], np.int32)
     lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    shared = seg.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in seg else None
     for index, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        segment = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        origin = np.asarray(group.PlanePositionSequence[0].ImagePositionPatient, float) * lps_to_ras
         rows, columns = np.nonzero(frames[index])
         if not len(rows):
             continue
-        orientation = np.asarray((group.get("PlaneOrientationSequence") or
-                                  seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence)[0]
-                                 .ImageOrientationPatient, float)
-        spacing = (group.get("PixelMeasuresSequence") or
-                   seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence)[0].PixelSpacing
+        segment = int(_functional(group, shared, "SegmentIdentificationSequence").ReferencedSegmentNumber)
+        origin = np.asarray(_functional(group, shared, "PlanePositionSequence").ImagePositionPatient, float)
+        orientation = np.asarray(_functional(group, shared, "PlaneOrientationSequence").ImageOrientationPatient, float)
+        spacing = _functional(group, shared, "PixelMeasuresSequence").PixelSpacing
         row_dir, column_dir = orientation[:3] * lps_to_ras, orientation[3:] * lps_to_ras
-        points = (origin + np.outer(columns * float(spacing[1]), row_dir)
+        points = (origin * lps_to_ras + np.outer(columns * float(spacing[1]), row_dir)
                   + np.outer(rows * float(spacing[0]), column_dir))
         voxels = np.rint(apply_affine(ras_to_voxel, points)).astype(int)
         inside = np.all((voxels >= 0) & (voxels < np.array(out.shape)), axis=1)
         out[tuple(voxels[inside].T)] = segment
     return out
+
+
+def _functional(group, shared, keyword: str):
+    """A functional group macro's item, from the frame's own groups or else the shared ones."""
+    if keyword in group:
+        return group[keyword].value[0]
+    if shared is not None and keyword in shared:
+        return shared[keyword].value[0]
+    raise LabelError(f"the DICOM SEG has no {keyword} for its frames")
 
 
 EVALUATION = CovidLesionSegmentationEvaluation()
