@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.schemas.tasks import TaskName
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Scope = Literal["submit", "read", "admin"]
 
@@ -157,6 +159,15 @@ class Settings(BaseSettings):
     def _known_environment(cls, value: str) -> str:
         if value not in {"development", "production"}:
             raise ValueError(f"MEDIMG_ENVIRONMENT={value!r} must be 'development' or 'production'")
+        return value
+
+    @field_validator("shadow_models")
+    @classmethod
+    def _shadow_tasks_known(cls, value: dict[str, ShadowModel]) -> dict[str, ShadowModel]:
+        unknown = sorted(set(value) - {t.value for t in TaskName})
+        if unknown:
+            raise ValueError(f"MEDIMG_SHADOW_MODELS: {unknown[0]!r} is not a task; tasks are "
+                             f"{', '.join(t.value for t in TaskName)}")
         return value
 
     @field_validator("blob_url")
