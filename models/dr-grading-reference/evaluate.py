@@ -109,12 +109,13 @@ def evaluate(n: int | None = None, with_intervals: bool = False) -> dict:
     }
 
 
-def intervals(grades: np.ndarray, predicted: np.ndarray, score: np.ndarray, manifest: ModelManifest) -> dict:
+def intervals(grades: np.ndarray, predicted: np.ndarray, score: np.ndarray, manifest: ModelManifest,
+              n_resamples: int | None = None) -> dict:
     """95 % bootstrap intervals over the test images, as `medimg eval` computes them for a site."""
     from workers.evaluation.classification import binary_figures
     from workers.evaluation.intervals import BootstrapSettings, bootstrap_figure
 
-    settings = BootstrapSettings()
+    settings = BootstrapSettings(n_resamples=n_resamples) if n_resamples else BootstrapSettings()
     point = manifest.operating_point()
     everyone = [np.arange(len(grades))]
     figures = {

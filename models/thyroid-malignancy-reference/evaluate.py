@@ -160,10 +160,23 @@ def write(results: dict) -> None:
                                                      "tr3_specificity", "tr5_sensitivity", "tr5_specificity")]
         + [f"| n_images | {results['n_images']} |"]
     )
-    block = f"{CARD_BEGIN}\n{table}\n{CARD_END}"
+    block = f"{CARD_BEGIN}\n{table}\n{interval_table(results)}{CARD_END}"
     card = CARD_PATH.read_text()
     CARD_PATH.write_text(re.sub(re.escape(CARD_BEGIN) + ".*?" + re.escape(CARD_END), lambda _: block, card,
                                 flags=re.S))
+
+
+def interval_table(results: dict) -> str:
+    """The 95 % intervals under the figures (empty when evaluate() ran without them)."""
+    if not results.get("intervals"):
+        return ""
+    boot = results["intervals"]["bootstrap"]
+    rows = [f"| {key} | {f['value']:.4f} | {f['ci95'][0]:.4f} – {f['ci95'][1]:.4f} | {f['n']} |"
+            for key, f in results["intervals"]["figures"].items()]
+    return "\n".join([
+        "", f"95 % intervals, bootstrap over the frames ({boot['n_resamples']} resamples, seed {boot['seed']}; "
+        "sensitivity and specificity resample malignant and benign frames apart), with `medimg eval`'s code:", "",
+        "| metric | value | 95 % interval | n |", "|---|---|---|---|", *rows, ""])
 
 
 def check(results: dict, manifest: ModelManifest) -> list[str]:
