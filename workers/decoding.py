@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.schemas.manifest import Calibration, Decoding
+from app.errors import BadInputError
+from app.schemas.manifest import Calibration, Decoding, ModelManifest
+from app.schemas.results import OperatingPointUsed
 
 
 def activate(raw: np.ndarray, decoding: Decoding, axis: int = -1) -> np.ndarray:
@@ -25,3 +27,18 @@ def positive_probability(probabilities: np.ndarray, decoding: Decoding) -> float
 def calibrated(logits: np.ndarray, calibration: Calibration | None) -> np.ndarray:
     """Temperature scaling (Guo et al. 2017): logits / T, fitted on the validation split; identity without one."""
     return logits if calibration is None else np.asarray(logits, np.float64) / calibration.temperature
+
+
+def operating_point_used(manifest: ModelManifest, name: str | None = None) -> OperatingPointUsed:
+    """The named operating point (the default when None), a site's own included, as results report it."""
+    try:
+        point = manifest.operating_point(name)
+    except KeyError:
+        raise BadInputError(
+            f"options.operating_point {name!r} is not an operating point of {manifest.id}; it has "
+            f"{', '.join(p.name for p in manifest.operating_points)}"
+        ) from None
+    return OperatingPointUsed(
+        name=point.name, threshold=point.threshold, sensitivity=point.sensitivity, specificity=point.specificity,
+        sensitivity_ci95=point.sensitivity_ci95, specificity_ci95=point.specificity_ci95, measured_on=point.measured_on,
+    )

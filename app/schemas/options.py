@@ -21,10 +21,17 @@ def explain_option() -> bool:
                  "input also saliency.dcm, a Secondary Capture) of where the score depends on the image")
 
 
+OPERATING_POINT_FIELD = Field(
+    None, min_length=1, max_length=64, description="A named operating point of the model (GET /v1/models lists them, "
+    "a site's own included) instead of the default one"
+)
+
+
 class DRGradingOptions(TaskOptions):
     referable_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Referable-probability threshold replacing the model's operating point"
     )
+    operating_point: str | None = OPERATING_POINT_FIELD
     uncertainty: bool | None = uncertainty_option()
     explain: bool = explain_option()
 
@@ -65,6 +72,7 @@ class RoiMaskArtifact(TaskOptions):
 
 
 class ThyroidMalignancyOptions(TaskOptions):
+    operating_point: str | None = OPERATING_POINT_FIELD
     frame: int | None = Field(None, ge=0, description="Frame of a multi-frame DICOM instance, from 0")
     pixel_spacing_mm: float | None = Field(None, gt=0.0, le=10.0)
     roi: RoiBox | RoiMaskArtifact | None = Field(

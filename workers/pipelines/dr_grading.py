@@ -15,7 +15,7 @@ from app.schemas.quality import ClassificationUncertainty, Quality
 from app.schemas.results import DRGradingResult, OperatingPointUsed
 from app.schemas.tasks import TaskName
 from workers import saliency, uncertainty
-from workers.decoding import activate, calibrated, positive_probability
+from workers.decoding import activate, calibrated, operating_point_used, positive_probability
 from workers.imaging.fundus import fit_to_model, retina_square, to_model_tensor
 from workers.imaging.photo import load_photo
 from workers.onnx import LoadedModel
@@ -86,7 +86,7 @@ def augmented_spread(graded: np.ndarray, logits: np.ndarray, model: LoadedModel,
     scores = [positive_probability(original, manifest.decoding), *referable_scores(model)(batch)]
     threshold = options.referable_threshold
     if threshold is None:
-        threshold = manifest.operating_point().threshold
+        threshold = operating_point_used(manifest, options.operating_point).threshold
     return uncertainty.classification(scores, uncertainty.names(settings), threshold, settings)
 
 
@@ -116,13 +116,7 @@ def grade_from_logits(logits: np.ndarray, manifest: ModelManifest, options: DRGr
     probabilities = activate(calibrated(logits, manifest.calibration), manifest.decoding)
     grade = int(np.argmax(probabilities))
     referable_probability = positive_probability(probabilities, manifest.decoding)
-    point = manifest.operating_point()
-    used = OperatingPointUsed(
-        name=point.name,
-        threshold=point.threshold,
-        sensitivity=point.sensitivity,
-        specificity=point.specificity,
-    )
+    used = operating_point_used(manifest, options.operating_point)
     if options.referable_threshold is not None:
         used = OperatingPointUsed(name="caller", threshold=options.referable_threshold, overridden=True)
     return DRGradingResult(

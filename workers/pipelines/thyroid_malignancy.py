@@ -18,12 +18,12 @@ from app.errors import BadInputError, JobNotFound, ModelError
 from app.schemas.manifest import ModelManifest
 from app.schemas.options import RoiBox, RoiMaskArtifact, ThyroidMalignancyOptions
 from app.schemas.quality import ClassificationUncertainty, Quality
-from app.schemas.results import OperatingPointUsed, ThyroidMalignancyResult, ThyroidNodule
+from app.schemas.results import ThyroidMalignancyResult, ThyroidNodule
 from app.schemas.tasks import TaskName
 from app.schemas.tirads import band_bounds_from_operating_points, band_for_probability, recommend
 from app.storage.blobs import BlobNotFound
 from workers import saliency, uncertainty
-from workers.decoding import activate, calibrated, positive_probability
+from workers.decoding import activate, calibrated, operating_point_used
 from workers.imaging.photo import load_photo
 from workers.imaging.ultrasound import (
     Box,
@@ -103,9 +103,10 @@ class ThyroidMalignancyPipeline:
         spread = None
         if uncertainty.wanted(options.uncertainty, model.manifest.uncertainty):
             with stages("uncertainty"):
-                spread = augmented_spread(prepared.grey, nodule.mask, probability, model)
+                spread = augmented_spread(prepared.grey, nodule.mask, probability, model, options.operating_point)
         with stages("decode"):
-            result = build_result(probability, nodule, prepared.spacing, model.manifest, quality, spread)
+            result = build_result(probability, nodule, prepared.spacing, model.manifest, options.operating_point,
+                                  quality, spread)
         artifacts = []
         if options.explain:
             with stages("saliency"):
@@ -223,16 +224,16 @@ def malignancy_scores(model: LoadedModel):
     return score
 
 
-def augmented_spread(grey: np.ndarray, mask: np.ndarray, probability: float,
-                     model: LoadedModel) -> ClassificationUncertainty:
+def augmented_spread(grey: np.ndarray, mask: np.ndarray, probability: float, model: LoadedModel,
+                     operating_point: str | None = None) -> ClassificationUncertainty:
     """The malignancy probability of the frame and mask under the manifest's augmentations, in one batch."""
     manifest, settings = model.manifest, model.manifest.uncertainty
     batch = np.stack([classifier_input(uncertainty.augment(grey, name, settings),
                                        uncertainty.augment(mask, name, settings, mask=True), manifest.preprocessing)
                       for name in settings.augmentations])
     scores = [probability, *malignancy_scores(model)(batch)]
-    return uncertainty.classification(scores, uncertainty.names(settings), manifest.operating_point().threshold,
-                                      settings)
+    threshold = operating_point_used(manifest, operating_point).threshold
+    return uncertainty.classification(scores, uncertainty.names(settings), threshold, settings)
 
 
 def saliency_overlay(prepared: PreparedFrame, mask: np.ndarray, model: LoadedModel) -> ArtifactOutput:
@@ -246,11 +247,10 @@ def saliency_overlay(prepared: PreparedFrame, mask: np.ndarray, model: LoadedMod
 
 
 def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing, manifest: ModelManifest,
-                 quality: Quality | None = None,
+                 operating_point: str | None = None, quality: Quality | None = None,
                  spread: ClassificationUncertainty | None = None) -> ThyroidMalignancyResult:
     band = band_for_probability(probability, band_bounds_from_operating_points(manifest.operating_points))
     diameter = None if spacing.mm is None else round(max_diameter_px(nodule.mask, spacing.mm), 2)
-    point = manifest.operating_point()
     return ThyroidMalignancyResult(
         malignancy_probability=round(probability, 6),
         risk_band=band,
@@ -262,9 +262,7 @@ def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing, m
             taller_than_wide=is_taller_than_wide(nodule.mask, spacing.mm),
             source=nodule.source,
         ),
-        operating_point=OperatingPointUsed(
-            name=point.name, threshold=point.threshold, sensitivity=point.sensitivity, specificity=point.specificity
-        ),
+        operating_point=operating_point_used(manifest, operating_point),
         pixel_spacing_mm=spacing.mm,
         spacing_source=spacing.source,
         quality=quality,
