@@ -82,6 +82,10 @@ class Job(BaseModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     caller: str = "anonymous"
     idempotency_key: str | None = None
+    request_fingerprint: str | None = Field(
+        None, description="sha256 of what the submission asked (task, options, callback, file bytes); a reused "
+        "Idempotency-Key with another fingerprint is refused"
+    )
     callback_url: str | None = None
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
     stage_seconds: dict[str, float] = Field(default_factory=dict)
