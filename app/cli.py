@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--no-progress", action="store_true")
 
     args = parser.parse_args(argv)
+    os.umask(0o077)  # every file the service writes (inputs, results, job store) is its user's alone
     if args.command == "serve":
         return _serve(args)
     if args.command == "worker":

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.caller_gate import CallerGate
+from app.api.docs import install_docs
 from app.api.limits import BodySizeLimit
 from app.api.main import api_router
 from app.api.problems import install_problem_handlers
@@ -55,7 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     keyring = KeyRing(load_keys(settings))  # a broken key file stops the start, not the first request
     rate_limiter = RateLimiter(settings.rate_limit_per_minute)
-    app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # No trailing-slash redirects: their Location would echo the caller's Host header.
+    app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, redirect_slashes=False)
+    install_docs(app)
     install_problem_handlers(app)
     app.include_router(api_router)
     # Outermost last. The caller is known (key, rate limit, scope) before the body limits read a byte.
