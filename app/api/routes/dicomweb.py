@@ -29,11 +29,13 @@ from app.security.headers import PATIENT_DATA_HEADERS
 from app.security.keys import Principal
 from app.security.rate_limit import retry_after_header
 from app.schemas.jobs import JobStatus
+from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas.tasks import TaskName
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 
+PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
 DICOM_JSON_CONTENT = {"application/dicom+json": {"schema": {"type": "array", "items": {"type": "object"}}}}
 STORE_RESPONSE = {"application/dicom+json": {"schema": {"type": "object"}}}
 MULTIPART_CONTENT = {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}
@@ -49,7 +51,14 @@ STOW_RESPONSES = {
     202: {"description": "Some instances stored, some failed (FailedSOPSequence)", "content": STORE_RESPONSE,
           "headers": JOB_IDS_HEADER},
     409: {"description": "No instance stored (FailedSOPSequence says why)", "content": STORE_RESPONSE},
+    400: PROBLEM | {"description": "The multipart/related body cannot be parsed (no boundary, a part unclosed)"},
+    413: PROBLEM | {"description": "Body over MEDIMG_MAX_UPLOAD_BYTES, or more parts than MEDIMG_MAX_UPLOAD_FILES"},
+    415: PROBLEM | {"description": "Not multipart/related with application/dicom parts"},
+    429: PROBLEM | {"description": "The jobs this request would create exceed the rate limit; nothing was stored"},
 }
+# The body is read as a stream, not parsed by FastAPI, so it is declared here for the OpenAPI document.
+STOW_BODY = {"requestBody": {"required": True, "content": {
+    'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 class ResultInstanceNotFound(MedimgError):
@@ -182,7 +191,7 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, rules, 
 
 
 @router.post("/studies", summary="STOW-RS: store instances; each series queues its routed task",
-             response_class=Response, responses=STOW_RESPONSES)
+             response_class=Response, responses=STOW_RESPONSES, openapi_extra=STOW_BODY)
 async def store_instances(request: Request, intake: IntakeDep, caller: Submitter, settings: SettingsDep,
                           task: Annotated[TaskName | None, Query(description="Run this task on every series")] = None):
     boundary = _multipart_boundary(request.headers.get("content-type", ""))
