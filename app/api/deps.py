@@ -13,8 +13,8 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.waiting import FinishedJobWaiter
-from app.config import Scope, Settings
 from app.api.caller_gate import UNAUTHORIZED_DETAIL
+from app.config import Scope, Settings
 from app.errors import Forbidden, Unauthorized
 from app.dispatch import Dispatcher
 from app.intake.service import Intake
@@ -78,6 +78,7 @@ def _scoped(scope: Scope):
         if scope not in principal.scopes and "admin" not in principal.scopes:
             raise Forbidden(f"The API key of {principal.name!r} lacks the {scope!r} scope this request needs")
         return principal
+
     return check
 
 

@@ -199,3 +199,13 @@ def _stow_type(boundary: str) -> dict[str, str]:
 
 def _accepted_jobs(service: Service) -> int:
     return service.gateway.log_path.read_text().count("accepted: task")
+
+
+def test_openapi_declares_what_the_service_refuses(api_service: Service) -> None:
+    paths = httpx.get(f"{api_service.url}/openapi.json").json()["paths"]
+    stow = paths["/dicomweb/studies"]["post"]
+    assert any(t.startswith("multipart/related") for t in stow["requestBody"]["content"])
+    assert {"413", "415", "429"} <= set(stow["responses"])
+    assert {"413", "415", "422"} <= set(paths["/v1/jobs"]["post"]["responses"])
+    assert {"Bearer", "ApiKey"} == {name for item in paths["/v1/jobs"]["post"]["security"] for name in item}
+    assert "security" not in paths["/healthz"]["get"]

@@ -13,7 +13,7 @@ import pytest
 
 from app.security.keys import hash_key
 from tests.utils.footprint import footprint
-from tests.utils.keys import KEYS, auth, keys_env
+from tests.utils.keys import auth, keys_env
 from tests.utils.services import Service, service_env
 
 FLOODER = "mk_test_flooder_0123456789abcdef"
@@ -37,7 +37,7 @@ def strict_service(tmp_path_factory) -> Iterator[Service]:
 
 
 def _upload_head(service: Service, headers: dict[str, str]) -> bytes:
-    lines = [f"POST /v1/jobs HTTP/1.1", f"Host: 127.0.0.1:{service.port}",
+    lines = ["POST /v1/jobs HTTP/1.1", f"Host: 127.0.0.1:{service.port}",
              "Content-Type: multipart/form-data; boundary=b0undary", *(f"{k}: {v}" for k, v in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
