@@ -36,6 +36,7 @@ from app.schemas.tasks import TaskName
 
 log = logging.getLogger(__name__)
 
+ACSE_TIMEOUT_SECONDS = 10
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
@@ -160,6 +161,8 @@ def make_listener_ae(collector: SeriesCollector, ae_title: str) -> tuple[AE, lis
     _config.LOG_RESPONSE_IDENTIFIERS = False
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = AE(ae_title=ae_title)
+    # A peer that goes silent (no A-ASSOCIATE-RQ, no close after our A-ASSOCIATE-RJ) holds a thread this long.
+    ae.acse_timeout = ACSE_TIMEOUT_SECONDS
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     handlers = [(evt.EVT_REQUESTED, collector.peers.check_association), (evt.EVT_C_STORE, collector.handle_store)]

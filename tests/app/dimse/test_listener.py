@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -53,9 +54,17 @@ def listener(tmp_path_factory) -> Iterator[tuple[Process, int, Path]]:
 
 
 def _associate(port: int, calling: str, tls: tuple | None = None):
+    """The association's outcome; the client side is closed afterwards, as a real peer would."""
     ae = AE(ae_title=calling)
     ae.add_requested_context(CTImageStorage)
-    return ae.associate("127.0.0.1", port, ae_title="MEDIMG", tls_args=tls)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDIMG", tls_args=tls)
+    outcome = SimpleNamespace(is_established=assoc.is_established, is_rejected=assoc.is_rejected)
+    if assoc.is_established:
+        assoc.release()
+    ae.shutdown()
+    if assoc.dul.socket is not None:
+        assoc.dul.socket.close()
+    return outcome
 
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk's storescu is not installed")
@@ -130,9 +139,7 @@ def test_listener_over_tls(tmp_path: Path) -> None:
     process = _start_listener(tmp_path / "data", port, MEDIMG_DIMSE_TLS_CERT=str(cert), MEDIMG_DIMSE_TLS_KEY=str(key))
     try:
         client = ssl.create_default_context(cafile=str(cert))
-        assoc = _associate(port, "PACS1", tls=(client, "localhost"))
-        assert assoc.is_established
-        assoc.release()
+        assert _associate(port, "PACS1", tls=(client, "localhost")).is_established
         assert _associate(port, "INTRUDER", tls=(client, "localhost")).is_rejected
         # Plain DICOM is not spoken: an A-ASSOCIATE-RQ in clear gets no A-ASSOCIATE-AC (PDU type 0x02).
         with socket.create_connection(("127.0.0.1", port), timeout=2) as plain:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -73,7 +74,8 @@ def _streamed_upload(service: Service, headers: dict[str, str], body_bytes: int)
         sender.start()
         answer = _answer(sock, 10)
         elapsed = time.monotonic() - started
-        sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):  # already closed by the service
+            sock.shutdown(socket.SHUT_RDWR)
         sender.join(10)
     return answer, elapsed
 
