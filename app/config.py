@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Scope = Literal["submit", "read", "admin"]
+Priority = Literal["stat", "routine"]
+DestinationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 
 
 class ApiKey(BaseModel):
@@ -19,16 +21,88 @@ class ApiKey(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Who the caller is, in jobs and audit lines")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: list[Scope] = Field(default_factory=lambda: ["submit", "read"])
+    priority: Priority = Field("routine", description="Priority of this caller's jobs when a request names none")
+    export_to: list[DestinationName] = Field(
+        default_factory=list, description="Export destinations every job of this key is sent to"
+    )
+    may_export_to: list[DestinationName] = Field(
+        default_factory=list, description="Further destinations a request of this key may name in `export_to`"
+    )
 
 
 class RoutingRule(BaseModel):
-    """Which task runs on a series stored through DICOMweb: every given field must match (first rule wins)."""
+    """Which task, or which priority, a series stored through DICOMweb or DIMSE gets: every given field must
+    match. The first matching rule that names a task gives the task; the first that names a priority, the priority.
+    """
 
-    task: str = Field(description="Task name, e.g. lung-nodule-detection")
+    task: str | None = Field(None, description="Task name, e.g. lung-nodule-detection")
+    priority: Priority | None = Field(None, description="stat or routine")
     modality: str | None = None
     body_part_examined: str | None = None
     series_description: str | None = Field(None, description="Regular expression searched in SeriesDescription")
     sop_class_uid: str | None = None
+    calling_ae_title: str | None = Field(None, description="DIMSE only: the sender's AE title, e.g. ED_CT")
+    attributes: dict[str, str] = Field(
+        default_factory=dict, description='Other attributes by keyword, each value a regular expression the whole '
+        'value must match, e.g. {"StationName": "ED-.*"}',
+    )
+    export_to: list[DestinationName] = Field(
+        default_factory=list, description="Export destinations of the jobs this rule routes"
+    )
+
+    @model_validator(mode="after")
+    def _names_an_outcome(self) -> RoutingRule:
+        if self.task is None and self.priority is None:
+            raise ValueError("a MEDIMG_ROUTING_RULES rule must name a task, a priority or both")
+        return self
+
+
+class Lane(BaseModel):
+    """Tasks that share a bounded number of the embedded pool's threads."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    tasks: list[str] = Field(min_length=1)
+    max_threads: int | None = Field(
+        None, ge=1, description="Most pool threads its jobs hold at once; default all but one, so that tasks of "
+        "other lanes always find a thread",
+    )
+
+
+class DimseTls(BaseModel):
+    """TLS for a DIMSE peer (DICOM PS3.15 B.1); files, so no secret sits in the environment."""
+
+    ca_file: Path = Field(description="CA bundle the peer's certificate is checked against")
+    cert_file: Path | None = Field(None, description="Our client certificate, if the peer asks for one")
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+
+class DimseDestination(BaseModel):
+    """A PACS or archive reached by DIMSE C-STORE."""
+
+    kind: Literal["dimse"]
+    name: DestinationName
+    ae_title: str = Field(min_length=1, max_length=16, description="The peer's (called) AE title")
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str = Field("MEDIMG", min_length=1, max_length=16, description="Our AE title")
+    tls: DimseTls | None = None
+    include_sources: bool = Field(False, description="Also send the job's DICOM inputs (archives without them)")
+
+
+class DicomwebDestination(BaseModel):
+    """A DICOMweb archive reached by STOW-RS: `url` is its service root (…/dicom-web)."""
+
+    kind: Literal["dicomweb"]
+    name: DestinationName
+    url: str = Field(pattern=r"^https?://", description="DICOMweb service root; STOW-RS posts to <url>/studies")
+    auth_header_file: Path | None = Field(
+        None, description="File holding one header line, e.g. `Authorization: Bearer …`; read at each send"
+    )
+    include_sources: bool = Field(False, description="Also send the job's DICOM inputs (archives without them)")
+
+
+ExportDestination = Annotated[DimseDestination | DicomwebDestination, Field(discriminator="kind")]
 
 
 class DimsePeer(BaseModel):
@@ -63,6 +137,9 @@ class Settings(BaseSettings):
         default_factory=dict, description='Pinned versions, e.g. {"dr-grading-reference": 1}; highest otherwise'
     )
     redis_url: str | None = Field(None, description="When set, dispatch through Celery and keep job state in Redis")
+    broker_url: str | None = Field(
+        None, description="Celery broker when it is not the job store's Redis, e.g. amqp://user:pass@rabbitmq:5672/medimg"
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -127,9 +204,32 @@ class Settings(BaseSettings):
         description='DICOMweb STOW-RS routing, a JSON list, e.g. [{"modality": "CT", "task": "lung-nodule-detection"}]',
     )
 
+    export_destinations: list[ExportDestination] = Field(
+        default_factory=list,
+        description='Where DICOM results are sent, a JSON list: {"name", "kind": "dimse", "ae_title", "host", "port", '
+        '"tls"?} or {"name", "kind": "dicomweb", "url", "auth_header_file"?}',
+    )
+    export_max_attempts: int = Field(8, ge=1, description="Attempts before an export is dead-lettered")
+    export_retry_first_seconds: float = Field(5.0, gt=0, description="Wait before the first retry; doubles after")
+    export_retry_max_seconds: float = Field(600.0, gt=0, description="Longest wait between two attempts")
+    export_timeout_seconds: float = Field(60.0, gt=0, description="Network timeout of one export call")
+    export_poll_seconds: float = Field(1.0, gt=0, description="How often the gateway looks for exports due")
+    export_probe_seconds: float = Field(30.0, gt=0, description="How often destinations are probed for /readyz")
+
     embedded_workers: int = Field(
         4, ge=1, le=64, description="Threads of the in-process worker pool; they preprocess in parallel and "
         "share model runs through micro-batching"
+    )
+    embedded_lanes: list[Lane] = Field(
+        default_factory=lambda: [Lane(name="ct", tasks=["lung-nodule-detection", "covid-lesion-segmentation"])],
+        description="Lanes of the embedded pool, a JSON list of {name, tasks, max_threads}; a task in no lane has "
+        "one of its own, named after it, that may use every thread. A free thread goes to the lane with STAT (or "
+        "aged) work first, then to the lane holding the fewest threads. Default: CT tasks share all threads but "
+        "one, so photos and ultrasound frames never wait behind CT volumes",
+    )
+    priority_aging_seconds: float = Field(
+        300.0, gt=0, description="A STAT job goes ahead of routine jobs of its task queued less than this long "
+        "before it; a routine job that has waited this long is served like a STAT one (no starvation)",
     )
     batch_max_rows: int = Field(
         8, ge=1, description="Micro-batching: most rows one session run takes from concurrent jobs (1 turns it off)"
@@ -215,9 +315,33 @@ class Settings(BaseSettings):
             raise ValueError(f"MEDIMG_TASK_TIME_LIMIT={value} must exceed MEDIMG_TASK_SOFT_TIME_LIMIT={soft}")
         return value
 
+    @model_validator(mode="after")
+    def _export_names_known(self) -> Settings:
+        names = [d.name for d in self.export_destinations]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"MEDIMG_EXPORT_DESTINATIONS: names must be unique; repeated: {repeated}")
+        for index, rule in enumerate(self.routing_rules):
+            check_destinations(rule.export_to, names, f"MEDIMG_ROUTING_RULES[{index}].export_to")
+        for key in self.api_keys:
+            check_destinations([*key.export_to, *key.may_export_to], names, f"MEDIMG_API_KEYS ({key.name!r})")
+        for destination in self.export_destinations:
+            if (self.environment == "production" and isinstance(destination, DicomwebDestination)
+                    and destination.auth_header_file is not None and not destination.url.startswith("https://")):
+                raise ValueError(f"MEDIMG_EXPORT_DESTINATIONS: {destination.name!r} would send its credentials "
+                                 f"unencrypted to {destination.url!r}; use https:// in production")
+        return self
+
+    def export_destination(self, name: str) -> DimseDestination | DicomwebDestination | None:
+        return next((d for d in self.export_destinations if d.name == name), None)
+
     @property
     def celery_mode(self) -> bool:
         return bool(self.redis_url)
+
+    @property
+    def celery_broker_url(self) -> str | None:
+        return self.broker_url or self.redis_url
 
     @property
     def visibility_timeout(self) -> int:
@@ -240,6 +364,13 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
+
+
+def check_destinations(requested: list[str], known: list[str], where: str) -> None:
+    unknown = sorted(set(requested) - set(known))
+    if unknown:
+        raise ValueError(f"{where} names unknown export destination(s) {unknown}; MEDIMG_EXPORT_DESTINATIONS "
+                         f"defines {sorted(known) or 'none'}")
 
 
 @lru_cache

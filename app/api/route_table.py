@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from starlette.routing import compile_path
+from starlette.routing import Mount, compile_path
 
 READ_METHODS = {"GET", "HEAD"}
 
@@ -50,8 +50,9 @@ def allowed_methods(app, path: str) -> list[str]:
 def key_requirement(app, method: str, path: str) -> tuple[bool, str | None]:
     """(a key is needed, the scope it needs) for this request, before the body is read.
 
-    A path the document does not list needs a key unless it is the documentation itself: callers without a
-    key learn nothing, not even which paths exist. Reads need the `read` scope, anything else `submit`; the
+    A path the document does not list needs a key unless it is the documentation itself or a mounted
+    static app (documentation assets, the review page, which calls the API with the user's key): callers
+    without a key learn nothing else, not even which paths exist. Reads need the `read` scope, anything else `submit`; the
     route's own dependency repeats the exact check."""
     for entry in operations(app):
         if entry.regex.match(path):
@@ -59,10 +60,18 @@ def key_requirement(app, method: str, path: str) -> tuple[bool, str | None]:
             if needs is False:
                 return False, None
             return True, ("read" if method in READ_METHODS else "submit") if needs else None
-    if path in {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} \
-            or path.startswith(DOCS_ASSETS_PATH + "/"):
+    if path in {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}:
+        return False, None
+    if any(path == mount or path.startswith(mount + "/") for mount in _mounts(app)):
         return False, None
     return True, None
+
+
+def _mounts(app) -> list[str]:
+    mounts = getattr(app.state, "public_mounts", None)
+    if mounts is None:
+        mounts = app.state.public_mounts = [route.path for route in app.router.routes if isinstance(route, Mount)]
+    return mounts
 
 
 DOCS_ASSETS_PATH = "/docs-assets"

@@ -2,8 +2,9 @@
 
 Instances are written to a per-series folder as they arrive (any storage SOP class, compressed transfer
 syntaxes included). A series that has been quiet for MEDIMG_DIMSE_QUIET_SECONDS is complete: it goes
-through the same Intake as an HTTP upload, with the task from `--task` or the routing rules, and the
-folder is removed whether the series was accepted or refused. Identifiers are never logged.
+through the same Intake as an HTTP upload, with the task from `--task` or the routing rules (which may also
+match the calling AE title, and set the priority), and the folder is removed whether the series was accepted
+or refused. Identifiers are never logged.
 
 Who may send is configured, as PACS gateways do: MEDIMG_DIMSE_PEERS lists each known peer's calling AE
 title and address (or network) with the caller its jobs belong to. Any other association is refused with
@@ -30,8 +31,9 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
 
 from app.config import DimsePeer, Settings
 from app.errors import MedimgError
-from app.intake.routing import route
+from app.intake.routing import route, rule_keywords
 from app.intake.service import Intake
+from app.schemas.jobs import JobPriority
 from app.schemas.tasks import TaskName
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class KnownPeers:
 class PendingSeries:
     folder: Path
     header: pydicom.Dataset
+    calling_ae: str
     caller: str
     last_received: float = field(default_factory=time.monotonic)
 
@@ -104,17 +107,18 @@ class SeriesCollector:
         caller = self.peers.caller(requestor.ae_title, requestor.address)
         if caller is None:  # the association check already refused it; never reached in practice
             return OUT_OF_RESOURCES
-        key = (caller, series_uid)  # two peers sending one series UID do not merge into one job
+        key = (caller, requestor.ae_title, series_uid)  # two peers sending one series UID stay two jobs
         with self._lock:
             pending = self._series.get(key)
             if pending is None:
                 folder = self.root / uuid.uuid4().hex
                 folder.mkdir()
                 header = pydicom.Dataset()
-                for keyword in ("Modality", "BodyPartExamined", "SeriesDescription", "SOPClassUID"):
+                keep = {"Modality", "BodyPartExamined", "SeriesDescription", "SOPClassUID"}
+                for keyword in keep | rule_keywords(self.settings.routing_rules):
                     if keyword in dataset:
                         setattr(header, keyword, dataset.get(keyword))
-                pending = self._series[key] = PendingSeries(folder, header, caller)
+                pending = self._series[key] = PendingSeries(folder, header, requestor.ae_title, caller)
             pending.last_received = time.monotonic()
             target = pending.folder / f"{uuid.uuid4().hex}.dcm"
         try:
@@ -133,14 +137,18 @@ class SeriesCollector:
 
     def _submit(self, pending: PendingSeries) -> None:
         try:
-            task = self.task or route(pending.header, self.settings.routing_rules)
+            routing = route(pending.header, self.settings.routing_rules, pending.calling_ae)
+            task = self.task or routing.task
+            export_to = list(routing.export_to) if routing.task == task else []  # the routing rule's destinations
             if task is None:
                 log.warning("a received series matched no routing rule (MEDIMG_ROUTING_RULES); it was discarded")
                 return
             files = sorted(pending.folder.iterdir())
             streams = [path.open("rb") for path in files]
             try:
-                job, _ = self.intake.accept(task, streams, None, caller=pending.caller)
+                job, _ = self.intake.accept(task, streams, None, caller=pending.caller,
+                                            priority=routing.priority or JobPriority.ROUTINE,
+                                            export_to=export_to)
             finally:
                 for stream in streams:
                     stream.close()

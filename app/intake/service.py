@@ -17,7 +17,7 @@ from app.intake.checks import check_inputs, inspect_inputs
 from app.intake.deidentify import deidentify_files
 from app.intake.staging import EXTENSIONS, staging_area
 from app.model_repository import ModelRepository
-from app.schemas.jobs import InputFile, Job, ModelRef, new_job_id
+from app.schemas.jobs import InputFile, Job, JobPriority, ModelRef, new_job_id
 from app.schemas.options import OPTIONS_BY_TASK, TaskOptions
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore, job_prefix
@@ -44,10 +44,13 @@ class Intake:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         job_id: str | None = None,
+        priority: JobPriority = JobPriority.ROUTINE,
+        export_to: list[str] | None = None,
     ) -> tuple[Job, bool]:
         """Returns the job and whether it is new (False: the same caller sent this idempotency key before).
 
-        `job_id`: the id the new job takes (from `new_job_id`), when the caller must know it beforehand."""
+        `job_id`: the id the new job takes (from `new_job_id`), when the caller must know it beforehand.
+        `export_to`: destinations of its DICOM results, already checked (app/export/policy.py)."""
         model = self.repository.for_task(task)
         options = parse_options(task, options_json, self.settings.max_options_bytes)
         settings = self.settings
@@ -83,9 +86,11 @@ class Intake:
                 options=options.model_dump(mode="json", exclude_none=True),
                 inputs=inputs,
                 caller=caller,
+                priority=priority,
                 idempotency_key=idempotency_key,
                 request_fingerprint=_fingerprint(task, options, callback_url, area.upload_digests),
                 callback_url=callback_url,
+                export_to=export_to or [],
             )
             fingerprint = job.request_fingerprint
             job, created = self.jobs.create(job)
@@ -105,7 +110,7 @@ class Intake:
                 self.jobs.delete(job.id)
                 self.blobs.delete_prefix(job_prefix(job.id))
                 raise
-        log.info("job %s accepted: task %s, %d input(s)", job.id, task.value, len(inputs))
+        log.info("job %s accepted: task %s, %s, %d input(s)", job.id, task.value, priority.value, len(inputs))
         return job, True
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.exports import ExportPublic
 from app.schemas.results import TaskResult
 from app.schemas.tasks import TaskName
 
@@ -33,6 +34,19 @@ class JobStatus(StrEnum):
     @property
     def finished(self) -> bool:
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class JobPriority(StrEnum):
+    """STAT: a clinician is waiting; it goes ahead of routine work of its task (see MEDIMG_PRIORITY_AGING_SECONDS)."""
+
+    STAT = "stat"
+    ROUTINE = "routine"
+
+
+class QueuePosition(BaseModel):
+    lane: str = Field(description="The lane (embedded pool) or queue (Celery) the job waits in")
+    position: int = Field(ge=1, description="1: the next job of its lane to start, once a worker thread is free")
+    exact: bool = Field(description="False in Celery mode: counted from the job store, not read from the broker")
 
 
 class ModelRef(BaseModel):
@@ -81,6 +95,9 @@ class Job(BaseModel):
     error: JobError | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
     caller: str = "anonymous"
+    priority: JobPriority = JobPriority.ROUTINE
+    promoted: bool = Field(False, description="Celery mode: re-sent as STAT after waiting MEDIMG_PRIORITY_AGING_SECONDS")
+    delivery_id: str | None = Field(None, description="Celery mode: the task id of the message that started the job")
     idempotency_key: str | None = None
     request_fingerprint: str | None = Field(
         None, description="sha256 of what the submission asked (task, options, callback, file bytes); a reused "
@@ -90,6 +107,9 @@ class Job(BaseModel):
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    export_to: list[str] = Field(
+        default_factory=list, description="Destinations its DICOM results are sent to (MEDIMG_EXPORT_DESTINATIONS)"
+    )
 
 
 class ArtifactPublic(BaseModel):
@@ -103,6 +123,8 @@ class JobPublic(BaseModel):
     id: str
     task: TaskName
     status: JobStatus
+    priority: JobPriority
+    queue: QueuePosition | None = Field(None, description="Present while the job is queued: where it waits")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -118,13 +140,19 @@ class JobPublic(BaseModel):
         default_factory=list,
         description="Why an output is absent, e.g. no DICOM SEG/SR (seg.dcm, sr.dcm) for a PNG or JPEG input",
     )
+    exports: list[ExportPublic] = Field(
+        default_factory=list, description="Where its DICOM results are being sent, one entry per destination"
+    )
 
     @classmethod
-    def from_job(cls, job: Job) -> JobPublic:
+    def from_job(cls, job: Job, queue: QueuePosition | None = None,
+                 exports: list[ExportPublic] | None = None) -> JobPublic:
         return cls(
             id=job.id,
             task=job.task,
             status=job.status,
+            priority=job.priority,
+            queue=queue,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -143,4 +171,13 @@ class JobPublic(BaseModel):
             callback_url=job.callback_url,
             stage_seconds=job.stage_seconds,
             notes=job.notes,
+            exports=exports or [],
         )
+
+
+class JobsPublic(BaseModel):
+    """One page of a job listing, newest first."""
+
+    data: list[JobPublic]
+    count: int = Field(description="Jobs on this page")
+    next: str | None = Field(None, description="URL of the next page (same filters); null on the last page")

@@ -22,15 +22,17 @@ import pydicom
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
+from app.api.deps import BlobStoreDep, ExportPolicyDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
+from app.export.policy import parse_export_to
 from app.intake.routing import route
 from app.errors import MedimgError, PayloadTooLarge, RateLimited, UnsupportedMediaType
+from app.schemas.jobs import JobPriority, JobStatus
+from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.security.headers import PATIENT_DATA_HEADERS
 from app.security.keys import Principal
 from app.security.rate_limit import retry_after_header
-from app.schemas.jobs import JobStatus
-from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas.tasks import TaskName
+from app.security.keys import Principal
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
@@ -127,8 +129,8 @@ def _split_parts(body: Path, boundary: str, out_dir: Path, max_parts: int) -> li
     return paths
 
 
-def _store(body: Path, boundary: str, work: Path, task: TaskName | None, rules, intake, caller: str, base: str,
-           charge_jobs):
+def _store(body: Path, boundary: str, work: Path, task: TaskName | None, priority: JobPriority | None, rules,
+           intake, caller: Principal, base: str, destinations=lambda routed: [], charge_jobs=lambda jobs: None):
     """`charge_jobs(n)` counts the jobs the request will create against the caller's rate limit (the request
     itself paid for one) and raises when they exceed it, before any is created."""
     parts = _split_parts(body, boundary, work, intake.settings.max_upload_files)
@@ -146,19 +148,22 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, rules, 
             continue
         series[header.SeriesInstanceUID].append((path, header))
     study_uid = None
-    tasks = {series_uid: task or route(instances[0][1], rules) for series_uid, instances in series.items()}
-    charge_jobs(sum(1 for chosen in tasks.values() if chosen is not None))
+    routings = {series_uid: route(instances[0][1], rules) for series_uid, instances in series.items()}
+    charge_jobs(sum(1 for routing in routings.values() if (task or routing.task) is not None))
     for series_uid, instances in series.items():
         first = instances[0][1]
         study_uid = study_uid or first.StudyInstanceUID
-        chosen = tasks[series_uid]
+        routing = routings[series_uid]
+        chosen = task or routing.task
         status = None
         if chosen is None:
             status = NOT_ROUTED
         else:
             streams = [path.open("rb") for path, _ in instances]
             try:
-                job, _ = intake.accept(chosen, streams, None, caller)
+                export_to = destinations(list(routing.export_to) if routing.task == chosen else [])
+                job, _ = intake.accept(chosen, streams, None, caller.name,
+                                       priority=priority or routing.priority or caller.priority, export_to=export_to)
                 job_ids.append(job.id)
             except MedimgError:
                 status = STORAGE_FAILED
@@ -193,8 +198,21 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, rules, 
 @router.post("/studies", summary="STOW-RS: store instances; each series queues its routed task",
              response_class=Response, responses=STOW_RESPONSES, openapi_extra=STOW_BODY)
 async def store_instances(request: Request, intake: IntakeDep, caller: Submitter, settings: SettingsDep,
-                          task: Annotated[TaskName | None, Query(description="Run this task on every series")] = None):
+                          export_policy: ExportPolicyDep,
+                          task: Annotated[TaskName | None, Query(description="Run this task on every series")] = None,
+                          priority: Annotated[JobPriority | None, Query(
+                              description="stat or routine for every series; default: the routing rules' priority, "
+                              "else the API key's")] = None,
+                          export_to: Annotated[str | None, Query(
+                              max_length=4096, description="Export destinations beside the routing rule's and "
+                              "the key's defaults, comma-separated")] = None):
     boundary = _multipart_boundary(request.headers.get("content-type", ""))
+    requested = parse_export_to(export_to)
+    export_policy.destinations(caller, requested)  # refused (403/422) before the body is read
+
+    def destinations(routed: list[str]) -> list[str]:
+        return export_policy.destinations(caller, requested, routed)
+
     with tempfile.TemporaryDirectory(dir=settings.data_dir) as work_dir:
         work = Path(work_dir)
         body = work / "body"
@@ -202,9 +220,10 @@ async def store_instances(request: Request, intake: IntakeDep, caller: Submitter
             async for chunk in request.stream():
                 handle.write(chunk)
         document, code, job_ids = await run_in_threadpool(
-            _store, body, boundary, work, task, settings.routing_rules, intake, caller.name,
+            _store, body, boundary, work, task, priority, settings.routing_rules, intake, caller,
             # Never from the Host header, which the caller writes.
-            (settings.public_base_url or "").rstrip("/") + "/dicomweb", _job_charger(request, caller.name))
+            (settings.public_base_url or "").rstrip("/") + "/dicomweb", destinations,
+            _job_charger(request, caller.name))
     headers = {"X-Medimg-Job-Ids": ",".join(job_ids)} if job_ids else {}
     return Response(json.dumps(document), status_code=code, media_type=DICOM_JSON, headers=headers)
 

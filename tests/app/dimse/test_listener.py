@@ -22,7 +22,7 @@ from pydicom.uid import RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from app.schemas.jobs import JobStatus
+from app.schemas.jobs import JobPriority, JobStatus
 from app.storage.jobs import SqliteJobStore
 from tests.utils.ct import nodule_scan, synthetic_ct
 from tests.utils.services import Process, free_port, service_env
@@ -35,7 +35,8 @@ PEERS = [{"ae_title": "PACS1", "address": "127.0.0.1", "caller": "clinic-a"},
 def _start_listener(data_dir: Path, port: int, **env: str) -> Process:
     listener = Process(
         [sys.executable, "-m", "app.cli", "dicom-listener", "--port", str(port), "--task", "lung-nodule-detection"],
-        service_env(data_dir, MEDIMG_DIMSE_QUIET_SECONDS="1", MEDIMG_DIMSE_PEERS=json.dumps(PEERS), **env),
+        service_env(data_dir, MEDIMG_DIMSE_QUIET_SECONDS="1", MEDIMG_DIMSE_PEERS=json.dumps(PEERS),
+                    MEDIMG_ROUTING_RULES='[{"calling_ae_title": "PACS1", "priority": "stat"}]', **env),
         data_dir / "logs" / "listener.log",
     ).start()
     deadline = time.monotonic() + 60
@@ -98,6 +99,7 @@ def test_storescu_series_becomes_a_job_of_the_peers_caller(listener, tmp_path: P
         time.sleep(0.5)
     assert job is not None and job.status is JobStatus.SUCCEEDED, _read(process.log_path)[-3000:]
     assert job.caller == "clinic-a"  # the configured peer's caller, not a name the sender chose
+    assert job.priority is JobPriority.STAT  # a routing rule on its calling AE title
     assert len(job.result["nodules"]) >= 1
     assert PATIENT not in _read(process.log_path)
 
