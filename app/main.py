@@ -14,6 +14,7 @@ from app.api.limits import BodySizeLimit
 from app.api.main import api_router
 from app.api.problems import install_problem_handlers
 from app.api.recording import RequestRecorder
+from app.api.redirects import RelativeRedirects
 from app.api.waiting import FinishedJobWaiter
 from app.config import Settings, get_settings
 from app.dispatch import make_dispatcher
@@ -67,9 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keyring = KeyRing(keys)
     rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     export_policy = ExportPolicy(settings, keys)
-    # No trailing-slash redirects: their Location would echo the caller's Host header.
     app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, redirect_slashes=False)
+                  docs_url=None, redoc_url=None)
     install_docs(app)
     install_problem_handlers(app)
     app.include_router(api_router)
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        min_bytes_per_second=settings.body_min_bytes_per_second)
     app.add_middleware(CallerGate, keyring=keyring, limiter=rate_limiter,
                        address_limiter=RateLimiter(settings.unauthenticated_rate_limit_per_minute))
+    app.add_middleware(RelativeRedirects)
     app.add_middleware(RequestRecorder)  # outermost of ours: it also sees the 401/413s the others answer
 
     return app

@@ -91,7 +91,7 @@ def test_read_artifact_patient_data_headers_and_private_files(api_service: Servi
 def test_host_header_never_echoed(api_service: Service) -> None:
     evil = {"Host": "evil.example"}
     response = httpx.get(f"{api_service.url}/v1/models/", headers=auth("clinic-a") | evil, follow_redirects=False)
-    assert "evil.example" not in response.headers.get("location", "") and "evil.example" not in response.text
+    assert response.status_code == 307 and response.headers["location"] == "/v1/models"
     body, boundary = _stow_body([_fundus_instance()])
     response = httpx.post(f"{api_service.url}/dicomweb/studies", params={"task": "dr-grading"}, content=body,
                           headers=auth("clinic-a") | evil | _stow_type(boundary), timeout=60)
