@@ -113,8 +113,13 @@ def test_audit_line_bounded(strict_service: Service) -> None:
     long_id = "j" * 20_000
     response = httpx.get(f"{strict_service.url}/v1/jobs/{long_id}", headers=auth("clinic-a"))
     assert response.status_code == 404
-    lines = [line for line in strict_service.gateway.log_path.read_text().splitlines() if '"audit"' in line]
-    mine = [line for line in lines if '"jjjj' in line]
+    deadline = time.monotonic() + 5
+    while True:  # the audit line is written once the answer has gone out
+        lines = [line for line in strict_service.gateway.log_path.read_text().splitlines() if '"audit"' in line]
+        mine = [line for line in lines if '"jjjj' in line]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert mine and all(len(line) < 1000 for line in mine), max(map(len, mine or [""]))
 
 
@@ -135,6 +140,8 @@ def test_trickled_body_cut_by_minimum_pace(strict_service: Service) -> None:
             except OSError:
                 break
         elapsed = time.monotonic() - started
+        if answer and not answer.rstrip().endswith(b"}"):
+            answer += _answer(sock, 2)  # the problem's body may come in a segment of its own
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"MEDIMG_BODY_MIN_BYTES_PER_SECOND" in answer
     assert elapsed < 6, elapsed  # before: held for as long as the caller liked
