@@ -187,7 +187,7 @@ def test_dead_callback_of_one_tenant_does_not_delay_another(tenants_service: Ser
             time.sleep(0.05)
         assert receiver.deliveries, "clinic-b's webhook never came"
         # Before: two shared threads, both stuck on clinic-a's dead callback for 10 s and more.
-        assert time.monotonic() - finished < 4, time.monotonic() - finished
+        assert time.monotonic() - finished < 6, time.monotonic() - finished
         assert job["status"] == "succeeded"
     finally:
         dead.sock.close()

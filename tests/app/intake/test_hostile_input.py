@@ -100,7 +100,7 @@ def test_zip_of_many_empty_members_refused_at_once(guarded_service: Service) -> 
         response = submit_job(guarded_service, "dr-grading", [("many.zip", buffer.getvalue())])
     assert response.status_code == 413
     assert "20000 members" in response.json()["detail"] and "MEDIMG_MAX_UPLOAD_FILES" in response.json()["detail"]
-    assert cost.seconds < 1.5, cost  # before: every member written, sniffed and deleted (36 s for 200,000)
+    assert cost.seconds < 3, cost  # before: every member written, sniffed and deleted (36 s for 200,000)
 
 
 def _deflated_dicom(pixel_bytes: int) -> bytes:

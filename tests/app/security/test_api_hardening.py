@@ -145,7 +145,7 @@ def test_store_many_parts_refused_quickly(api_service: Service) -> None:
     elapsed = time.monotonic() - started
     assert response.status_code == 413, response.text[:300]
     assert "MEDIMG_MAX_UPLOAD_FILES" in response.json()["detail"]
-    assert elapsed < 3, elapsed  # before: 9 s of CPU, then 409
+    assert elapsed < 5, elapsed  # before: 9 s of CPU, then 409
 
 
 def test_docs_served_without_a_cdn(api_service: Service, tmp_path) -> None:

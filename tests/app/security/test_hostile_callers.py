@@ -92,7 +92,7 @@ def test_create_job_refused_before_body_is_read(strict_service: Service, who: st
         answer, elapsed = _streamed_upload(strict_service, headers, body_bytes=64 << 20)
     assert answer.startswith(expected), answer[:300]
     assert b"connection: close" in answer.lower()
-    assert elapsed < 3, elapsed
+    assert elapsed < 5, elapsed  # before: the body was read to its end (or the 10 s read timeout)
     # Before: the whole body was spooled to a temp file, then answered 413 (never 401).
     assert cost.peak_disk_bytes < 1 << 20, cost
     assert cost.rss_growth_mb < 32, cost
@@ -144,4 +144,4 @@ def test_trickled_body_cut_by_minimum_pace(strict_service: Service) -> None:
             answer += _answer(sock, 2)  # the problem's body may come in a segment of its own
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"MEDIMG_BODY_MIN_BYTES_PER_SECOND" in answer
-    assert elapsed < 6, elapsed  # before: held for as long as the caller liked
+    assert elapsed < 8, elapsed  # before: held for as long as the caller liked
