@@ -10,7 +10,8 @@ evaluation report intervals the same way.
 
 The test images go through the manifest's preprocessing (the serving `preprocess_fundus`) and the committed
 `1/model.onnx` through ONNX Runtime, exactly as the service would run them. The operating-point threshold
-is read from the manifest; it was chosen on the val split by train.py, never on this split.
+and the calibration temperature are read from the manifest; both were chosen on the val split by train.py, never
+on this split.
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ def model_sha256() -> str:
     return hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest()
 
 
-def onnx_probabilities(images: np.ndarray) -> np.ndarray:
+def onnx_probabilities(images: np.ndarray, manifest: ModelManifest) -> np.ndarray:
+    """Softmax of the logits after the manifest's calibration, as the serving decode computes them."""
     import onnxruntime as ort
+
+    from workers.decoding import activate, calibrated
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -77,8 +81,7 @@ def onnx_probabilities(images: np.ndarray) -> np.ndarray:
         session.run([output_name], {input_name: images[i : i + 32].astype(np.float32)})[0]
         for i in range(0, len(images), 32)
     ])
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
+    return activate(calibrated(logits, manifest.calibration), manifest.decoding, axis=1)
 
 
 def evaluate(n: int | None = None, with_intervals: bool = False) -> dict:
@@ -91,7 +94,7 @@ def evaluate(n: int | None = None, with_intervals: bool = False) -> dict:
         raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}")
     n = N_TEST if n is None else n
     images, grades = split_tensors("test", n, manifest.preprocessing)
-    probabilities = onnx_probabilities(images)
+    probabilities = onnx_probabilities(images, manifest)
     predicted = probabilities.argmax(axis=1)
 
     referable = grades >= 2
@@ -142,13 +145,17 @@ def write(results: dict) -> None:
     manifest = load_manifest()
     if model_sha256() != manifest.sha256:
         raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}; retrain or fix it first")
-    data = manifest.model_dump(mode="json")
+    # Edit the stored JSON rather than a full dump, so fields left at their schema defaults stay out of the file.
+    data = json.loads(MANIFEST_PATH.read_text())
     data["metrics"] = {key: round(results[key], 4) for key in METRIC_KEYS}
     seeds = synthetic_fundus.SPLIT_SEEDS
     for point in data["operating_points"]:
         if point["name"] == manifest.default_operating_point:
             point["sensitivity"] = round(results["referable_sensitivity"], 4)
             point["specificity"] = round(results["referable_specificity"], 4)
+            for figure in ("sensitivity", "specificity"):
+                ci = results["intervals"]["figures"][f"referable_{figure}"]["ci95"]
+                point[f"{figure}_ci95"] = [round(ci[0], 4), round(ci[1], 4)]
             # Keep train.py's account of how the threshold was chosen (on val); replace where it was measured.
             how_chosen = point["measured_on"].split(";")[0]
             point["measured_on"] = (
@@ -156,7 +163,7 @@ def write(results: dict) -> None:
                 f"(n={results['n_images']}, seed {seeds['test']})"
             )
     validated = ModelManifest.model_validate(data)
-    MANIFEST_PATH.write_text(json.dumps(validated.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
+    MANIFEST_PATH.write_text(json.dumps(data, indent=2) + "\n")
     _write_card_table(results, validated)
 
 
@@ -165,7 +172,9 @@ def _write_card_table(results: dict, manifest: ModelManifest) -> None:
     lines = [
         CARD_BEGIN,
         f"Held-out synthetic test split: {results['n_images']} images (seed {synthetic_fundus.SPLIT_SEEDS['test']}, "
-        "balanced across grades), run through ONNX Runtime (CPUExecutionProvider).",
+        "balanced across grades), run through ONNX Runtime (CPUExecutionProvider)"
+        + (f", probabilities calibrated by the manifest's temperature {manifest.calibration.temperature}."
+           if manifest.calibration else "."),
         "",
         "| Metric | Value | 95 % interval |",
         "|---|---|---|",

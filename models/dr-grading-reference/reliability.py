@@ -11,7 +11,9 @@ On the 500 validation photos (never the test split) it measures:
   probability and how often it flags low confidence, beside the referable errors at the operating point;
 - calibration: expected calibration error (15 equal-width bins of the top-class probability) before and after
   a temperature fitted by minimising the negative log-likelihood on the first half of the split, measured on
-  the second half. Nothing is retrained.
+  the second half (does a temperature carry over to images it was not fitted on?); then before and after the
+  manifest's temperature (fitted on the whole split by calibrate.py) on the whole split, the diagram drawn.
+  Nothing is retrained. The TTA and error figures use the manifest's calibration and operating point.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ for _path in (str(REPO_ROOT), str(HERE)):
 
 import synthetic_fundus  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
-from scipy import optimize  # noqa: E402
 
 from app.model_repository import load_model_version  # noqa: E402
 from workers.imaging.fundus import fit_to_model, to_model_tensor  # noqa: E402
@@ -38,6 +39,7 @@ from workers.onnx import load_model  # noqa: E402
 from workers.pipelines.dr_grading import augmented_spread  # noqa: E402
 from app.schemas.options import DRGradingOptions  # noqa: E402
 from workers.quality.fundus import check_fundus  # noqa: E402
+from workers.evaluation.calibration import fit_temperature  # noqa: E402
 
 VERSION_DIR = HERE / "1"
 N_VAL = 500
@@ -62,14 +64,6 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, n
     acc = np.bincount(which, correct.astype(float), minlength=BINS) / np.maximum(count, 1)
     ece = float(np.sum(count / len(labels) * np.abs(acc - conf)))
     return ece, conf, acc, count
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    def nll(t: float) -> float:
-        p = softmax(logits, t)[np.arange(len(labels)), labels]
-        return float(-np.log(np.clip(p, 1e-12, None)).mean())
-
-    return float(optimize.minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
 
 
 def main() -> None:
@@ -114,8 +108,12 @@ def main() -> None:
     after = reliability(softmax(logits[half:], temperature), labels[half:])
     print(f"temperature fitted on val[0:{half}]: {temperature:.3f}; on val[{half}:{n}] ECE {before[0]:.4f} -> "
           f"{after[0]:.4f}")
+    shipped = manifest.calibration.temperature if manifest.calibration else 1.0
+    before, after = reliability(softmax(logits), labels), reliability(softmax(logits, shipped), labels)
+    print(f"manifest temperature {shipped} (fitted on all of val by calibrate.py): on val[0:{n}] ECE "
+          f"{before[0]:.4f} -> {after[0]:.4f} (in-sample)")
     if args.figure:
-        draw(before, after, temperature, HERE / "figures" / "reliability.png")
+        draw(before, after, shipped, HERE / "figures" / "reliability.png")
 
 
 def draw(before, after, temperature: float, path: Path) -> None:
@@ -131,7 +129,7 @@ def draw(before, after, temperature: float, path: Path) -> None:
         axis.plot(conf[used], acc[used], marker="o", label=f"{label} (ECE {ece:.3f})")
     axis.set_xlabel("top-class probability")
     axis.set_ylabel("accuracy")
-    axis.set_title("DR reference model, validation half")
+    axis.set_title("DR reference model, validation split")
     axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(exist_ok=True)

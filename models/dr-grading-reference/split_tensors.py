@@ -6,6 +6,7 @@ produce (`workers.imaging.fundus.preprocess_fundus`), never a private re-impleme
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ for _path in (str(REPO_ROOT), str(HERE)):
 import synthetic_fundus  # noqa: E402
 from app.schemas.manifest import Preprocessing  # noqa: E402
 from workers.imaging.fundus import preprocess_fundus  # noqa: E402
+
+CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 
 
 def _one(job: tuple[str, int, str]) -> tuple[np.ndarray, int]:
@@ -43,4 +46,25 @@ def split_tensors(split: str, n: int, preprocessing: Preprocessing, workers: int
         results = [_one(job) for job in jobs]
     images = np.stack([image for image, _ in results])
     grades = np.array([grade for _, grade in results], dtype=np.int64)
+    return images, grades
+
+
+def _sources_digest() -> str:
+    """Cache key: the generator and the preprocessing code, so stale tensors are never reused."""
+    digest = hashlib.sha256()
+    for path in (HERE / "synthetic_fundus.py", REPO_ROOT / "workers/imaging/fundus.py"):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cached_split(split: str, n: int, preprocessing: Preprocessing, use_cache: bool) -> tuple[np.ndarray, np.ndarray]:
+    key = hashlib.sha256(f"{_sources_digest()}{preprocessing.model_dump_json()}".encode()).hexdigest()[:12]
+    path = CACHE_DIR / f"{split}-{n}-{key}.npz"
+    if use_cache and path.exists():
+        with np.load(path) as data:
+            return data["images"], data["grades"]
+    images, grades = split_tensors(split, n, preprocessing)
+    if use_cache:
+        CACHE_DIR.mkdir(exist_ok=True)
+        np.savez(path, images=images, grades=grades)
     return images, grades

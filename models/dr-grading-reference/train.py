@@ -4,7 +4,8 @@
 
 Generates the "train" and "val" splits, preprocesses them once with the serving preprocessing, trains a
 small CNN on CPU, exports `1/model.onnx` (opset 17) and writes `1/manifest.json` with the referable
-operating point chosen on the val split. Test-split metrics are added by `evaluate.py --write`.
+operating point chosen on the val split, on probabilities calibrated by a temperature also fitted on val.
+Test-split metrics are added by `evaluate.py --write`.
 """
 
 from __future__ import annotations
@@ -30,21 +31,17 @@ for _path in (str(REPO_ROOT), str(HERE)):
 
 import synthetic_fundus  # noqa: E402
 from app.schemas.manifest import ModelManifest, Normalization, Preprocessing  # noqa: E402
-from split_tensors import split_tensors  # noqa: E402
+from calibrate import POSITIVE_CLASSES, calibrate_on_val, recalibrate, referable_point  # noqa: E402
+from split_tensors import cached_split  # noqa: E402
 
 MODEL_ID = "dr-grading-reference"
 VERSION_DIR = HERE / "1"
-CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 SEED = 1234
 TARGET_SIZE = (224, 224)
 N_TRAIN = 6000
 N_VAL = 500
 EPOCHS = 12
 BATCH = 32
-# Referable DR screening favours sensitivity; the val-split threshold is the highest one reaching this.
-# 0.95 rather than 0.90 leaves a margin so the held-out sensitivity stays at or above 0.90.
-TARGET_SENSITIVITY = 0.95
-POSITIVE_CLASSES = [2, 3, 4]
 
 
 class GradingNet(nn.Module):
@@ -84,27 +81,6 @@ def ordinal_loss(logits: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
     target_cdf = torch.cumsum(F.one_hot(grades, logits.shape[1]).float(), dim=1)
     emd = ((cdf - target_cdf) ** 2).sum(dim=1).mean()
     return ce + emd
-
-
-def _sources_digest() -> str:
-    """Cache key: the generator and the preprocessing code, so stale tensors are never reused."""
-    digest = hashlib.sha256()
-    for path in (HERE / "synthetic_fundus.py", REPO_ROOT / "workers/imaging/fundus.py"):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def cached_split(split: str, n: int, preprocessing: Preprocessing, use_cache: bool) -> tuple[np.ndarray, np.ndarray]:
-    key = hashlib.sha256(f"{_sources_digest()}{preprocessing.model_dump_json()}".encode()).hexdigest()[:12]
-    path = CACHE_DIR / f"{split}-{n}-{key}.npz"
-    if use_cache and path.exists():
-        with np.load(path) as data:
-            return data["images"], data["grades"]
-    images, grades = split_tensors(split, n, preprocessing)
-    if use_cache:
-        CACHE_DIR.mkdir(exist_ok=True)
-        np.savez(path, images=images, grades=grades)
-    return images, grades
 
 
 def channel_statistics(n: int = 200) -> Normalization:
@@ -178,30 +154,8 @@ def export_onnx(model: nn.Module, path: Path) -> None:
     )
 
 
-def referable_threshold(probabilities: np.ndarray, grades: np.ndarray) -> tuple[float, float, float]:
-    """Highest threshold on P(grade >= 2) whose val sensitivity reaches TARGET_SENSITIVITY."""
-    score = probabilities[:, POSITIVE_CLASSES].sum(axis=1)
-    referable = grades >= 2
-    positives = np.sort(score[referable])[::-1]
-    k = int(np.ceil(TARGET_SENSITIVITY * len(positives)))
-    # Round down to 4 decimals so the k-th positive stays at or above the threshold.
-    threshold = round(float(np.floor(float(positives[k - 1]) * 1e4)) / 1e4, 4)
-    called = score >= threshold
-    return threshold, float(called[referable].mean()), float((~called[~referable]).mean())
-
-
-def onnx_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits = np.concatenate([session.run(["logits"], {"image": images[i : i + 64].astype(np.float32)})[0]
-                             for i in range(0, len(images), 64)])
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def build_manifest(onnx_path: Path, preprocessing: Preprocessing, threshold: float, sensitivity: float,
-                   specificity: float, previous_metrics: dict[str, float]) -> ModelManifest:
+def build_manifest(onnx_path: Path, preprocessing: Preprocessing, calibration: dict, threshold: float,
+                   sensitivity: float, specificity: float, previous_metrics: dict[str, float]) -> ModelManifest:
     seeds = synthetic_fundus.SPLIT_SEEDS
     return ModelManifest(
         id=MODEL_ID,
@@ -229,19 +183,10 @@ def build_manifest(onnx_path: Path, preprocessing: Preprocessing, threshold: flo
         preprocessing=preprocessing,
         decoding={"kind": "ordinal-grade", "activation": "softmax", "positive_classes": POSITIVE_CLASSES},
         class_names=list(synthetic_fundus.GRADE_NAMES),
-        operating_points=[{
-            "name": "referable",
-            "threshold": threshold,
-            "sensitivity": round(sensitivity, 4),
-            "specificity": round(specificity, 4),
-            "measured_on": (
-                f"threshold chosen on the synthetic val split (n={N_VAL}, seed {seeds['val']}) as the highest "
-                f"reaching >= {TARGET_SENSITIVITY:.2f} referable sensitivity; sensitivity/specificity measured "
-                f"on that val split (evaluate.py --write replaces them with the test split's)"
-            ),
-        }],
+        operating_points=[referable_point(calibration, threshold, sensitivity, specificity)],
         default_operating_point="referable",
         metrics=previous_metrics,
+        calibration=calibration,
         provenance={
             "created": datetime.date.today().isoformat(),
             "framework": f"PyTorch {torch.__version__.split('+')[0]} CPU → ONNX opset 17",
@@ -255,30 +200,13 @@ def build_manifest(onnx_path: Path, preprocessing: Preprocessing, threshold: flo
     )
 
 
-def recalibrate(use_cache: bool) -> None:
-    """Re-choose the referable threshold on val for the existing model, without retraining."""
-    onnx_path, manifest_path = VERSION_DIR / "model.onnx", VERSION_DIR / "manifest.json"
-    current = ModelManifest.model_validate_json(manifest_path.read_text())
-    if hashlib.sha256(onnx_path.read_bytes()).hexdigest() != current.sha256:
-        raise RuntimeError(f"{onnx_path} does not match {manifest_path}; retrain instead")
-    val_x, val_y = cached_split("val", N_VAL, current.preprocessing, use_cache)
-    threshold, sensitivity, specificity = referable_threshold(onnx_probabilities(onnx_path, val_x), val_y)
-    print(f"val threshold {threshold} sensitivity {sensitivity:.3f} specificity {specificity:.3f}")
-    manifest = build_manifest(onnx_path, current.preprocessing, threshold, sensitivity, specificity,
-                              previous_metrics={})
-    data = manifest.model_dump(mode="json")
-    data["provenance"]["created"] = current.provenance.created  # the weights are as old as they were
-    manifest_path.write_text(json.dumps(ModelManifest.model_validate(data).model_dump(mode="json"),
-                                        indent=2, ensure_ascii=False) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-train", type=int, default=N_TRAIN)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--no-cache", action="store_true", help="regenerate tensors instead of reusing data/")
     parser.add_argument("--recalibrate", action="store_true",
-                        help="keep 1/model.onnx; only re-choose the operating point on val and rewrite the manifest")
+                        help="keep 1/model.onnx; only re-fit the temperature and re-choose the operating point on val")
     args = parser.parse_args()
     if args.recalibrate:
         recalibrate(not args.no_cache)
@@ -307,12 +235,12 @@ def main() -> None:
 
     onnx_path = VERSION_DIR / "model.onnx"
     export_onnx(model.to(memory_format=torch.contiguous_format), onnx_path)
-    probabilities = onnx_probabilities(onnx_path, val_x)
-    threshold, sensitivity, specificity = referable_threshold(probabilities, val_y)
+    calibration, threshold, sensitivity, specificity = calibrate_on_val(onnx_path, val_x, val_y)
     log(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB); val threshold {threshold} "
         f"sensitivity {sensitivity:.3f} specificity {specificity:.3f}")
 
-    manifest = build_manifest(onnx_path, preprocessing, threshold, sensitivity, specificity, previous_metrics={})
+    manifest = build_manifest(onnx_path, preprocessing, calibration, threshold, sensitivity, specificity,
+                              previous_metrics={})
     manifest_path = VERSION_DIR / "manifest.json"
     manifest_path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
     log(f"wrote {manifest_path}; total wall time {(time.time() - started) / 60:.1f} min")

@@ -7,6 +7,7 @@ with the bins of scikit-learn's `calibration_curve` (strategy "uniform"), which 
 from __future__ import annotations
 
 import numpy as np
+from scipy import optimize, special
 from sklearn.calibration import calibration_curve
 
 N_BINS = 10
@@ -30,3 +31,14 @@ def reliability_bins(outcome: np.ndarray, probability: np.ndarray, n_bins: int =
     observed, predicted = calibration_curve(outcome, probability, n_bins=n_bins, strategy="uniform")
     return {"mean_predicted": [round(float(v), 6) for v in predicted],
             "observed_rate": [round(float(v), 6) for v in observed], "n_bins": n_bins}
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017): the T minimising the negative log-likelihood of softmax(logits / T).
+    One parameter, fitted on a validation split; it never changes which class is on top."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+
+    def nll(t: float) -> float:
+        return float(-special.log_softmax(logits / t, axis=1)[np.arange(len(labels)), labels].mean())
+
+    return float(optimize.minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
