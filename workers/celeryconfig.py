@@ -22,8 +22,9 @@ worker_prefetch_multiplier = 1  # a busy worker does not hoard messages other wo
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 
+# One queue per registered task (app/plugins); the gateway names the queue of each job it sends.
 task_queues = [Queue(task.value) for task in TaskName]
-task_default_queue = TaskName.DR_GRADING.value
-task_routes = {RUN_JOB_TASK: {"queue": TaskName.DR_GRADING.value}}  # the gateway names the queue per job
+task_default_queue = next(iter(TaskName)).value
+task_routes = {RUN_JOB_TASK: {"queue": task_default_queue}}
 worker_hijack_root_logger = False
 worker_send_task_events = False

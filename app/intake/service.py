@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pkgutil import resolve_name
 import logging
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -17,7 +18,8 @@ from app.intake.deidentify import deidentify_files
 from app.intake.staging import EXTENSIONS, staging_area
 from app.model_repository import ModelRepository
 from app.schemas.jobs import InputFile, Job, ModelRef, new_job_id
-from app.schemas.options import OPTIONS_BY_TASK, TaskOptions
+from app.plugins import task_plugin
+from app.schemas.options import TaskOptions
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore, job_prefix
 from app.storage.jobs import JobStore
@@ -57,6 +59,8 @@ class Intake:
                 area.add_upload(upload, index)
             serving = check_inputs(inspect_inputs(area.files, settings.max_image_pixels), model.manifest.accepts,
                                    task, series_instance_uid=getattr(options, "series_instance_uid", None))
+            if (intake_check := task_plugin(task).intake_check) is not None:
+                resolve_name(intake_check)(serving, model.manifest, options)  # the task's own header checks
             # Only what serves the task is kept: other series of the upload (scouts, a second series) go.
             files = [item.staged for item in serving]
 
@@ -99,7 +103,7 @@ class Intake:
 
 
 def parse_options(task: TaskName, options_json: str | None) -> TaskOptions:
-    options_type = OPTIONS_BY_TASK[task]
+    options_type = task_plugin(task).options
     if options_json is None or not options_json.strip():
         return options_type()
     try:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.results import TaskResult
+from app.plugins import task_plugin, task_plugins
 from app.schemas.tasks import TaskName
+
+# Every registered task's result schema: the OpenAPI document of a job lists exactly the installed tasks'.
+TaskResult = Union[tuple(plugin.result for plugin in task_plugins().values())]  # noqa: UP007 (built at run time)
 
 InputFormat = Literal["dicom", "png", "jpeg"]
 FailureKind = Literal["bad-input", "model-error", "infrastructure"]
@@ -125,7 +128,8 @@ class JobPublic(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             model=job.model,
-            result=job.result,
+            # Validated by the job's own task, so two tasks' result schemas can never be confused.
+            result=None if job.result is None else task_plugin(job.task).result.model_validate(job.result),
             error=job.error,
             artifacts=[
                 ArtifactPublic(

@@ -210,5 +210,3 @@ class CovidLesionSegmentationResult(BaseModel):
             raise ValueError(f"an affected slice is outside the series' {self.n_slices} slices")
         return self
 
-
-TaskResult = DRGradingResult | LungNoduleDetectionResult | ThyroidMalignancyResult | CovidLesionSegmentationResult

@@ -13,7 +13,6 @@ import numpy as np
 from pydantic import BaseModel
 
 from app.schemas.options import TaskOptions
-from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore
 from app.storage.jobs import JobStore
 from workers.onnx import LoadedModel
@@ -29,8 +28,7 @@ class JobInput:
 class JobContext:
     """Who runs the job and the stores, for a pipeline that reads earlier jobs' artifacts (e.g. a caller's ROI).
 
-    Passed as `context=` only to pipelines whose class sets `uses_job_context = True`; others keep the
-    four-argument `run`.
+    The runner always passes it as `context=`; a pipeline run on its own (tests, evaluation) may get None.
     """
 
     job_id: str
@@ -75,9 +73,10 @@ class StageTimer:
 
 
 class Pipeline(Protocol):
-    task: TaskName
+    task: str  # the TaskName (a str) it serves
     stages: tuple[str, ...]
 
     def run(
-        self, inputs: list[JobInput], options: TaskOptions, model: LoadedModel, stages: StageTimer
+        self, inputs: list[JobInput], options: TaskOptions, model: LoadedModel, stages: StageTimer,
+        context: JobContext | None = None,
     ) -> PipelineOutput: ...

@@ -35,7 +35,7 @@ from workers.decoding import activate
 from workers.imaging.ct_series import CTVolume, load_ct_series
 from workers.imaging.lungs import LungMask, component_sizes, label_compact, patient_x, segment_lungs
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
+from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer
 from workers.sliding_window import sliding_window
 
 BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
@@ -53,7 +53,7 @@ class CovidLesionSegmentationPipeline:
     stages = ("load", "lungs", "infer", "decode", "outputs")
 
     def run(self, inputs: list[JobInput], options: CovidLesionSegmentationOptions, model: LoadedModel,
-            stages: StageTimer) -> PipelineOutput:
+            stages: StageTimer, context: JobContext | None = None) -> PipelineOutput:
         manifest = model.manifest
         with stages("load"):
             ct = load_ct_series([i.path for i in inputs if i.format == "dicom"], options.series_instance_uid,

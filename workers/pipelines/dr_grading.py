@@ -16,7 +16,7 @@ from workers.decoding import activate, positive_probability
 from workers.imaging.fundus import fit_to_model, to_model_tensor
 from workers.imaging.photo import load_photo
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
+from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer
 
 
 PREVIEW_NAME = "retina.jpg"
@@ -28,7 +28,8 @@ class DRGradingPipeline:
     stages = ("load", "preprocess", "infer", "decode", "outputs")
 
     def run(
-        self, inputs: list[JobInput], options: DRGradingOptions, model: LoadedModel, stages: StageTimer
+        self, inputs: list[JobInput], options: DRGradingOptions, model: LoadedModel, stages: StageTimer,
+        context: JobContext | None = None,
     ) -> PipelineOutput:
         manifest = model.manifest
         if len(inputs) != 1:

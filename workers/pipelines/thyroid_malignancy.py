@@ -64,7 +64,6 @@ class OutlinedNodule:
 class ThyroidMalignancyPipeline:
     task = TaskName.THYROID_MALIGNANCY
     stages = ("load", "preprocess", "segment", "classify", "decode", "outputs")
-    uses_job_context = True
 
     def run(
         self,
