@@ -84,9 +84,11 @@ def check_folder(folder: Path) -> ModelCheck:
     steps: list[tuple[str, Callable[[Path, dict], str]]] = [
         ("manifest", _manifest), ("sha256", _sha256), ("opset", _opset), ("graph", _graph), ("inference", _inference),
     ]
-    needs = {"sha256": "manifest", "opset": None, "graph": "manifest", "inference": "graph"}
+    needs = {"sha256": "manifest", "graph": "opset", "inference": "graph"}
     for name, run in steps:
         prerequisite = needs.get(name)
+        if name == "graph" and "manifest" not in context:
+            prerequisite = "manifest"
         if prerequisite and any(s.name == prerequisite and s.status != "ok" for s in check.steps):
             check.steps.append(Step(name, "skipped", f"needs a passing {prerequisite} step"))
             continue
@@ -142,41 +144,47 @@ def _sha256(folder: Path, context: dict) -> str:
 
 
 def _opset(folder: Path, context: dict) -> str:
+    """Reads the opset imports (with onnx, when installed) and opens the session, which is where ONNX Runtime
+    refuses an opset newer than it supports; any other load failure is the graph step's to report."""
     ort = import_onnxruntime()
+    opsets: dict[str, int] = {}
+    read = f"not read (the onnx package is not installed); ONNX Runtime {ort.__version__}"
     try:
         onnx = importlib.import_module("onnx")
     except ImportError:
-        context["opsets"] = None
-        return f"not read (the onnx package is not installed); ONNX Runtime {ort.__version__} checks it at load"
+        onnx = None
+    if onnx is not None:
+        try:
+            model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
+        except Exception as exc:  # a corrupt file: the graph step says what ONNX Runtime makes of it
+            raise StepFailed(f"{MODEL_FILE} is not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+        opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+        read = ", ".join(f"{domain} {version}" for domain, version in sorted(opsets.items())) + \
+            f" (IR version {model.ir_version}; ONNX Runtime {ort.__version__})"
     try:
-        model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
-    except Exception as exc:  # a corrupt file: the graph step says what ONNX Runtime makes of it
-        raise StepFailed(f"{MODEL_FILE} is not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
-    opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
-    context["opsets"] = opsets
-    return ", ".join(f"{domain} {version}" for domain, version in sorted(opsets.items())) + \
-        f" (IR version {model.ir_version}; ONNX Runtime {ort.__version__})"
+        context["session"] = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        supported = _SUPPORTED_OPSET.search(str(exc))
+        if supported is None:
+            context["load_error"] = str(exc)
+            return read
+        domain, limit = supported.group(1), int(supported.group(2))
+        used = opsets.get(domain, "(unread)")
+        raise StepFailed(f"the graph imports {domain} opset {used}; ONNX Runtime {ort.__version__} supports "
+                         f"{domain} up to opset {limit}: re-export with opset <= {limit} or upgrade ONNX "
+                         "Runtime") from exc
+    return read
 
 
 def _graph(folder: Path, context: dict) -> str:
-    ort = import_onnxruntime()
     manifest: ModelManifest = context["manifest"]
-    try:
-        session = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        message = str(exc)
-        supported = _SUPPORTED_OPSET.search(message)
-        if supported:
-            domain, limit = supported.group(1), int(supported.group(2))
-            used = (context.get("opsets") or {}).get(domain)
-            raise StepFailed(f"opset: the graph imports {domain} opset {used if used is not None else '(unread)'}; "
-                             f"ONNX Runtime {ort.__version__} supports {domain} up to opset {limit}: re-export "
-                             f"with opset <= {limit} or upgrade ONNX Runtime") from exc
-        raise StepFailed(f"ONNX Runtime {ort.__version__} cannot load the graph: {message[-400:]}") from exc
+    if "load_error" in context:
+        raise StepFailed(f"ONNX Runtime cannot load the graph: {context['load_error'][-400:]}")
+    session = context["session"]
     problems = graph_mismatches(session, manifest)
     if problems:
+        del context["session"]
         raise StepFailed("\n".join(problems))
-    context["session"] = session
     inputs = ", ".join(f"{i.name} {i.type} {i.shape}" for i in session.get_inputs())
     outputs = ", ".join(f"{o.name} {o.type} {o.shape}" for o in session.get_outputs())
     return f"in: {inputs}; out: {outputs}"
