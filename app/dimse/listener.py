@@ -49,7 +49,6 @@ class SeriesCollector:
         self.root.mkdir(parents=True, exist_ok=True)
         self._series: dict[str, PendingSeries] = {}
         self._lock = threading.Lock()
-        self.job_ids: list[str] = []
 
     def handle_store(self, event) -> int:
         try:
@@ -97,7 +96,6 @@ class SeriesCollector:
             finally:
                 for stream in streams:
                     stream.close()
-            self.job_ids.append(job.id)
             log.info("job %s queued from a DIMSE series of %d instance(s), task %s", job.id, len(files), task.value)
         except MedimgError as exc:
             log.warning("a received series was refused at intake: %s", exc.code)

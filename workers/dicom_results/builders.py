@@ -55,7 +55,11 @@ def thyroid_nodule_seg_of_job(job: Job, output: PipelineOutput, paths):
         raise ResultNotWritten("No DICOM SEG: the pipeline wrote no nodule mask")
     with Image.open(io.BytesIO(mask_png.data)) as image:
         mask = np.asarray(image.convert("L")) > 0
-    return thyroid_nodule_seg(read_sources(paths[:1])[0], mask, _thyroid_frame(job), job.model, job.id)
+    coding = output.segments.get(MASK_ARTIFACT)
+    if coding is None:
+        raise ResultNotWritten("No DICOM SEG: the segmentation model's manifest gives no decoding.segments coding "
+                               "for the nodule")
+    return thyroid_nodule_seg(read_sources(paths[:1])[0], mask, _thyroid_frame(job), coding, job.model, job.id)
 
 
 def covid_lesion_seg_of_job(job: Job, output: PipelineOutput, paths):
@@ -65,4 +69,4 @@ def covid_lesion_seg_of_job(job: Job, output: PipelineOutput, paths):
     by_uid = {str(ds.SOPInstanceUID): ds for ds in read_sources(paths)}
     if not output.masks or len(set(uids)) != len(uids) or any(uid not in by_uid for uid in uids):
         raise ResultNotWritten("No DICOM SEG: it is written for series of single-frame CT slices only")
-    return covid_lesion_seg([by_uid[uid] for uid in uids], output.masks, job.model, job.id)
+    return covid_lesion_seg([by_uid[uid] for uid in uids], output.masks, output.segments, job.model, job.id)

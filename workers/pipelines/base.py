@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel
 
+from app.schemas.manifest import SegmentCoding
 from app.schemas.options import TaskOptions
 from app.storage.blobs import BlobStore
 from app.storage.jobs import JobStore
@@ -52,6 +53,9 @@ class PipelineOutput:
     # each slice, for the DICOM SEG written after the pipeline.
     masks: Mapping[str, np.ndarray] = field(default_factory=dict)
     mask_sop_instance_uids: list[str] = field(default_factory=list)
+    # How the SEG writes each mask (by the same name): the model's classes from its manifest's
+    # decoding.segments, anything else the pipeline segments itself from the pipeline.
+    segments: Mapping[str, SegmentCoding] = field(default_factory=dict)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.errors import ModelError
-from app.schemas.manifest import ModelManifest
+from app.schemas.manifest import CodedConcept, ModelManifest, SegmentCoding
 from app.schemas.options import CovidLesionSegmentationOptions
 from app.schemas.results import (
     CovidLesionSegmentationResult,
@@ -39,6 +39,11 @@ from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, Pipelin
 from workers.sliding_window import sliding_window
 
 BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
+LUNGS = "lungs"
+LUNGS_SEGMENT = SegmentCoding(
+    label="lungs", category=CodedConcept(value="123037004", scheme="SCT", meaning="Anatomical Structure"),
+    type=CodedConcept(value="39607008", scheme="SCT", meaning="Lung"), color_rgb=(80, 160, 255),
+)
 DEFAULT_BATCH = 8
 OVERLAY_WINDOW_HU = (-1350.0, 150.0)  # lung window: level -600, width 1500
 OVERLAY_COLOURS = {GGO: (255, 200, 0), CONSOLIDATION: (230, 30, 30)}
@@ -67,8 +72,9 @@ class CovidLesionSegmentationPipeline:
             result = build_result(ct, labels, lungs, manifest)
         with stages("outputs"):
             artifacts = write_artifacts(ct, labels, result.affected_slices)
-        return PipelineOutput(result=result, artifacts=artifacts, masks=SegmentMasks(labels, lungs),
-                              mask_sop_instance_uids=list(ct.sop_instance_uids))
+        masks = SegmentMasks(labels, lungs, manifest)
+        return PipelineOutput(result=result, artifacts=artifacts, masks=masks,
+                              mask_sop_instance_uids=list(ct.sop_instance_uids), segments=masks.codings(manifest))
 
 
 class SegmentMasks(Mapping[str, np.ndarray]):
@@ -78,12 +84,17 @@ class SegmentMasks(Mapping[str, np.ndarray]):
     label volumes only, not three more full-size masks beside them.
     """
 
-    def __init__(self, labels: np.ndarray, lungs: LungMask) -> None:
+    def __init__(self, labels: np.ndarray, lungs: LungMask, manifest: ModelManifest) -> None:
         self._make: dict[str, Callable[[], np.ndarray]] = {
-            "ground-glass": lambda: labels == GGO,
-            "consolidation": lambda: labels == CONSOLIDATION,
-            "lungs": lambda: lungs.both,
+            manifest.class_names[GGO]: lambda: labels == GGO,
+            manifest.class_names[CONSOLIDATION]: lambda: labels == CONSOLIDATION,
+            LUNGS: lambda: lungs.both,
         }
+
+    def codings(self, manifest: ModelManifest) -> dict[str, SegmentCoding]:
+        """The model's classes as its manifest codes them; the lungs (segmented here, not by the model) as ours."""
+        coded = {**(manifest.decoding.segments or {}), LUNGS: LUNGS_SEGMENT}
+        return {name: coded[name] for name in self._make if name in coded}
 
     def __getitem__(self, label: str) -> np.ndarray:
         return self._make[label]()

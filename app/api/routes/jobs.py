@@ -44,9 +44,9 @@ PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
         415: PROBLEM | {"description": "A file is neither DICOM, PNG, JPEG nor a ZIP of DICOM"},
         401: PROBLEM | {"description": "API key missing or not recognised"},
         403: PROBLEM | {"description": "The key lacks the submit scope"},
-        422: PROBLEM | {"description": "Invalid options, or input that cannot serve the task"},
+        422: PROBLEM | {"description": "Invalid options, input that cannot serve the task, or no model for the task"},
         429: PROBLEM | {"description": "Rate limit exceeded; see Retry-After"},
-        503: PROBLEM | {"description": "No model for the task, or the queue is unreachable"},
+        503: PROBLEM | {"description": "The queue is unreachable"},
     },
 )
 async def create_job(
