@@ -9,6 +9,8 @@ worker's one /metrics endpoint (MEDIMG_WORKER_METRICS_PORT).
 
 from prometheus_client import Counter, Histogram
 
+from app.schemas.tasks import TaskName
+
 HTTP_REQUESTS = Counter("medimg_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("medimg_http_request_duration_seconds", "HTTP request latency", ["method", "route"])
 UPLOAD_BYTES = Counter("medimg_upload_bytes_total", "Bytes of accepted uploads", ["task"])
@@ -36,3 +38,9 @@ MODEL_WARMUP_SECONDS = Histogram(
     "medimg_model_warmup_seconds", "A model's warm-up run", ["model", "provider"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
+
+# Every registered task has its series from the start (at zero), so dashboards list installed tasks that have
+# not run yet.
+for _task in TaskName:
+    JOBS_SUBMITTED.labels(_task.value)
+    JOBS_STARTED.labels(_task.value)

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from app.errors import BadInputError, JobNotFound, MedimgError
 from app.logs import bind_job_task, job_log_context
 from app.metrics import JOBS_FINISHED, JOBS_STARTED, QUEUE_WAIT_SECONDS, STAGE_SECONDS
-from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobStatus, utcnow
 from app.plugins import task_plugin
+from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobStatus, utcnow
 from app.storage.blobs import BlobNotFound, job_prefix
 from workers.dicom_results import dicom_results
 from workers.pipelines import pipeline_for

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pkgutil import resolve_name
 import logging
 from dataclasses import dataclass
+from pkgutil import resolve_name
 from typing import BinaryIO
 
 from pydantic import ValidationError
@@ -17,8 +17,8 @@ from app.intake.checks import check_inputs, inspect_inputs
 from app.intake.deidentify import deidentify_files
 from app.intake.staging import EXTENSIONS, staging_area
 from app.model_repository import ModelRepository
-from app.schemas.jobs import InputFile, Job, ModelRef, new_job_id
 from app.plugins import task_plugin
+from app.schemas.jobs import InputFile, Job, ModelRef, new_job_id
 from app.schemas.options import TaskOptions
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore, job_prefix

@@ -36,12 +36,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
 import synthetic_covid as sv  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
-from workers.pipelines.covid_lesion_segmentation import (  # noqa: E402
-    _resize,
-    model_plane,
-    model_slices,
-    stack_neighbours,
-)
+from workers.imaging.slice_stacks import model_plane, model_slices, resize_plane, stack_neighbours  # noqa: E402
 
 MODEL_ID = "covid-lesion-segmentation-reference"
 _ALTERED = {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically Altered Structure"}
@@ -134,7 +129,7 @@ def build_dataset(n_scans: int, manifest: ModelManifest) -> tuple[np.ndarray, np
     for index in range(n_scans):
         case = make_case("train", index)
         small = model_slices(case.hu, manifest, model_plane(case.hu.shape[1:], case.grid.spacing, manifest))
-        labels = _resize(case.labels, SIZE, order=0)
+        labels = resize_plane(case.labels, SIZE, order=0)
         keep = np.nonzero(case.lung_mask.any(axis=(1, 2)))[0]
         positions = np.arange(case.hu.shape[0]) * case.grid.spacing[2]
         images.append(stack_neighbours(small, keep, channels, positions, offsets).astype(np.float16))

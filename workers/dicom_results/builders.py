@@ -16,7 +16,6 @@ from workers.dicom_results.common import ResultNotWritten, read_sources
 from workers.pipelines.base import PipelineOutput
 
 
-
 def lung_nodule_sr_of_job(job: Job, output: PipelineOutput, paths):
     from workers.dicom_results.sr import lung_nodule_sr
 

@@ -7,50 +7,38 @@ overlapping patches of the manifest's patch size blended back; as many per run a
 → decode (softmax, argmax resized back to the source rows and columns: labels
 background / ground-glass / consolidation; small components removed; only lesions in the lungs kept)
 → outputs (figures from the true voxel spacing; NIfTI label volume; mask and overlay PNG per affected slice).
+
+The composition and the decode live here; the 2.5D slice stacks in `workers.imaging.slice_stacks` (shared with
+training), the figures in `covid_figures`, the files in `covid_outputs`.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from app.errors import ModelError
 from app.schemas.manifest import CodedConcept, ModelManifest, SegmentCoding
 from app.schemas.options import CovidLesionSegmentationOptions
-from app.schemas.results import (
-    CovidLesionSegmentationResult,
-    InvolvementByZone,
-    InvolvementPercent,
-    LesionVolumes,
-    LungVolumes,
-    ZoneInvolvement,
-)
 from app.schemas.tasks import TaskName
 from workers.decoding import activate
-from workers.imaging.ct_series import CTVolume, load_ct_series
+from workers.imaging.ct_series import load_ct_series
 from workers.imaging.lungs import LungMask, component_sizes, label_compact, patient_x, segment_lungs
+from workers.imaging.slice_stacks import model_plane, model_slices, resize_plane, stack_neighbours
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer
+from workers.pipelines.base import JobContext, JobInput, PipelineOutput, StageTimer
+from workers.pipelines.covid_figures import CONSOLIDATION, GGO, build_result
+from workers.pipelines.covid_outputs import write_artifacts
 from workers.sliding_window import sliding_window
 
-BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
 LUNGS = "lungs"
 LUNGS_SEGMENT = SegmentCoding(
     label="lungs", category=CodedConcept(value="123037004", scheme="SCT", meaning="Anatomical Structure"),
     type=CodedConcept(value="39607008", scheme="SCT", meaning="Lung"), color_rgb=(80, 160, 255),
 )
 DEFAULT_BATCH = 8
-OVERLAY_WINDOW_HU = (-1350.0, 150.0)  # lung window: level -600, width 1500
-OVERLAY_COLOURS = {GGO: (255, 200, 0), CONSOLIDATION: (230, 30, 30)}
-OVERLAY_ALPHA = 0.45
-MASK_GREY = {GGO: 128, CONSOLIDATION: 255}
-NIFTI_NAME = "lesions.nii.gz"
-SLICES_NAME = "slices.json"
 
 
 class CovidLesionSegmentationPipeline:
@@ -118,73 +106,6 @@ def onnx_runner(model: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def _resize(array: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndarray:
-    """Resize the last two axes to `size` (pixel areas aligned, as an image resize)."""
-    from scipy import ndimage
-
-    if tuple(array.shape[-2:]) == tuple(size):
-        return array
-    factors = (1.0,) * (array.ndim - 2) + (size[0] / array.shape[-2], size[1] / array.shape[-1])
-    out = ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True, prefilter=False)
-    if out.shape[-2:] != tuple(size):  # rounding in zoom: pad or crop by at most one pixel
-        fixed = np.zeros(array.shape[:-2] + tuple(size), out.dtype)
-        h, w = min(size[0], out.shape[-2]), min(size[1], out.shape[-1])
-        fixed[..., :h, :w] = out[..., :h, :w]
-        out = fixed
-    return out
-
-
-def model_plane(shape: tuple[int, int], spacing_mm: tuple[float, float, float],
-                manifest: ModelManifest) -> tuple[int, int]:
-    """The rows and columns each slice is resized to for the model.
-
-    With `target_spacing_mm`, the slice keeps its field of view at the model's pixel spacing (its y and x; a
-    slice-wise model reads the series' own slices, so z is not resampled); otherwise `target_size`.
-    `spacing_mm` is the series' (column, row, slice) spacing.
-    """
-    spec = manifest.preprocessing
-    if spec.target_spacing_mm is not None:
-        _, row_mm, column_mm = spec.target_spacing_mm
-        return (max(1, round(shape[0] * spacing_mm[1] / row_mm)), max(1, round(shape[1] * spacing_mm[0] / column_mm)))
-    if spec.target_size is None:
-        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.target_size or target_spacing_mm")
-    return tuple(spec.target_size)
-
-
-def model_slices(hu: np.ndarray, manifest: ModelManifest, plane: tuple[int, int]) -> np.ndarray:
-    """Every slice windowed to [0, 1] and resized in-plane to `plane`: float32 (slices, *plane)."""
-    spec = manifest.preprocessing
-    if spec.window_hu is None:
-        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.window_hu")
-    low, high = spec.window_hu
-    out = np.empty((hu.shape[0], *plane), np.float32)
-    for index in range(hu.shape[0]):
-        windowed = np.clip((hu[index] - low) / (high - low), 0.0, 1.0)
-        out[index] = _resize(windowed, plane)
-    return out
-
-
-def stack_neighbours(slices: np.ndarray, indices: np.ndarray, channels: int, positions_mm: np.ndarray | None = None,
-                     offsets_mm: list[float] | None = None) -> np.ndarray:
-    """(len(indices), channels, H, W): each slice with its neighbours along the series.
-
-    Without `offsets_mm`, the adjacent slices (the end slices repeated). With them, the planes that far along
-    the slice normal, each interpolated linearly between the two slices around it from the slices' true
-    positions (`positions_mm`, increasing), so that a channel means the same distance whatever the spacing.
-    """
-    if offsets_mm is None:
-        half = channels // 2
-        offsets = np.arange(-half, half + 1)
-        picks = np.clip(indices[:, None] + offsets[None, :], 0, slices.shape[0] - 1)
-        return slices[picks]
-    wanted = positions_mm[indices][:, None] + np.asarray(offsets_mm, np.float64)[None, :]
-    fractional = np.interp(wanted, positions_mm, np.arange(len(positions_mm)))  # clamped to the end slices
-    below = np.floor(fractional).astype(np.intp)
-    above = np.minimum(below + 1, slices.shape[0] - 1)
-    weight = (fractional - below)[..., None, None].astype(np.float32)
-    return slices[below] * (1 - weight) + slices[above] * weight
-
-
 def predict_labels(hu: np.ndarray, spacing_mm: tuple[float, float, float], manifest: ModelManifest,
                    run: Callable[[np.ndarray], np.ndarray], positions_mm: np.ndarray | None = None) -> np.ndarray:
     """Labels 0/1/2 on the source grid (uint8, same shape as `hu`): each voxel's most probable class."""
@@ -228,7 +149,7 @@ def slice_probabilities(hu: np.ndarray, spacing_mm: tuple[float, float, float], 
         stacked = stack_neighbours(small, indices, channels, positions_mm, spec.slice_offsets_mm)
         probability = sliding_window(stacked, patch, spec.patch_overlap or 0.0, predict, batch_size)
         for offset, index in enumerate(indices):
-            yield int(index), _resize(probability[offset], hu.shape[1:])
+            yield int(index), resize_plane(probability[offset], hu.shape[1:])
 
 
 def decode_labels(raw: np.ndarray, lungs: LungMask, affine: np.ndarray,
@@ -310,189 +231,6 @@ def _mean_x(lung_labels: np.ndarray, side: int, affine: np.ndarray) -> float | N
     if s.size == 0:
         return None
     return float(patient_x(affine, s, r * 4, c * 4).mean())
-
-
-# --- figures --------------------------------------------------------------------------------------
-
-DEFINITIONS = {
-    "lung_volume_ml": "Volume of each lung's mask (air-density lung found by thresholding at -320 HU, holes "
-    "filled, plus any lesion touching it), from the series' voxel spacing.",
-    "lesion_volume_ml": "Volume of voxels labelled ground-glass opacity or consolidation inside the lungs; total "
-    "is their sum.",
-    "involvement_percent": "Lesion volume in a lung as a percentage of that lung's volume; total is over both "
-    "lungs.",
-    "involvement_by_zone": "The same percentage within the upper, middle and lower thirds of each lung's height "
-    "along the patient's superior-inferior axis (geometric thirds, not anatomical lobes).",
-    "affected_slices": "0-based indices (series sorted along the slice normal) of slices holding any lesion "
-    "voxel; slices.json maps them to SOPInstanceUIDs and artifact names.",
-    "severity": "No lobe-based CT severity score is given: lobes are not segmented.",
-}
-
-
-def _percent(part: int, whole: int) -> float:
-    return round(100.0 * part / whole, 2) if whole else 0.0
-
-
-def _slice_z(affine: np.ndarray, index: int, shape: tuple[int, int]) -> np.ndarray:
-    """Patient z (mm, LPS +z superior) of every pixel centre of slice `index`."""
-    r = np.arange(shape[0], dtype=np.float64)[:, None]
-    c = np.arange(shape[1], dtype=np.float64)[None, :]
-    return affine[2, 3] + affine[2, 2] * index + affine[2, 1] * r + affine[2, 0] * c
-
-
-def zone_involvement(lung_labels: np.ndarray, side: int, labels: np.ndarray, affine: np.ndarray) -> ZoneInvolvement:
-    """Lesion percentage of one lung in thirds of its height along patient z (LPS +z: superior).
-
-    The lung is `side` in `lung_labels`, lesions are `labels` above 0. Slice by slice, so memory stays at one
-    slice of masks and coordinates whatever the series' size."""
-    occupied = [i for i in range(lung_labels.shape[0]) if (lung_labels[i] == side).any()]
-    if not occupied:
-        return ZoneInvolvement(upper=0.0, middle=0.0, lower=0.0)
-    low, high = np.inf, -np.inf
-    for index in occupied:
-        z = _slice_z(affine, index, lung_labels.shape[1:])[lung_labels[index] == side]
-        low, high = min(low, float(z.min())), max(high, float(z.max()))
-    cuts = [low + (high - low) / 3, low + 2 * (high - low) / 3]
-    lung_counts, lesion_counts = np.zeros(3, np.int64), np.zeros(3, np.int64)
-    for index in occupied:
-        lung = lung_labels[index] == side
-        zone = np.digitize(_slice_z(affine, index, lung_labels.shape[1:]), cuts)  # 0 lower, 1 middle, 2 upper
-        lung_counts += np.bincount(zone[lung], minlength=3)
-        lesion_counts += np.bincount(zone[lung & (labels[index] > 0)], minlength=3)
-    lower, middle, upper = (_percent(int(a), int(b)) for a, b in zip(lesion_counts, lung_counts, strict=True))
-    return ZoneInvolvement(upper=upper, middle=middle, lower=lower)
-
-
-@dataclass
-class _VoxelCounts:
-    """Every count the result needs, gathered slice by slice: no whole-volume masks."""
-
-    ggo: int = 0
-    consolidation: int = 0
-    lesion: int = 0
-    lung: dict[int, int] = field(default_factory=lambda: {LungMask.RIGHT: 0, LungMask.LEFT: 0})
-    lesion_in_lung: dict[int, int] = field(default_factory=lambda: {LungMask.RIGHT: 0, LungMask.LEFT: 0})
-    affected_slices: list[int] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, labels: np.ndarray, lungs: LungMask) -> _VoxelCounts:
-        counts = cls()
-        for index, (plane, lung_plane) in enumerate(zip(labels, lungs.labels, strict=True)):
-            counts.add_slice(index, plane, lung_plane)
-        return counts
-
-    def add_slice(self, index: int, plane: np.ndarray, lung_plane: np.ndarray) -> None:
-        lesion = plane > 0
-        n_lesion = int(np.count_nonzero(lesion))
-        if n_lesion:
-            self.affected_slices.append(index)
-        self.lesion += n_lesion
-        self.ggo += int(np.count_nonzero(plane == GGO))
-        self.consolidation += int(np.count_nonzero(plane == CONSOLIDATION))
-        for side in self.lung:
-            in_side = lung_plane == side
-            self.lung[side] += int(np.count_nonzero(in_side))
-            self.lesion_in_lung[side] += int(np.count_nonzero(in_side & lesion))
-
-
-def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
-                 manifest: ModelManifest) -> CovidLesionSegmentationResult:
-    voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
-    counts = _VoxelCounts.of(labels, lungs)
-    right, left = LungMask.RIGHT, LungMask.LEFT
-    return CovidLesionSegmentationResult(
-        series_instance_uid=ct.series_instance_uid,
-        lung_volume_ml=LungVolumes(left=round(counts.lung[left] * voxel_ml, 2),
-                                   right=round(counts.lung[right] * voxel_ml, 2)),
-        lesion_volume_ml=LesionVolumes(
-            ggo=round(counts.ggo * voxel_ml, 2), consolidation=round(counts.consolidation * voxel_ml, 2),
-            total=round((counts.ggo + counts.consolidation) * voxel_ml, 2)),
-        involvement_percent=InvolvementPercent(
-            left=_percent(counts.lesion_in_lung[left], counts.lung[left]),
-            right=_percent(counts.lesion_in_lung[right], counts.lung[right]),
-            total=_percent(counts.lesion, counts.lung[left] + counts.lung[right])),
-        involvement_by_zone=InvolvementByZone(left=zone_involvement(lungs.labels, left, labels, ct.affine),
-                                              right=zone_involvement(lungs.labels, right, labels, ct.affine)),
-        affected_slices=counts.affected_slices,
-        spacing_mm=tuple(round(float(v), 4) for v in ct.spacing_mm),
-        n_slices=ct.geometry.n_slices,
-        definitions=DEFINITIONS,
-        warnings=list(ct.warnings),
-        research_use_only=manifest.research_use_only,
-    )
-
-
-# --- artifacts ------------------------------------------------------------------------------------
-
-
-def nifti_affine(lps_affine: np.ndarray) -> np.ndarray:
-    """NIfTI is RAS: the DICOM (LPS) affine with its x and y rows negated."""
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps_affine
-
-
-def label_nifti(labels: np.ndarray, lps_affine: np.ndarray) -> bytes:
-    """The label volume as gzipped NIfTI-1, voxel (i, j, k) = (column, row, slice) of the series."""
-    import nibabel as nib
-
-    # The transposed view, not a copy: NIfTI stores column-fastest, so nibabel writes it slice by slice as is.
-    image = nib.Nifti1Image(labels.transpose(2, 1, 0), nifti_affine(lps_affine))
-    image.header.set_xyzt_units("mm")
-    image.header["descrip"] = b"0 background, 1 ground-glass, 2 consolidation"
-    image.set_qform(image.affine, code=1)  # scanner coordinates
-    image.set_sform(image.affine, code=1)
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6) as stream:  # never the whole file uncompressed
-        image.to_stream(stream)
-    return buffer.getvalue()
-
-
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()
-
-
-def mask_png(label_slice: np.ndarray) -> bytes:
-    """Greyscale, source rows x columns: 0 background, 128 ground-glass, 255 consolidation."""
-    grey = np.zeros(label_slice.shape, np.uint8)
-    for label, value in MASK_GREY.items():
-        grey[label_slice == label] = value
-    return _png(grey)
-
-
-def overlay_png(hu_slice: np.ndarray, label_slice: np.ndarray) -> bytes:
-    """The slice in a lung window, ground-glass in amber and consolidation in red; source rows x columns."""
-    low, high = OVERLAY_WINDOW_HU
-    grey = np.clip((hu_slice - low) * (255.0 / (high - low)), 0, 255).astype(np.float32)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    for label, colour in OVERLAY_COLOURS.items():
-        where = label_slice == label
-        rgb[where] = (1 - OVERLAY_ALPHA) * rgb[where] + OVERLAY_ALPHA * np.asarray(colour, np.float32)
-    return _png(np.clip(rgb, 0, 255).astype(np.uint8))
-
-
-def slice_artifact_names(index: int) -> tuple[str, str]:
-    return f"slice-{index:04d}-mask.png", f"slice-{index:04d}-overlay.png"
-
-
-def write_artifacts(ct: CTVolume, labels: np.ndarray, affected: list[int]) -> list[ArtifactOutput]:
-    artifacts = [ArtifactOutput(NIFTI_NAME, "application/gzip", label_nifti(labels, ct.affine))]
-    entries = []
-    for index in affected:
-        mask_name, overlay_name = slice_artifact_names(index)
-        artifacts.append(ArtifactOutput(mask_name, "image/png", mask_png(labels[index])))
-        artifacts.append(ArtifactOutput(overlay_name, "image/png", overlay_png(ct.hu[index], labels[index])))
-        header = ct.geometry.slices[index]
-        entries.append({"index": index, "sop_instance_uid": header.sop_instance_uid,
-                        "frame_number": None if header.frame is None else header.frame + 1,
-                        "mask": mask_name, "overlay": overlay_name})
-    document = {"series_instance_uid": ct.series_instance_uid, "n_slices": ct.geometry.n_slices,
-                "labels": {"0": "background", "1": "ground-glass opacity", "2": "consolidation"},
-                "nifti": NIFTI_NAME, "slices": entries}
-    artifacts.append(ArtifactOutput(SLICES_NAME, "application/json", json.dumps(document, indent=1).encode()))
-    return artifacts
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from workers.imaging.photo import load_photo
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer
 
-
 PREVIEW_NAME = "retina.jpg"
 PREVIEW_JPEG_QUALITY = 90
 

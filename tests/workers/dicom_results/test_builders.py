@@ -24,16 +24,16 @@ from app.schemas.results import (
     ThyroidNodule,
 )
 from app.schemas.tirads import RiskBand, recommend
-from workers.dicom_results.common import ResultNotWritten, device_uid, encode, read_sources
-from workers.dicom_results.seg import covid_lesion_seg, thyroid_nodule_seg
-from workers.dicom_results.sr import dr_grading_sr, lung_nodule_sr, thyroid_malignancy_sr
-from workers.imaging.ct_series import read_ct_geometry
-from workers.pipelines.covid_lesion_segmentation import LUNGS_SEGMENT
 from tests.utils.ct import ramp_volume, small_grid, write_series
 from tests.utils.dicom_validation import dciodvfy_errors
 from tests.utils.fundus import dicom_fundus_bytes, make_fundus
 from tests.utils.reference_models import REPO_ROOT
 from tests.utils.ultrasound import dicom_us_bytes, make_frame
+from workers.dicom_results.common import ResultNotWritten, device_uid, encode, read_sources
+from workers.dicom_results.seg import covid_lesion_seg, thyroid_nodule_seg
+from workers.dicom_results.sr import dr_grading_sr, lung_nodule_sr, thyroid_malignancy_sr
+from workers.imaging.ct_series import read_ct_geometry
+from workers.pipelines.covid_lesion_segmentation import LUNGS_SEGMENT
 
 MODEL = ModelRef(id="some-model", version=3, sha256="ab" * 32, research_use_only=True)
 COVID_MANIFEST = ModelRepository(REPO_ROOT / "models").get("covid-lesion-segmentation-reference").manifest

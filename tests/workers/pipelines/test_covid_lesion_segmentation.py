@@ -18,17 +18,10 @@ from tests.utils.ct import small_grid, write_series
 from tests.utils.reference_models import reference_model_dir
 from workers.imaging.ct_series import load_ct_series
 from workers.imaging.lungs import LungMask
-from workers.pipelines.covid_lesion_segmentation import (
-    build_result,
-    decode_labels,
-    label_nifti,
-    mask_png,
-    model_plane,
-    overlay_png,
-    predict_labels,
-    stack_neighbours,
-    write_artifacts,
-)
+from workers.imaging.slice_stacks import model_plane, stack_neighbours
+from workers.pipelines.covid_figures import build_result
+from workers.pipelines.covid_lesion_segmentation import decode_labels, predict_labels
+from workers.pipelines.covid_outputs import label_nifti, mask_png, overlay_png, write_artifacts
 
 MANIFEST_PATH = reference_model_dir(COVID_MODEL_ID) / "1" / "manifest.json"
 

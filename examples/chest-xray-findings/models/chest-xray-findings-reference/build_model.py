@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from medimg_chest_xray.pipeline import to_model_tensor
+from medimg_chest_xray.synthetic import FINDINGS, dataset
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from app.schemas.manifest import ModelManifest, Normalization, Preprocessing
-from medimg_chest_xray.pipeline import to_model_tensor
-from medimg_chest_xray.synthetic import FINDINGS, dataset
 
 HERE = Path(__file__).resolve().parent
 VERSION_DIR = HERE / "1"
