@@ -51,6 +51,18 @@ def service(installed) -> Iterator[Service]:
     service.stop()
 
 
+@pytest.fixture(scope="module")
+def celery_service(installed, redis_server, tmp_path_factory) -> Iterator[Service]:
+    """Celery mode: a worker process consuming only the plug-in task's queue."""
+    data_dir = tmp_path_factory.mktemp("chest-xray-celery")
+    env = {**installed, "MEDIMG_DATA_DIR": str(data_dir), "MEDIMG_REDIS_URL": redis_server.url}
+    service = Service(data_dir, env)
+    service.start_worker(queues=TASK)
+    service.start_gateway(wait_ready=False)
+    yield service
+    service.stop()
+
+
 def radiograph(env: dict[str, str], path: Path, findings: str, seed: int) -> bytes:
     """A synthetic film drawn by the installed package's own generator."""
     subprocess.run([sys.executable, "-m", "medimg_chest_xray.synthetic", str(path), "--findings", findings,
@@ -78,6 +90,16 @@ def test_job_over_http_finds_what_was_drawn(service: Service, installed, tmp_pat
     assert {n: f["threshold"] for n, f in by_name.items()} == manifest["decoding"]["class_thresholds"]
     assert job["stage_seconds"].keys() >= {"load", "preprocess", "infer", "decode"}
     assert any("No DICOM" in note for note in job["notes"])
+
+
+def test_job_through_celery_runs_on_the_plugin_tasks_queue(celery_service: Service, installed,
+                                                            tmp_path: Path) -> None:
+    png = radiograph(installed, tmp_path / "cxr.png", "cardiomegaly", seed=14)
+    job = run_job(celery_service, TASK, [("cxr.png", png)], timeout=180)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["present"] == ["cardiomegaly"]
+    ready = httpx.get(f"{celery_service.url}/readyz", timeout=30).json()
+    assert TASK in ready["queues_served"] and ready["tasks"][TASK] == f"{MODEL_ID}/1"
 
 
 def test_job_with_caller_threshold_applies_it_to_every_finding(service: Service, installed, tmp_path: Path) -> None:
