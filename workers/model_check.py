@@ -84,13 +84,11 @@ def check_folder(folder: Path) -> ModelCheck:
     steps: list[tuple[str, Callable[[Path, dict], str]]] = [
         ("manifest", _manifest), ("sha256", _sha256), ("opset", _opset), ("graph", _graph), ("inference", _inference),
     ]
-    needs = {"sha256": "manifest", "graph": "opset", "inference": "graph"}
+    needs = {"sha256": ("manifest",), "graph": ("manifest", "opset"), "inference": ("graph",)}
     for name, run in steps:
-        prerequisite = needs.get(name)
-        if name == "graph" and "manifest" not in context:
-            prerequisite = "manifest"
-        if prerequisite and any(s.name == prerequisite and s.status != "ok" for s in check.steps):
-            check.steps.append(Step(name, "skipped", f"needs a passing {prerequisite} step"))
+        failed = [s.name for s in check.steps if s.name in needs.get(name, ()) and s.status != "ok"]
+        if failed:
+            check.steps.append(Step(name, "skipped", f"needs a passing {failed[0]} step"))
             continue
         started = time.perf_counter()
         try:
