@@ -156,7 +156,7 @@ def sliding_window_boxes(volume: np.ndarray, manifest: ModelManifest, model: Loa
     spec = manifest.preprocessing
     patch = tuple(int(v) for v in (spec.patch_size or manifest.inputs[0].shape[2:]))
     padded_shape, corners = patch_corners(volume.shape, patch, spec.patch_overlap or 0.0)
-    padded = pad_to(volume[np.newaxis, np.newaxis], padded_shape, float(volume.min(initial=0.0)))
+    padded = pad_to(volume[np.newaxis, np.newaxis], padded_shape, 0.0)  # 0: the HU window's floor, air
     parts = []
     for corner in corners:
         region = (slice(None), slice(None)) + tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
