@@ -1,16 +1,16 @@
 """Celery settings that lose no work: late acks, requeue when a worker dies, one message in hand at a time."""
 
-from kombu import Queue
-
 from app.config import get_settings
+from app.dispatch.priority import celery_queues, redis_transport_options
 from app.schemas.tasks import RUN_JOB_TASK, TaskName
 
 _settings = get_settings()
 
-broker_url = _settings.redis_url
+broker_url = _settings.celery_broker_url
 broker_connection_retry_on_startup = True
-# Redis redelivers a message nobody acknowledged within this time; it must outlast the longest job.
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+# Redis redelivers a message nobody acknowledged within this time; it must outlast the longest job. Priority
+# steps and queue order: app/dispatch/priority.py.
+broker_transport_options = redis_transport_options(_settings.visibility_timeout)
 
 task_serializer = "json"
 accept_content = ["json"]
@@ -18,12 +18,14 @@ task_ignore_result = True  # outcomes live in the job store, not in a Celery res
 
 task_acks_late = True  # acknowledge after the job ran, so a crash mid-job means redelivery
 task_reject_on_worker_lost = True  # a killed child process requeues its message instead of acking it
-worker_prefetch_multiplier = 1  # a busy worker does not hoard messages other workers could run
+# A busy worker does not hoard messages other workers could run; and with late acks a process holds only the
+# message it runs, so the next one it takes is the most urgent at that moment (priorities apply at the fetch).
+worker_prefetch_multiplier = 1
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 
 # One queue per registered task (app/plugins); the gateway names the queue of each job it sends.
-task_queues = [Queue(task.value) for task in TaskName]
+task_queues = celery_queues([task.value for task in TaskName])
 task_default_queue = next(iter(TaskName)).value
 task_routes = {RUN_JOB_TASK: {"queue": task_default_queue}}
 worker_hijack_root_logger = False

@@ -1,4 +1,5 @@
-"""Celery mode: jobs go to the Redis broker on the queue named after their task.
+"""Celery mode: jobs go to the broker (the job store's Redis, or MEDIMG_BROKER_URL) on their task's queue,
+at their priority (app/dispatch/priority.py).
 
 The gateway sends tasks by name with a bare Celery client, so it never imports worker code or ONNX Runtime.
 """
@@ -13,8 +14,10 @@ from kombu.exceptions import OperationalError
 
 from app.config import Settings
 from app.dispatch.base import Readiness
+from app.dispatch.priority import (REDIS_PRIORITY_STEPS, broker_is_redis, broker_priority, celery_queues,
+                                   queue_rank, redis_transport_options)
 from app.errors import ServiceUnavailable
-from app.schemas.jobs import Job, utcnow
+from app.schemas.jobs import Job, JobPriority, JobStatus, QueuePosition, utcnow
 from app.storage.jobs import JobStore
 from app.schemas.tasks import RUN_JOB_TASK, TaskName
 from app.storage.heartbeats import live_workers
@@ -23,7 +26,8 @@ log = logging.getLogger(__name__)
 
 UNACKED_KEY = "unacked"
 PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
+PRIORITY_STEPS = tuple(step for step in REDIS_PRIORITY_STEPS if step)  # step 0 is the queue's own list
+AGED_SUFFIX = ".aged"  # task id of the STAT copy of a routine job that waited too long
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
 
@@ -32,11 +36,13 @@ class CeleryDispatcher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = Celery("medimg-gateway", broker=settings.redis_url)
+        self.broker_url = settings.celery_broker_url
+        self.client = Celery("medimg-gateway", broker=self.broker_url)
         self.client.conf.update(
-            broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+            broker_transport_options=redis_transport_options(settings.visibility_timeout),
             broker_connection_retry_on_startup=True,
             task_serializer="json",
+            task_queues=celery_queues([t.value for t in TaskName]),
         )
         self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
 
@@ -44,17 +50,53 @@ class CeleryDispatcher:
         pass
 
     def submit(self, job: Job) -> None:
+        # The task id is the job id (or that of the message that started it), so a queued message can be found
+        # by its job (see recover_lost) and a message sent again takes over a job whose worker was lost.
+        priority = JobPriority.STAT if job.promoted else job.priority
+        self._send(job, job.delivery_id or job.id, priority)
+
+    def _send(self, job: Job, task_id: str, priority: JobPriority) -> None:
         try:
-            # The task id is the job id, so a queued message can be found by its job (see recover_lost).
             self.client.send_task(
-                RUN_JOB_TASK, args=[job.id], task_id=job.id, queue=job.task.value, retry=True,
-                retry_policy=PUBLISH_RETRY,
+                RUN_JOB_TASK, args=[job.id], task_id=task_id, queue=job.task.value, retry=True,
+                retry_policy=PUBLISH_RETRY, priority=broker_priority(priority, self.broker_url),
             )
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise ServiceUnavailable(
-                f"The job queue (Redis broker) cannot be reached ({type(exc).__name__}); the job was not "
+                f"The job queue (broker) cannot be reached ({type(exc).__name__}); the job was not "
                 "accepted, retry later"
             ) from exc
+
+    def promote_aged(self, jobs: JobStore, aging_seconds: float) -> list[str]:
+        """Sends a STAT copy of each routine job queued longer than `aging_seconds`, so none starves.
+
+        A broker cannot reorder a message once sent. The copy has its own task id; whichever message a worker
+        takes first starts the job, and the other stands down (workers/runner.py compares delivery ids).
+        """
+        now = utcnow()
+        aged = [job for job in jobs.unfinished()
+                if job.status is JobStatus.QUEUED and job.priority is JobPriority.ROUTINE and not job.promoted
+                and (now - job.created_at).total_seconds() >= aging_seconds]
+        promoted = []
+        for job in aged:
+            job.promoted = True
+            if not jobs.transition(job, 0):  # a worker started it meanwhile
+                continue
+            log.info("job %s waited %.0fs as routine; sending it again as STAT", job.id, aging_seconds)
+            self._send(job, job.id + AGED_SUFFIX, JobPriority.STAT)
+            promoted.append(job.id)
+        return promoted
+
+    def queue_position(self, job: Job, jobs: JobStore) -> QueuePosition | None:
+        """Estimated from the job store: queued jobs of the task ranked ahead of this one."""
+        if job.status is not JobStatus.QUEUED:
+            return None
+        aging = self.settings.priority_aging_seconds
+        rank = queue_rank(job.priority, job.created_at, aging)
+        ahead = sum(1 for other in jobs.unfinished_of_task(job.task)
+                    if other.status is JobStatus.QUEUED and other.id != job.id
+                    and queue_rank(other.priority, other.created_at, aging) < rank)
+        return QueuePosition(lane=job.task.value, position=ahead + 1, exact=False)
 
     def readiness(self) -> Readiness:
         try:
@@ -78,6 +120,8 @@ class CeleryDispatcher:
         lost its worker and its message. Resending is safe: the job store lets only one delivery start
         a job and only the latest attempt record an outcome.
         """
+        if not broker_is_redis(self.broker_url):
+            return []  # only Redis lists can be read back; another broker keeps unacked messages itself
         now = utcnow()
         stale = [job for job in jobs.unfinished()
                  if (now - (job.started_at or job.created_at)).total_seconds() > older_than_seconds]

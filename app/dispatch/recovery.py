@@ -1,4 +1,5 @@
-"""Periodically looks for queued jobs whose broker message was lost, and dispatches them again."""
+"""Periodically looks for queued jobs whose broker message was lost, and dispatches them again; in Celery mode
+also re-sends as STAT the routine jobs that have waited MEDIMG_PRIORITY_AGING_SECONDS (no starvation)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,9 @@ async def recover_periodically(dispatcher: Dispatcher, jobs: JobStore, settings:
             await asyncio.to_thread(dispatcher.recover_lost, jobs, settings.lost_job_grace_seconds)
         except Exception as exc:  # the broker may be restarting; the next round tries again
             log.warning("lost-job check failed (%s); retrying at the next interval", type(exc).__name__)
+        promote_aged = getattr(dispatcher, "promote_aged", None)  # the embedded lanes age jobs themselves
+        if promote_aged is not None:
+            try:
+                await asyncio.to_thread(promote_aged, jobs, settings.priority_aging_seconds)
+            except Exception as exc:
+                log.warning("aging check failed (%s); retrying at the next interval", type(exc).__name__)

@@ -18,7 +18,7 @@ from app.intake.deidentify import deidentify_files
 from app.intake.staging import EXTENSIONS, staging_area
 from app.model_repository import ModelRepository
 from app.plugins import task_plugin
-from app.schemas.jobs import InputFile, Job, ModelRef, new_job_id
+from app.schemas.jobs import InputFile, Job, JobPriority, ModelRef, new_job_id
 from app.schemas.options import TaskOptions
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore, job_prefix
@@ -45,6 +45,7 @@ class Intake:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         job_id: str | None = None,
+        priority: JobPriority = JobPriority.ROUTINE,
     ) -> tuple[Job, bool]:
         """Returns the job and whether it is new (False: the same caller sent this idempotency key before).
 
@@ -84,6 +85,7 @@ class Intake:
                 options=options.model_dump(mode="json", exclude_none=True),
                 inputs=inputs,
                 caller=caller,
+                priority=priority,
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
             )
@@ -98,7 +100,7 @@ class Intake:
                 self.jobs.delete(job.id)
                 self.blobs.delete_prefix(job_prefix(job.id))
                 raise
-        log.info("job %s accepted: task %s, %d input(s)", job.id, task.value, len(inputs))
+        log.info("job %s accepted: task %s, %s, %d input(s)", job.id, task.value, priority.value, len(inputs))
         return job, True
 
 

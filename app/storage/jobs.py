@@ -46,6 +46,9 @@ class JobStore(Protocol):
     def unfinished_count(self, task: TaskName) -> int:
         """Queued plus running jobs of one task."""
 
+    def unfinished_of_task(self, task: TaskName) -> list[Job]:
+        """Queued and running jobs of one task."""
+
     def iter_jobs(self) -> Iterator[Job]: ...
     def ping(self) -> None: ...
     def listen_finished(self, listener: FinishedListener) -> Callable[[], None]:
@@ -176,6 +179,14 @@ class SqliteJobStore:
             ).fetchone()
         return int(row[0])
 
+    def unfinished_of_task(self, task: TaskName) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT document FROM jobs WHERE status IN (?, ?) AND json_extract(document, '$.task') = ?",
+                (JobStatus.QUEUED.value, JobStatus.RUNNING.value, TaskName(task).value),
+            ).fetchall()
+        return [Job.model_validate_json(row[0]) for row in rows]
+
     def iter_jobs(self) -> Iterator[Job]:
         with self._lock:
             rows = self._db.execute("SELECT document FROM jobs ORDER BY rowid").fetchall()
@@ -233,6 +244,13 @@ class RedisJobStore:
     def unfinished_count(self, task: TaskName) -> int:
         """Queued plus running jobs of `task`: what a worker autoscaler should scale on."""
         return int(self._redis.llen(self.unfinished_list(task)))
+
+    def unfinished_of_task(self, task: TaskName) -> list[Job]:
+        ids = self._redis.lrange(self.unfinished_list(task), 0, -1)
+        if not ids:
+            return []
+        documents = self._redis.mget([self.PREFIX + raw_id.decode() for raw_id in ids])
+        return [Job.model_validate_json(raw) for raw in documents if raw is not None]
 
     def _forget_unfinished(self, pipe, job_id: str, task: TaskName | None) -> None:
         pipe.srem(self.UNFINISHED, job_id)

@@ -181,3 +181,31 @@ class Service:
         for worker in self.workers:
             worker.stop()
         self.workers.clear()
+
+
+@dataclass
+class RabbitVhost:
+    """A vhost of its own on the machine's shared RabbitMQ (guest/guest), deleted afterwards with its queues."""
+
+    name: str = field(default_factory=lambda: f"medimg-test-{os.getpid()}-{time.monotonic_ns()}")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
+
+    @staticmethod
+    def available() -> bool:
+        if shutil.which("rabbitmqctl") is None:
+            return False
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            return sock.connect_ex(("127.0.0.1", 5672)) == 0
+
+    def create(self) -> RabbitVhost:
+        subprocess.run(["rabbitmqctl", "add_vhost", self.name], check=True, capture_output=True, timeout=60)
+        subprocess.run(["rabbitmqctl", "set_permissions", "-p", self.name, "guest", ".*", ".*", ".*"], check=True,
+                       capture_output=True, timeout=60)
+        return self
+
+    def delete(self) -> None:
+        subprocess.run(["rabbitmqctl", "delete_vhost", self.name], capture_output=True, timeout=60)
