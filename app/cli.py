@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app.schemas.tasks import TaskName
+from app.schemas.tasks import EXPORT_QUEUE, TaskName
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("new-key", help="Make an API key and print it with the sha256 to configure")
 
     worker = commands.add_parser("worker", help="Run a Celery worker (needs MEDIMG_REDIS_URL)")
-    worker.add_argument("--queues", default=",".join(t.value for t in TaskName),
-                        help="Comma-separated task queues to consume (default: all)")
+    worker.add_argument("--queues", default=",".join([*(t.value for t in TaskName), EXPORT_QUEUE]),
+                        help=f"Comma-separated task queues, and {EXPORT_QUEUE!r} for sending results to "
+                        "MEDIMG_EXPORT_DESTINATIONS, to consume (default: all)")
     worker.add_argument("--concurrency", type=int, default=1, help="Jobs at once: processes or threads (default 1)")
     worker.add_argument("--pool", choices=["prefork", "threads"], default=None,
                         help="prefork (default, MEDIMG_WORKER_POOL): a process per job; threads: jobs share the "
@@ -118,6 +119,8 @@ def _dicom_listener(args: argparse.Namespace) -> int:
     from app.config import get_settings
     from app.dimse.listener import SeriesCollector, make_listener_ae
     from app.dispatch import make_dispatcher
+    from app.export.outbox import make_export_outbox
+    from app.export.scheduler import ExportScheduler
     from app.intake.service import Intake
     from app.logs import configure_logging
     from app.storage.factory import make_blob_store, make_job_store, make_model_repository
@@ -128,6 +131,9 @@ def _dicom_listener(args: argparse.Namespace) -> int:
     jobs, blobs = make_job_store(settings), make_blob_store(settings)
     dispatcher = make_dispatcher(settings, jobs, blobs)
     dispatcher.start()
+    # Embedded, this process runs the jobs it queues, so it also sends their results (MEDIMG_EXPORT_DESTINATIONS).
+    exports = ExportScheduler(make_export_outbox(settings, jobs, blobs))
+    exports.start()
     intake = Intake(settings, make_model_repository(settings), jobs, blobs, dispatcher)
     collector = SeriesCollector(intake, settings, TaskName(args.task) if args.task else None)
     ae, handlers = make_listener_ae(collector, args.ae_title)
@@ -142,6 +148,7 @@ def _dicom_listener(args: argparse.Namespace) -> int:
         server.shutdown()
         collector.flush_quiet(now=float("inf"))  # series received before the stop are not lost
         dispatcher.stop()
+        exports.stop()
     return 0
 
 
@@ -156,10 +163,10 @@ def _new_key() -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    unknown = sorted(set(queues) - {t.value for t in TaskName})
+    unknown = sorted(set(queues) - {t.value for t in TaskName} - {EXPORT_QUEUE})
     if unknown:
         print(f"medimg worker: unknown queue(s) {unknown}; queues are task names: "
-              f"{', '.join(t.value for t in TaskName)}", file=sys.stderr)
+              f"{', '.join(t.value for t in TaskName)}, and {EXPORT_QUEUE}", file=sys.stderr)
         return 2
     # Worker processes read their queues from the settings after the fork.
     os.environ["MEDIMG_WORKER_QUEUES"] = json.dumps(queues)

@@ -1,8 +1,10 @@
 """Celery settings that lose no work: late acks, requeue when a worker dies, one message in hand at a time."""
 
+from kombu import Queue
+
 from app.config import get_settings
 from app.dispatch.priority import celery_queues, redis_transport_options
-from app.schemas.tasks import RUN_JOB_TASK, TaskName
+from app.schemas.tasks import EXPORT_QUEUE, RUN_JOB_TASK, TaskName
 
 _settings = get_settings()
 
@@ -24,8 +26,8 @@ worker_prefetch_multiplier = 1
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 
-# One queue per registered task (app/plugins); the gateway names the queue of each job it sends.
-task_queues = celery_queues([task.value for task in TaskName])
+# One queue per registered task (app/plugins), and the exports' queue; the gateway names each job's queue.
+task_queues = celery_queues([task.value for task in TaskName]) + [Queue(EXPORT_QUEUE)]  # exports: app/export/outbox.py
 task_default_queue = next(iter(TaskName)).value
 task_routes = {RUN_JOB_TASK: {"queue": task_default_queue}}
 worker_hijack_root_logger = False

@@ -179,6 +179,11 @@ def _record_outcome(runtime: WorkerRuntime, job: Job) -> bool:
 
 
 def _announce(runtime: WorkerRuntime, job: Job) -> None:
+    if runtime.exports is not None:
+        try:  # its DICOM results go to the job's export destinations (app/export/outbox.py)
+            runtime.exports.job_finished(job)
+        except Exception as exc:
+            log.error("job %s: its exports could not be recorded (%s)", job.id, type(exc).__name__)
     if runtime.webhooks is not None:
         runtime.webhooks.job_finished(job)
 

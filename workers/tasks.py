@@ -29,7 +29,8 @@ _stop_heartbeat = None
 
 def consumed_tasks() -> list[TaskName]:
     queues = get_settings().worker_queues
-    return [TaskName(q) for q in queues] if queues else list(TaskName)
+    tasks = {t.value for t in TaskName}
+    return [TaskName(q) for q in queues if q in tasks] if queues else list(TaskName)  # `exports` is no task
 
 
 def get_runtime() -> WorkerRuntime:

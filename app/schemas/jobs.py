@@ -10,6 +10,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.plugins import task_plugin, task_plugins
+from app.schemas.exports import ExportPublic
 from app.schemas.tasks import TaskName
 
 # Every registered task's result schema: the OpenAPI document of a job lists exactly the installed tasks'.
@@ -105,6 +106,9 @@ class Job(BaseModel):
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    export_to: list[str] = Field(
+        default_factory=list, description="Destinations its DICOM results are sent to (MEDIMG_EXPORT_DESTINATIONS)"
+    )
 
 
 class ArtifactPublic(BaseModel):
@@ -135,9 +139,13 @@ class JobPublic(BaseModel):
         default_factory=list,
         description="Why an output is absent, e.g. no DICOM SEG/SR (seg.dcm, sr.dcm) for a PNG or JPEG input",
     )
+    exports: list[ExportPublic] = Field(
+        default_factory=list, description="Where its DICOM results are being sent, one entry per destination"
+    )
 
     @classmethod
-    def from_job(cls, job: Job, queue: QueuePosition | None = None) -> JobPublic:
+    def from_job(cls, job: Job, queue: QueuePosition | None = None,
+                 exports: list[ExportPublic] | None = None) -> JobPublic:
         return cls(
             id=job.id,
             task=job.task,
@@ -163,4 +171,13 @@ class JobPublic(BaseModel):
             callback_url=job.callback_url,
             stage_seconds=job.stage_seconds,
             notes=job.notes,
+            exports=exports or [],
         )
+
+
+class JobsPublic(BaseModel):
+    """One page of a job listing, newest first."""
+
+    data: list[JobPublic]
+    count: int = Field(description="Jobs on this page")
+    next: str | None = Field(None, description="URL of the next page (same filters); null on the last page")

@@ -74,7 +74,7 @@ class LungNoduleDetectionResult(BaseModel):
     series_instance_uid: str
     nodules: list[NoduleFinding] = Field(description="Findings scoring at or above the threshold, best first")
     spacing_mm: tuple[float, float, float] = Field(description="(column, row, slice) spacing of the series, mm")
-    n_slices: int = Field(ge=2)
+    n_slices: int = Field(ge=2, description="Slices in the series; artifact slice-<index:04d>.png shows each")
     operating_point: OperatingPointUsed
     warnings: list[str] = Field(default_factory=list, description="E.g. missing slices the volume was interpolated over")
     research_use_only: bool
@@ -197,7 +197,7 @@ class CovidLesionSegmentationResult(BaseModel):
         "slice-<index:04d>-mask.png and -overlay.png, and slices.json mapping index to SOPInstanceUID"
     )
     spacing_mm: tuple[float, float, float] = Field(description="(column, row, slice) spacing of the series, mm")
-    n_slices: int = Field(ge=1)
+    n_slices: int = Field(ge=1, description="Slices in the series; artifact slice-<index:04d>.png shows each")
     definitions: dict[str, str] = Field(description="One sentence per figure saying exactly what it is")
     warnings: list[str] = Field(default_factory=list)
     research_use_only: bool

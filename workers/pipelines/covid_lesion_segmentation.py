@@ -6,7 +6,8 @@ HU window, resized in-plane to the manifest's pixel spacing or target size) → 
 overlapping patches of the manifest's patch size blended back; as many per run as the manifest's batch size)
 → decode (softmax, argmax resized back to the source rows and columns: labels
 background / ground-glass / consolidation; small components removed; only lesions in the lungs kept)
-→ outputs (figures from the true voxel spacing; NIfTI label volume; mask and overlay PNG per affected slice).
+→ outputs (figures from the true voxel spacing; NIfTI label volume; mask and overlay PNG per affected slice;
+a display PNG per slice for the review page).
 
 The composition and the decode live here; the 2.5D slice stacks in `workers.imaging.slice_stacks` (shared with
 training), the figures in `covid_figures`, the files in `covid_outputs`.

@@ -1,4 +1,5 @@
-"""COVID-19 lesion files: the NIfTI label volume, a mask and an overlay PNG per affected slice, slices.json."""
+"""COVID-19 lesion files: the NIfTI label volume, a mask and an overlay PNG per affected slice, slices.json, and a
+display PNG per slice for the review page."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import json
 
 import numpy as np
 
+from workers.imaging.ct_display import display_slices, lung_window
 from workers.imaging.ct_series import CTVolume
 from workers.pipelines.base import ArtifactOutput
 from workers.pipelines.covid_figures import CONSOLIDATION, GGO
 
-OVERLAY_WINDOW_HU = (-1350.0, 150.0)  # lung window: level -600, width 1500
 OVERLAY_COLOURS = {GGO: (255, 200, 0), CONSOLIDATION: (230, 30, 30)}
 OVERLAY_ALPHA = 0.45
 MASK_GREY = {GGO: 128, CONSOLIDATION: 255}
@@ -58,8 +59,7 @@ def mask_png(label_slice: np.ndarray) -> bytes:
 
 def overlay_png(hu_slice: np.ndarray, label_slice: np.ndarray) -> bytes:
     """The slice in a lung window, ground-glass in amber and consolidation in red; source rows x columns."""
-    low, high = OVERLAY_WINDOW_HU
-    grey = np.clip((hu_slice - low) * (255.0 / (high - low)), 0, 255).astype(np.float32)
+    grey = lung_window(hu_slice)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     for label, colour in OVERLAY_COLOURS.items():
         where = label_slice == label
@@ -86,4 +86,5 @@ def write_artifacts(ct: CTVolume, labels: np.ndarray, affected: list[int]) -> li
                 "labels": {"0": "background", "1": "ground-glass opacity", "2": "consolidation"},
                 "nifti": NIFTI_NAME, "slices": entries}
     artifacts.append(ArtifactOutput(SLICES_NAME, "application/json", json.dumps(document, indent=1).encode()))
+    artifacts += [ArtifactOutput(name, "image/png", png) for name, png in display_slices(ct.hu)]
     return artifacts

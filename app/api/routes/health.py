@@ -24,6 +24,8 @@ async def readyz(request: Request, dispatcher: DispatcherDep, repository: Reposi
     # Every registered task, and the model that serves it here (null: installed, but no model for it).
     served = {m.manifest.task.value: f"{m.manifest.id}/{m.manifest.version}" for m in repository.served()}
     readiness.checks["tasks"] = {task.value: served.get(task.value) for task in TaskName}
+    if request.app.state.settings.export_destinations:  # informative: a PACS being down does not stop intake
+        readiness.checks["export_destinations"] = request.app.state.export_scheduler.reachability()
     if repository.errors:
         readiness.checks["model_errors"] = repository.errors
     if not repository.served():
