@@ -72,6 +72,33 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("--repository", type=Path, default=None,
                         help="Model repository whose served tasks get workers (default MEDIMG_MODEL_REPOSITORY)")
 
+    evaluate = commands.add_parser(
+        "eval", help="Run a labelled local data set through the service's pipeline and score it with 95 % intervals"
+    )
+    evaluate.add_argument("--task", required=True, choices=[t.value for t in TaskName])
+    evaluate.add_argument("--out", type=Path, required=True, help="Folder for metrics.json, cases.csv, plots, "
+                          "report.html and the per-case cache (a rerun continues from it)")
+    evaluate.add_argument("--data", type=Path, help="Images, or one folder/ZIP of DICOM per series or case")
+    evaluate.add_argument("--labels", type=Path, help="trainLabels.csv / train.csv (DR), annotations.csv (LUNA16), "
+                          "the folder of masks (COVID), image,malignant CSV (thyroid)")
+    evaluate.add_argument("--masks", type=Path, default=None, help="thyroid: folder of <image>.png nodule masks")
+    evaluate.add_argument("--mask-label", action="append", default=[], metavar="NAME=V[,V]",
+                          help="COVID: label values (NIfTI) or segment numbers (SEG) of lesion, ggo, consolidation, "
+                          "lung; repeat per class (default lesion=1)")
+    evaluate.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="Processes (default: all cores)")
+    evaluate.add_argument("--bootstrap", type=int, default=2000, help="Bootstrap resamples (default 2000)")
+    evaluate.add_argument("--seed", type=int, default=20261202, help="Bootstrap seed, recorded in metrics.json")
+    evaluate.add_argument("--choose-operating-point", default=None, metavar="RULE",
+                          help='e.g. "sensitivity>=0.975" or "specificity>=0.9": choose the threshold on this data '
+                          "and write it to the site configuration the service loads (MEDIMG_SITE_CONFIG)")
+    evaluate.add_argument("--site-name", default="site", help="Name of the chosen operating point (default site)")
+    evaluate.add_argument("--site-config", type=Path, default=None,
+                          help="Site configuration to write (default MEDIMG_SITE_CONFIG, else <out>/site-config.json)")
+    evaluate.add_argument("--shadow", action="store_true",
+                          help="Instead: report agreement between served and shadow results of finished jobs")
+    evaluate.add_argument("--since", default=None, help="--shadow: jobs created at or after this ISO time")
+    evaluate.add_argument("--no-progress", action="store_true")
+
     args = parser.parse_args(argv)
     if args.command == "models":
         return _models(args)
@@ -87,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dicom_listener(args)
     if args.command == "worker-probe":
         return _worker_probe(args)
+    if args.command == "eval":
+        return _eval(args, evaluate)
     return _predict(args)
 
 
@@ -248,6 +277,66 @@ def _deploy_workers(args: argparse.Namespace) -> int:
                                  settings.task_models)
     sys.stdout.write(render_workers(args.template, served_tasks(repository)))
     return 0
+
+
+def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Worker code (ONNX Runtime) imported only here, as for `predict`."""
+    from app.config import get_settings
+
+    settings = get_settings()
+    if args.shadow:
+        from workers.evaluation.shadow import shadow_report
+
+        document = shadow_report(settings, TaskName(args.task), args.out, since=args.since)
+        print(json.dumps(document["agreement"], indent=2))
+        return 0
+    if args.data is None or args.labels is None:
+        parser.error("--data and --labels are needed (or --shadow)")
+    from workers.evaluation.base import LabelOptions
+    from workers.evaluation.files import LabelError
+    from workers.evaluation.intervals import BootstrapSettings
+    from workers.evaluation.operating_point import OperatingPointRule
+    from workers.evaluation.run import EvalRequest, evaluate
+
+    try:
+        mask_labels = _mask_labels(args.mask_label)
+        rule = OperatingPointRule.parse(args.choose_operating_point) if args.choose_operating_point else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    request = EvalRequest(
+        task=TaskName(args.task),
+        labels=LabelOptions(data=args.data, labels=args.labels, masks=args.masks, mask_labels=mask_labels),
+        out=args.out, processes=max(1, args.jobs),
+        bootstrap=BootstrapSettings(seed=args.seed, n_resamples=args.bootstrap),
+        operating_point_rule=rule, site_name=args.site_name,
+        site_config=args.site_config or settings.site_config, show_progress=not args.no_progress,
+    )
+    try:
+        document = evaluate(settings, request)
+    except (LabelError, ValueError) as exc:
+        print(f"medimg eval: {exc}", file=sys.stderr)
+        return 2
+    summary = {name: figure for name, figure in document["metrics"].items()}
+    print(json.dumps({"cases": document["cases"], "metrics": summary, "report": str(args.out / "report.html")},
+                     indent=2))
+    if "site_operating_point" in document:
+        site = document["site_operating_point"]
+        print(f"medimg eval: operating point {site['name']!r} at threshold {site['threshold']:g} written to "
+              f"{site['written_to']}; serve it with MEDIMG_SITE_CONFIG={site['written_to']}", file=sys.stderr)
+    return 0
+
+
+def _mask_labels(items: list[str]) -> dict[str, tuple[int, ...]]:
+    labels = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        try:
+            labels[name.strip()] = tuple(int(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"--mask-label {item!r}: write NAME=V[,V], e.g. lesion=1 or lung=1,2") from None
+        if not labels[name.strip()]:
+            raise ValueError(f"--mask-label {item!r}: give at least one value")
+    return labels
 
 
 def _predict(args: argparse.Namespace) -> int:

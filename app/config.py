@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.schemas.tasks import TaskName
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Scope = Literal["submit", "read", "admin"]
 Priority = Literal["stat", "routine"]
@@ -105,6 +107,14 @@ class DicomwebDestination(BaseModel):
 ExportDestination = Annotated[DimseDestination | DicomwebDestination, Field(discriminator="kind")]
 
 
+class ShadowModel(BaseModel):
+    """A candidate model run beside the served one on a sample of a task's jobs; its results reach admins only."""
+
+    model_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: int | None = Field(None, ge=1, description="Default: the version the repository serves")
+    sample_rate: float = Field(0.1, gt=0.0, le=1.0, description="Fraction of the task's jobs also run in shadow")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDIMG_", extra="ignore")
 
@@ -116,6 +126,15 @@ class Settings(BaseSettings):
     )
     model_versions: dict[str, int] = Field(
         default_factory=dict, description='Pinned versions, e.g. {"dr-grading-reference": 1}; highest otherwise'
+    )
+    site_config: Path | None = Field(
+        None, description="A site's operating points (JSON, written by `medimg eval --choose-operating-point`), laid "
+        "over the manifest of the exact model they were measured on; the manifest file is left as it is"
+    )
+    shadow_models: dict[str, ShadowModel] = Field(
+        default_factory=dict, description='Candidate models run in shadow, by task, e.g. {"dr-grading": '
+        '{"model_id": "dr-grading-reference", "version": 2, "sample_rate": 0.1}}; `medimg eval --shadow` reports '
+        "their agreement with the served model"
     )
     redis_url: str | None = Field(None, description="When set, dispatch through Celery and keep job state in Redis")
     broker_url: str | None = Field(
@@ -240,6 +259,15 @@ class Settings(BaseSettings):
     def _known_environment(cls, value: str) -> str:
         if value not in {"development", "production"}:
             raise ValueError(f"MEDIMG_ENVIRONMENT={value!r} must be 'development' or 'production'")
+        return value
+
+    @field_validator("shadow_models")
+    @classmethod
+    def _shadow_tasks_known(cls, value: dict[str, ShadowModel]) -> dict[str, ShadowModel]:
+        unknown = sorted(set(value) - {t.value for t in TaskName})
+        if unknown:
+            raise ValueError(f"MEDIMG_SHADOW_MODELS: {unknown[0]!r} is not a task; tasks are "
+                             f"{', '.join(t.value for t in TaskName)}")
         return value
 
     @field_validator("blob_url")

@@ -23,6 +23,7 @@ from workers.dicom_results import dicom_results
 from workers.pipelines import pipeline_for
 from workers.pipelines.base import JobContext, JobInput, PipelineOutput, StageTimer
 from workers.runtime import WorkerRuntime
+from workers.shadow import run_shadow
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
         return None
     _announce(runtime, job)
     log.info("job %s succeeded in %.3fs", job.id, sum(stages.seconds.values()))
+    run_shadow(job, runtime)  # after the outcome is visible: the caller never waits for a candidate model
     return job
 
 

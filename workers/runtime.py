@@ -28,6 +28,7 @@ class WorkerRuntime:
     webhooks: WebhookSender | None = None
     exports: ExportOutbox | None = None
     _loaded: dict[str, LoadedModel] = field(default_factory=dict)
+    shadow_models: dict[str, LoadedModel] = field(default_factory=dict)  # "<id>@<version>", see workers/shadow.py
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod

@@ -19,6 +19,7 @@ from app.schemas.results import (
 SEG_ARTIFACT = "seg.dcm"
 SR_ARTIFACT = "sr.dcm"
 _BUILDERS = "workers.dicom_results.builders"
+_EVALUATIONS = "workers.evaluation.tasks"
 
 DR_GRADING = TaskPlugin(
     name="dr-grading",
@@ -27,6 +28,7 @@ DR_GRADING = TaskPlugin(
     result=DRGradingResult,
     pipeline="workers.pipelines.dr_grading:DRGradingPipeline",
     dicom_outputs=(DicomOutput(SR_ARTIFACT, f"{_BUILDERS}:dr_grading_sr_of_job"),),
+    evaluation=f"{_EVALUATIONS}.dr_grading:EVALUATION",
 )
 
 LUNG_NODULE_DETECTION = TaskPlugin(
@@ -36,6 +38,7 @@ LUNG_NODULE_DETECTION = TaskPlugin(
     result=LungNoduleDetectionResult,
     pipeline="workers.pipelines.lung_nodule_detection:LungNoduleDetectionPipeline",
     dicom_outputs=(DicomOutput(SR_ARTIFACT, f"{_BUILDERS}:lung_nodule_sr_of_job"),),
+    evaluation=f"{_EVALUATIONS}.lung_nodule_detection:EVALUATION",
 )
 
 COVID_LESION_SEGMENTATION = TaskPlugin(
@@ -45,6 +48,7 @@ COVID_LESION_SEGMENTATION = TaskPlugin(
     result=CovidLesionSegmentationResult,
     pipeline="workers.pipelines.covid_lesion_segmentation:CovidLesionSegmentationPipeline",
     dicom_outputs=(DicomOutput(SEG_ARTIFACT, f"{_BUILDERS}:covid_lesion_seg_of_job"),),
+    evaluation=f"{_EVALUATIONS}.covid_lesion_segmentation:EVALUATION",
 )
 
 THYROID_MALIGNANCY = TaskPlugin(
@@ -57,4 +61,5 @@ THYROID_MALIGNANCY = TaskPlugin(
         DicomOutput(SEG_ARTIFACT, f"{_BUILDERS}:thyroid_nodule_seg_of_job"),
         DicomOutput(SR_ARTIFACT, f"{_BUILDERS}:thyroid_malignancy_sr_of_job"),
     ),
+    evaluation=f"{_EVALUATIONS}.thyroid_malignancy:EVALUATION",
 )

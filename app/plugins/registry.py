@@ -60,6 +60,8 @@ class TaskPlugin:
     - `intake_check`: optional "module:function" called by the gateway as `function(inputs, manifest, options)`
       after the manifest's `accepts` checks; it raises `app.errors.UnsupportedInput` to refuse an upload.
     - `quality_gate`: optional "module:function" the task's pipeline calls to decide an input is ungradable.
+    - `evaluation`: optional "module:attribute" of a `workers.evaluation.base.TaskEvaluation` (label reader,
+      figures, plots) that `medimg eval` runs for the task.
     """
 
     name: str
@@ -70,6 +72,7 @@ class TaskPlugin:
     dicom_outputs: tuple[DicomOutput, ...] = ()
     intake_check: str | None = None
     quality_gate: str | None = None
+    evaluation: str | None = None
 
     def __post_init__(self) -> None:
         if not TASK_NAME_PATTERN.match(self.name):
@@ -79,7 +82,8 @@ class TaskPlugin:
         if not (isinstance(self.result, type) and issubclass(self.result, BaseModel)):
             raise TaskRegistryError(f"task {self.name}: result must be a pydantic model class, not {self.result!r}")
         _check_reference(f"task {self.name}: pipeline", self.pipeline)
-        for name, reference in (("intake_check", self.intake_check), ("quality_gate", self.quality_gate)):
+        for name, reference in (("intake_check", self.intake_check), ("quality_gate", self.quality_gate),
+                                ("evaluation", self.evaluation)):
             if reference is not None:
                 _check_reference(f"task {self.name}: {name}", reference)
 

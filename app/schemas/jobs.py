@@ -80,6 +80,18 @@ class Artifact(BaseModel):
     size_bytes: int
 
 
+class ShadowRun(BaseModel):
+    """A candidate model's result on the same inputs (issue: shadow runs). Admins only; never DICOM."""
+
+    model: ModelRef
+    result: dict | None = None
+    error: JobError | None = None
+    artifact_keys: dict[str, str] = Field(
+        default_factory=dict, description="Mask artifacts kept for agreement (name → blob key), not downloadable"
+    )
+    seconds: float = 0.0
+
+
 class Job(BaseModel):
     """The stored record; only the job store and the runner see all of it."""
 
@@ -109,6 +121,7 @@ class Job(BaseModel):
     export_to: list[str] = Field(
         default_factory=list, description="Destinations its DICOM results are sent to (MEDIMG_EXPORT_DESTINATIONS)"
     )
+    shadow: ShadowRun | None = None
 
 
 class ArtifactPublic(BaseModel):
@@ -142,10 +155,13 @@ class JobPublic(BaseModel):
     exports: list[ExportPublic] = Field(
         default_factory=list, description="Where its DICOM results are being sent, one entry per destination"
     )
+    shadow: ShadowRun | None = Field(
+        None, description="A candidate model's result on this job (MEDIMG_SHADOW_MODELS); shown to admin keys only"
+    )
 
     @classmethod
     def from_job(cls, job: Job, queue: QueuePosition | None = None,
-                 exports: list[ExportPublic] | None = None) -> JobPublic:
+                 exports: list[ExportPublic] | None = None, include_shadow: bool = False) -> JobPublic:
         return cls(
             id=job.id,
             task=job.task,
@@ -172,6 +188,7 @@ class JobPublic(BaseModel):
             stage_seconds=job.stage_seconds,
             notes=job.notes,
             exports=exports or [],
+            shadow=job.shadow if include_shadow else None,
         )
 
 

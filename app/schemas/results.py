@@ -12,8 +12,12 @@ from app.schemas.tirads import Recommendation, RiskBand
 class OperatingPointUsed(BaseModel):
     name: str
     threshold: float = Field(ge=0.0, le=1.0)
-    sensitivity: float | None = Field(None, description="Measured by the model's maker; see the model card")
+    sensitivity: float | None = Field(None, description="Measured by the model's maker (see the model card) or, for "
+                                      "a site's point, on the site's labelled data (measured_on says which)")
     specificity: float | None = None
+    sensitivity_ci95: tuple[float, float] | None = None
+    specificity_ci95: tuple[float, float] | None = None
+    measured_on: str | None = None
     overridden: bool = Field(False, description="True when the caller's threshold replaced the manifest's")
 
 

@@ -142,9 +142,10 @@ async def create_job(
     return await public(job, dispatcher, jobs, exports)
 
 
-async def public(job: Job, dispatcher: Dispatcher, jobs: JobStore, exports) -> JobPublic:
+async def public(job: Job, dispatcher: Dispatcher, jobs: JobStore, exports,
+                 include_shadow: bool = False) -> JobPublic:
     """The job's document: a queued job's says where it waits; one whose DICOM results are sent anywhere,
-    its exports."""
+    its exports; an admin's read, a shadow model's result (workers/shadow.py)."""
     queue = None
     if job.status is JobStatus.QUEUED:
         if dispatcher.mode == "embedded":  # the lanes are in memory: no thread-pool hop on every submission
@@ -152,7 +153,7 @@ async def public(job: Job, dispatcher: Dispatcher, jobs: JobStore, exports) -> J
         else:
             queue = await run_in_threadpool(dispatcher.queue_position, job, jobs)
     records = await run_in_threadpool(exports.public, job) if job.export_to else []
-    return JobPublic.from_job(job, queue, records)
+    return JobPublic.from_job(job, queue, records, include_shadow=include_shadow)
 
 
 def preferred_wait(prefer: str | None) -> float | None:
@@ -240,7 +241,7 @@ async def read_job(
     wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (long poll)")] = 0,
 ) -> JobPublic:
     job = await wait_finished(jobs, waiter, job_id, caller, min(wait, settings.max_wait_seconds))
-    return await public(job, dispatcher, jobs, exports)
+    return await public(job, dispatcher, jobs, exports, include_shadow="admin" in caller.scopes)
 
 
 @router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (mask, overlay, report)",

@@ -104,7 +104,8 @@ def test_create_job_lung_nodule_honours_score_threshold(embedded_service: Servic
     assert job["status"] == "succeeded", job
     result = job["result"]
     assert result["operating_point"] == {"name": "caller", "threshold": 0.999, "sensitivity": None,
-                                         "specificity": None, "overridden": True}
+                                         "specificity": None, "sensitivity_ci95": None, "specificity_ci95": None,
+                                         "measured_on": None, "overridden": True}
     assert all(n["score"] >= 0.999 for n in result["nodules"])
 
 
