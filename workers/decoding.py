@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.errors import BadInputError, ModelError
-from app.schemas.manifest import BoxOutputs, Decoding, ModelManifest
+from app.schemas.manifest import BoxOutputs, Calibration, Decoding, ModelManifest
 from app.schemas.results import OperatingPointUsed
 
 
@@ -24,6 +24,11 @@ def activate(raw: np.ndarray, decoding: Decoding, axis: int = -1) -> np.ndarray:
 
 def positive_probability(probabilities: np.ndarray, decoding: Decoding) -> float:
     return float(np.clip(probabilities[decoding.positive_classes].sum(), 0.0, 1.0))
+
+
+def calibrated(logits: np.ndarray, calibration: Calibration | None) -> np.ndarray:
+    """Temperature scaling (Guo et al. 2017): logits / T, fitted on the validation split; identity without one."""
+    return logits if calibration is None else np.asarray(logits, np.float64) / calibration.temperature
 
 
 def operating_point_used(manifest: ModelManifest, name: str | None = None) -> OperatingPointUsed:

@@ -18,6 +18,7 @@ from app.schemas.results import (
 
 SEG_ARTIFACT = "seg.dcm"
 SR_ARTIFACT = "sr.dcm"
+SALIENCY_ARTIFACT = "saliency.dcm"
 _BUILDERS = "workers.dicom_results.builders"
 _EVALUATIONS = "workers.evaluation.tasks"
 
@@ -27,7 +28,9 @@ DR_GRADING = TaskPlugin(
     options=DRGradingOptions,
     result=DRGradingResult,
     pipeline="workers.pipelines.dr_grading:DRGradingPipeline",
-    dicom_outputs=(DicomOutput(SR_ARTIFACT, f"{_BUILDERS}:dr_grading_sr_of_job"),),
+    dicom_outputs=(DicomOutput(SR_ARTIFACT, f"{_BUILDERS}:dr_grading_sr_of_job"),
+                   DicomOutput(SALIENCY_ARTIFACT, f"{_BUILDERS}:saliency_sc_of_job")),
+    quality_gate="workers.quality.fundus:check_fundus",
     evaluation=f"{_EVALUATIONS}.dr_grading:EVALUATION",
 )
 
@@ -38,6 +41,7 @@ LUNG_NODULE_DETECTION = TaskPlugin(
     result=LungNoduleDetectionResult,
     pipeline="workers.pipelines.lung_nodule_detection:LungNoduleDetectionPipeline",
     dicom_outputs=(DicomOutput(SR_ARTIFACT, f"{_BUILDERS}:lung_nodule_sr_of_job"),),
+    quality_gate="workers.quality.ct:check_ct",
     evaluation=f"{_EVALUATIONS}.lung_nodule_detection:EVALUATION",
 )
 
@@ -48,6 +52,7 @@ COVID_LESION_SEGMENTATION = TaskPlugin(
     result=CovidLesionSegmentationResult,
     pipeline="workers.pipelines.covid_lesion_segmentation:CovidLesionSegmentationPipeline",
     dicom_outputs=(DicomOutput(SEG_ARTIFACT, f"{_BUILDERS}:covid_lesion_seg_of_job"),),
+    quality_gate="workers.quality.ct:check_ct",
     evaluation=f"{_EVALUATIONS}.covid_lesion_segmentation:EVALUATION",
 )
 
@@ -60,6 +65,8 @@ THYROID_MALIGNANCY = TaskPlugin(
     dicom_outputs=(
         DicomOutput(SEG_ARTIFACT, f"{_BUILDERS}:thyroid_nodule_seg_of_job"),
         DicomOutput(SR_ARTIFACT, f"{_BUILDERS}:thyroid_malignancy_sr_of_job"),
+        DicomOutput(SALIENCY_ARTIFACT, f"{_BUILDERS}:saliency_sc_of_job"),
     ),
+    quality_gate="workers.quality.ultrasound:check_frame",
     evaluation=f"{_EVALUATIONS}.thyroid_malignancy:EVALUATION",
 )

@@ -180,6 +180,95 @@ class Provenance(Strict):
     training_script: str
 
 
+class FundusQuality(Strict):
+    """Limits of the fundus-photo gate (workers/quality/fundus.py); the defaults are measured on the reference
+    model's validation photos and explained on its card."""
+
+    min_field_of_view_fraction: float = Field(0.2, ge=0.0, le=1.0, description="Retina disc area / frame area")
+    min_disc_fill: float = Field(0.6, ge=0.0, le=1.0, description="Disc area / its bounding box area (a full disc "
+                                 "is pi/4, a disc cut at top and bottom more)")
+    max_disc_fill: float = Field(0.95, ge=0.0, le=1.0, description="Above this the bright region is a rectangle: "
+                                 "an X-ray, a scan or a photo of something else")
+    min_red_to_green: float = Field(1.3, ge=0.0, description="Mean red / mean green inside the disc: a colour "
+                                    "fundus is red; grey images (X-rays, documents) are about 1")
+    min_brightness: float = Field(30.0, ge=0.0, le=255.0, description="Mean luma inside the disc, 0-255")
+    max_brightness: float = Field(220.0, ge=0.0, le=255.0)
+    min_focus: float = Field(5.0, ge=0.0, description="Variance of the Laplacian of the green channel inside the "
+                             "disc, resized to focus_side px")
+    focus_side: int = Field(256, ge=64, description="Disc side (px) at which focus and contrast are measured")
+    min_contrast: float = Field(0.08, ge=0.0, description="Std / mean of the green channel inside the disc")
+
+
+class CTQuality(Strict):
+    """Limits of the CT series gate (workers/quality/ct.py)."""
+
+    max_slice_spacing_mm: float = Field(5.0, gt=0.0)
+    max_slice_thickness_mm: float = Field(5.0, gt=0.0)
+    max_pixel_spacing_mm: float = Field(1.5, gt=0.0)
+    max_missing_run: int = Field(1, ge=0, description="Most consecutive missing slices interpolated over")
+    min_lung_volume_ml: float = Field(150.0, ge=0.0, description="Air inside the body (lungs, airways): less "
+                                      "means the field of view holds no chest")
+    require_full_lung_coverage: bool = Field(False, description="The lungs must end inside the series (not cut "
+                                             "at the first or last slice); for whole-lung figures")
+    max_end_slice_lung_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Lung area on the first or last "
+                                               "slice / the largest lung area of any slice, above which the lungs "
+                                               "are cut there")
+    metal_hu: float = Field(2500.0, description="Voxels at or above this are metal")
+    max_metal_ml: float | None = Field(None, ge=0.0, description="Metal (streak source) above this is refused; "
+                                       "null: measured only")
+
+
+class UltrasoundQuality(Strict):
+    """Limits of the ultrasound frame gate (workers/quality/ultrasound.py)."""
+
+    min_region_fraction: float = Field(0.15, ge=0.0, le=1.0, description="Imaging region area / frame area")
+    min_lit_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Share of the region's pixels above the "
+                                    "frame's background level")
+    min_texture: float = Field(8.0, ge=0.0, description="Std of the grey values inside the region (speckle)")
+    require_scale: bool = Field(False, description="Refuse frames whose pixel spacing is unknown (else the "
+                                "result gives no size and a size-unknown recommendation)")
+    max_nodule_edge_fraction: float = Field(0.15, ge=0.0, le=1.0, description="Share of the nodule's outline lying "
+                                            "on the imaging region's edge above which the nodule continues outside "
+                                            "the field (a nodule grazing the edge stays gradable)")
+
+
+class QualityLimits(Strict):
+    """The quality gate's limits; a manifest gives the section of its input kind, the rest stay at defaults."""
+
+    fundus: FundusQuality = Field(default_factory=FundusQuality)
+    ct: CTQuality = Field(default_factory=CTQuality)
+    ultrasound: UltrasoundQuality = Field(default_factory=UltrasoundQuality)
+
+
+Augmentation = Literal["flip-horizontal", "flip-vertical", "brighter", "darker"]
+
+
+class UncertaintySettings(Strict):
+    """Test-time augmentation (workers/uncertainty.py): which changes, when on by default, what is low confidence."""
+
+    default: bool = Field(False, description="Run unless options.uncertainty is false (on where it is cheap)")
+    augmentations: list[Augmentation] = Field(default_factory=lambda: ["flip-horizontal", "brighter", "darker"],
+                                              min_length=1)
+    intensity_change: float = Field(0.1, gt=0.0, lt=1.0, description="brighter/darker scale the pixels by 1 +/- this")
+    low_confidence_spread: float = Field(0.2, ge=0.0, le=1.0, description="Probability spread at which a result "
+                                         "is flagged low_confidence")
+
+
+class SaliencySettings(Strict):
+    """Occlusion sensitivity (workers/saliency.py), in pixels of the model input."""
+
+    patch_px: int = Field(32, ge=2)
+    stride_px: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class Calibration(Strict):
+    """Temperature scaling applied at decode: softmax(logits / temperature)."""
+
+    temperature: float = Field(gt=0.0)
+    measured_on: str = Field(description="The validation split it was fitted on (see CARD.md)")
+
+
 class ModelManifest(Strict):
     manifest_version: Literal[1] = 1
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -204,6 +293,10 @@ class ModelManifest(Strict):
         description="Ids of other models in the repository this model's pipeline also runs (a cascade's earlier "
         "stages); they are loaded with it and never serve a task on their own",
     )
+    quality: QualityLimits = Field(default_factory=QualityLimits, description="The input quality gate's limits")
+    uncertainty: UncertaintySettings = Field(default_factory=UncertaintySettings)
+    saliency: SaliencySettings = Field(default_factory=SaliencySettings)
+    calibration: Calibration | None = Field(None, description="Applied to the logits at decode; null: none")
 
     @model_validator(mode="after")
     def _slice_offsets_fill_the_channels(self) -> ModelManifest:

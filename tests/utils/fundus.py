@@ -34,6 +34,22 @@ def make_fundus(seed: int = 0, grade: int | None = None, size: int | None = None
     return Fundus(rgb=item.rgb, grade=item.grade)
 
 
+def lesions_in_one_quadrant(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A healthy eye with the lesions of the same eye at grade 3 pasted into its upper-right quadrant only:
+    the photo, and the mask of the pixels the lesions changed."""
+    synthetic = load_reference_module("dr-grading-reference", "synthetic_fundus")
+    # One seed renders the same eye at every grade; only the lesions differ.
+    healthy = synthetic.generate_fundus(np.random.default_rng(seed), grade=0, size=448).rgb
+    severe = synthetic.generate_fundus(np.random.default_rng(seed), grade=3, size=448).rgb
+    lesion = np.abs(severe.astype(int) - healthy.astype(int)).max(axis=-1) > 20
+    rows, cols = lesion.shape
+    lesion[rows // 2:] = False
+    lesion[:, :cols // 2] = False
+    photo = healthy.copy()
+    photo[lesion] = severe[lesion]
+    return photo, lesion
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")

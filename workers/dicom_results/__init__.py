@@ -14,6 +14,7 @@ from pkgutil import resolve_name
 
 from app.plugins import task_plugin
 from app.schemas.jobs import Job
+from app.schemas.quality import UngradableResult
 from workers.dicom_results.common import DICOM_MEDIA_TYPE, ResultNotWritten, encode
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput
 
@@ -29,6 +30,10 @@ class DicomResults:
 
 
 def dicom_results(job: Job, output: PipelineOutput, inputs: list[JobInput]) -> DicomResults:
+    if isinstance(output.result, UngradableResult):
+        codes = ", ".join(r.code for r in output.result.quality.reasons)
+        return DicomResults(notes=[f"Not graded: the input failed the quality gate ({codes}); result.quality says "
+                                   "why and what to send instead. No DICOM results are written for it"])
     dicom_paths = [i.path for i in inputs if i.format == "dicom"]
     formats = sorted({i.format.upper() for i in inputs if i.format != "dicom"})
     if not dicom_paths:
@@ -50,6 +55,8 @@ def dicom_results(job: Job, output: PipelineOutput, inputs: list[JobInput]) -> D
         except Exception as exc:  # the JSON result stands; only this DICOM object is missing
             log.exception("job %s: %s could not be built (%s)", job.id, name, type(exc).__name__)
             results.notes.append(f"No {name}: it could not be built from this input ({type(exc).__name__})")
+            continue
+        if dataset is None:  # an optional output the job did not ask for
             continue
         results.artifacts.append(ArtifactOutput(name=name, media_type=DICOM_MEDIA_TYPE, data=encode(dataset)))
     return results

@@ -69,3 +69,19 @@ def covid_lesion_seg_of_job(job: Job, output: PipelineOutput, paths):
     if not output.masks or len(set(uids)) != len(uids) or any(uid not in by_uid for uid in uids):
         raise ResultNotWritten("No DICOM SEG: it is written for series of single-frame CT slices only")
     return covid_lesion_seg([by_uid[uid] for uid in uids], output.masks, output.segments, job.model, job.id)
+
+
+def saliency_sc_of_job(job: Job, output: PipelineOutput, paths):
+    """The saliency overlay (options.explain) as a Secondary Capture beside the source photo or frame; None when
+    the job did not ask for one."""
+    from PIL import Image
+
+    from workers.dicom_results.sc import saliency_sc
+    from workers.saliency import OVERLAY_NAME
+
+    overlay = next((a for a in output.artifacts if a.name == OVERLAY_NAME), None)
+    if overlay is None:
+        return None
+    with Image.open(io.BytesIO(overlay.data)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return saliency_sc(read_sources(paths[:1])[0], pixels, job.model, job.id)

@@ -123,7 +123,8 @@ def _outcome(case: Case, job: Job, artifacts: dict[str, bytes], evaluation, out:
         return {"status": "failed", "error": job.error.model_dump() if job.error else None}
     quality = (job.result or {}).get("quality")
     if isinstance(quality, dict) and quality.get("gradable") is False:  # quality gate (issue 20), when present
-        return {"status": "ungradable", "error": {"code": "ungradable", "detail": "; ".join(quality.get("reasons", []))}}
+        reasons = "; ".join(f"{r['code']}: {r['detail']}" for r in quality.get("reasons", []))
+        return {"status": "ungradable", "error": {"code": "ungradable", "detail": reasons}}
     try:
         prediction = evaluation.record(case, job, artifacts, out / PREDICTIONS_DIR)
     except LabelError as exc:  # a reference that does not fit the prediction (another grid, another size)

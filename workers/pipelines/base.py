@@ -12,8 +12,9 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel
 
-from app.schemas.manifest import SegmentCoding
+from app.schemas.manifest import ModelManifest, SegmentCoding
 from app.schemas.options import TaskOptions
+from app.schemas.quality import Quality, UngradableResult
 from app.storage.blobs import BlobStore
 from app.storage.jobs import JobStore
 from workers.onnx import LoadedModel
@@ -56,6 +57,12 @@ class PipelineOutput:
     # How the SEG writes each mask (by the same name): the model's classes from its manifest's
     # decoding.segments, anything else the pipeline segments itself from the pipeline.
     segments: Mapping[str, SegmentCoding] = field(default_factory=dict)
+
+
+def ungradable(quality: Quality, manifest: ModelManifest) -> PipelineOutput:
+    """The output for an input the task's quality gate refused: the job succeeds with the reasons, no grade."""
+    return PipelineOutput(result=UngradableResult(task=manifest.task, quality=quality,
+                                                  research_use_only=manifest.research_use_only))
 
 
 @dataclass

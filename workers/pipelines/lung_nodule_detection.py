@@ -19,14 +19,17 @@ import numpy as np
 from app.errors import ModelError
 from app.schemas.manifest import ModelManifest
 from app.schemas.options import LungNoduleDetectionOptions
+from app.schemas.quality import DetectionUncertainty, Quality
 from app.schemas.results import KeySlice, LungNoduleDetectionResult, NoduleFinding, OperatingPointUsed
 from app.schemas.tasks import TaskName
+from workers import uncertainty
 from workers.decoding import Boxes, activate, decode_boxes
 from workers.imaging.ct_resample import ResampledVolume, resample_to_spacing, window
 from workers.imaging.ct_display import display_slices, lung_window
 from workers.imaging.ct_series import CTVolume, load_ct_series
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer
+from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer, ungradable
+from workers.quality.ct import check_ct
 from workers.sliding_window import pad_to, patch_corners, sliding_window
 
 PATCH_BATCH = 2
@@ -46,7 +49,7 @@ class Candidate:
 
 class LungNoduleDetectionPipeline:
     task = TaskName.LUNG_NODULE_DETECTION
-    stages = ("load", "preprocess", "infer", "decode", "outputs")
+    stages = ("load", "quality", "preprocess", "infer", "uncertainty", "decode", "outputs")
 
     def run(self, inputs: list[JobInput], options: LungNoduleDetectionOptions, model: LoadedModel,
             stages: StageTimer, context: JobContext | None = None) -> PipelineOutput:
@@ -54,6 +57,10 @@ class LungNoduleDetectionPipeline:
         with stages("load"):
             ct = load_ct_series([i.path for i in inputs if i.format == "dicom"], options.series_instance_uid,
                                 manifest.accepts.modalities or ("CT",), task=f"task {self.task.value!r}")
+        with stages("quality"):
+            quality = check_ct(ct.hu, ct.geometry, manifest.quality.ct)
+        if not quality.gradable:
+            return ungradable(quality, manifest)
         with stages("preprocess"):
             resampled = preprocess(ct, manifest)
         boxes = manifest.decoding.kind == "box-detection"
@@ -62,13 +69,19 @@ class LungNoduleDetectionPipeline:
                 found = sliding_window_boxes(resampled.volume, manifest, model)
             else:
                 probability = sliding_window_probability(resampled.volume, manifest, onnx_runner(model))
+        augmented: dict[str, np.ndarray] = {}
+        # Test-time augmentation re-runs the probability map; a box-detection model has none to re-run.
+        if not boxes and uncertainty.wanted(options.uncertainty, manifest.uncertainty, volume=True):
+            with stages("uncertainty"):
+                augmented = augmented_probabilities(resampled.volume, manifest, onnx_runner(model))
         with stages("decode"):
             if boxes:
                 candidates = candidates_from_boxes(found, resampled.spacing_mm, manifest)
             else:
                 candidates = decode_components(probability, resampled.spacing_mm, manifest)
                 del probability
-            result = build_result(candidates, ct, resampled, manifest, options)
+            result = build_result(candidates, ct, resampled, manifest, options, quality,
+                                  score_spreads(candidates, augmented, manifest) if augmented else None)
         with stages("outputs"):
             artifacts = [nodule_overlay(ct, finding) for finding in result.nodules]
             artifacts += [ArtifactOutput(name, "image/png", png) for name, png in display_slices(ct.hu)]
@@ -111,6 +124,29 @@ def sliding_window_probability(volume: np.ndarray, manifest: ModelManifest,
     probability = sliding_window(volume[np.newaxis, np.newaxis], patch, spec.patch_overlap or 0.0, predict,
                                  spec.batch_size or PATCH_BATCH)
     return probability[0, 0]
+
+
+def augmented_probabilities(volume: np.ndarray, manifest: ModelManifest,
+                            run: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+    """The probability map of each flipped copy of the volume, flipped back (volumes take the flips only)."""
+    maps = {}
+    for name in uncertainty.volume_augmentations(manifest.uncertainty):
+        flipped = np.ascontiguousarray(uncertainty.unflip(volume, name))
+        maps[name] = uncertainty.unflip(sliding_window_probability(flipped, manifest, run), name)
+    return maps
+
+
+def score_spreads(candidates: list[Candidate], maps: dict[str, np.ndarray],
+                  manifest: ModelManifest) -> DetectionUncertainty:
+    """Each candidate's score (its peak) beside the peak of each augmented map within its box; ids follow
+    `build_result`, which keeps the candidates at or above the threshold in this order."""
+    spreads = []
+    for candidate in candidates:
+        box = tuple(slice(lo, hi + 1) for lo, hi in zip(candidate.low, candidate.high, strict=True))
+        scores = [candidate.score, *(float(m[box].max()) for m in maps.values())]
+        spreads.append(uncertainty.finding_spread(len(spreads) + 1, scores, manifest.uncertainty))
+    return DetectionUncertainty(augmentations=[uncertainty.ORIGINAL, *maps], findings=spreads,
+                                low_confidence_spread=manifest.uncertainty.low_confidence_spread)
 
 
 def decode_components(probability: np.ndarray, spacing_zyx: tuple[float, float, float],
@@ -215,13 +251,17 @@ def score_threshold(manifest: ModelManifest, options: LungNoduleDetectionOptions
 
 
 def build_result(candidates: list[Candidate], ct: CTVolume, resampled: ResampledVolume, manifest: ModelManifest,
-                 options: LungNoduleDetectionOptions) -> LungNoduleDetectionResult:
+                 options: LungNoduleDetectionOptions, quality: Quality | None = None,
+                 spreads: DetectionUncertainty | None = None) -> LungNoduleDetectionResult:
     used = score_threshold(manifest, options)
     geometry = ct.geometry
     findings = []
-    for candidate in candidates:
+    kept_spreads = []
+    for candidate, spread in zip(candidates, spreads.findings if spreads else [None] * len(candidates), strict=True):
         if candidate.score < used.threshold:
             continue
+        if spread is not None:
+            kept_spreads.append(spread.model_copy(update={"id": len(findings) + 1}))
         column, row, slice_index = resampled.to_input_voxel(*candidate.centre, geometry)
         centre_mm = geometry.voxel_to_patient(column, row, slice_index)
         corners = [
@@ -251,6 +291,8 @@ def build_result(candidates: list[Candidate], ct: CTVolume, resampled: Resampled
         n_slices=geometry.n_slices,
         operating_point=used,
         warnings=list(ct.warnings),
+        quality=quality,
+        uncertainty=spreads.model_copy(update={"findings": kept_spreads}) if spreads else None,
         research_use_only=manifest.research_use_only,
     )
 

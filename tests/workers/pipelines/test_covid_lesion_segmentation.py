@@ -19,9 +19,15 @@ from tests.utils.reference_models import reference_model_dir
 from workers.imaging.ct_series import load_ct_series
 from workers.imaging.lungs import LungMask
 from workers.imaging.slice_stacks import model_plane, stack_neighbours
-from workers.pipelines.covid_figures import build_result
-from workers.pipelines.covid_lesion_segmentation import decode_labels, predict_labels
-from workers.pipelines.covid_outputs import label_nifti, mask_png, overlay_png, write_artifacts
+from workers.pipelines.covid_lesion_segmentation import (
+    build_result,
+    decode_labels,
+    label_nifti,
+    mask_png,
+    overlay_png,
+    predict_labels,
+    write_artifacts,
+)
 
 MANIFEST_PATH = reference_model_dir(COVID_MODEL_ID) / "1" / "manifest.json"
 
@@ -237,3 +243,39 @@ def test_predict_labels_reads_a_graph_that_gives_probabilities_as_one_that_gives
 
     assert set(np.unique(from_logits)) == {0, 1, 2}
     np.testing.assert_array_equal(from_logits, from_probabilities)
+
+
+def test_uncertainty_map_is_written_on_the_source_grid(tmp_path) -> None:
+    """options.uncertainty: one flipped run more; the map shares the lesion NIfTI's grid (about 10 s)."""
+    import gzip
+    import io
+
+    import nibabel as nib
+    from PIL import Image
+
+    from app.config import Settings
+    from app.schemas.tasks import TaskName
+    from tests.utils.covid import covid_case
+    from tests.utils.ct import write_series
+    from workers.local import predict_files
+
+    case = covid_case(2, matrix=96, slice_spacing=5.0)
+    paths = write_series(tmp_path / "series", case.hu, case.grid)
+
+    job, artifacts = predict_files(Settings(data_dir=tmp_path / "data"), TaskName.COVID_LESION_SEGMENTATION, paths,
+                                   '{"uncertainty": true}', show_progress=False)
+
+    assert job.status == "succeeded", job.error
+    assert "uncertainty" in job.stage_seconds
+    summary = job.result["uncertainty"]
+    assert summary["augmentations"] == ["original", "flip-horizontal"]
+    lesions = nib.Nifti1Image.from_bytes(gzip.decompress(artifacts["lesions.nii.gz"]))
+    uncertain = nib.Nifti1Image.from_bytes(gzip.decompress(artifacts["uncertainty.nii.gz"]))
+    assert uncertain.shape == lesions.shape
+    assert np.allclose(uncertain.affine, lesions.affine)
+    shares = uncertain.get_fdata()
+    assert shares.min() >= 0.0 and shares.max() <= 1.0
+    voxel_ml = float(np.prod(job.result["spacing_mm"])) / 1000.0
+    assert abs(np.count_nonzero(shares) * voxel_ml - summary["uncertain_volume_ml"]) < 0.01
+    with Image.open(io.BytesIO(artifacts["uncertainty.png"])) as picture:
+        assert picture.size == (case.hu.shape[2], case.hu.shape[1])

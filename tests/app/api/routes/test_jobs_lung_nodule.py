@@ -84,7 +84,7 @@ def test_create_job_lung_nodule_finds_nodules_in_patient_mm(service: Service, no
     assert result["research_use_only"] is True
     assert_nodules_found(result, scan)
     assert_geometry_consistent(result, scan, paths)
-    assert set(job["stage_seconds"]) == {"load", "preprocess", "infer", "decode", "outputs"}
+    assert set(job["stage_seconds"]) == {"load", "quality", "preprocess", "infer", "decode", "outputs"}
     overlays = {a["name"] for a in job["artifacts"] if a["name"].startswith("nodule-")}
     assert overlays == {f"nodule-{n['id']}.png" for n in result["nodules"]}
     overlay = get_artifact(service, job, "nodule-1.png")
