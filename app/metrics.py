@@ -7,7 +7,7 @@ Celery workers import the same objects; `medimg worker` switches prometheus_clie
 worker's one /metrics endpoint (MEDIMG_WORKER_METRICS_PORT).
 """
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter("medimg_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("medimg_http_request_duration_seconds", "HTTP request latency", ["method", "route"])
@@ -35,4 +35,8 @@ MODEL_LOAD_SECONDS = Histogram(
 MODEL_WARMUP_SECONDS = Histogram(
     "medimg_model_warmup_seconds", "A model's warm-up run", ["model", "provider"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+MODEL_PROVIDER = Gauge(
+    "medimg_model_provider", "1 for the ONNX Runtime provider a loaded model's session really runs on (its first)",
+    ["model", "provider"], multiprocess_mode="max",
 )

@@ -10,6 +10,7 @@ from app.config import Settings
 from app.model_repository import ModelRepository
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore
+from app.storage.heartbeats import Heartbeat
 from app.storage.factory import make_blob_store, make_job_store, make_model_repository
 from app.storage.jobs import JobStore
 from workers.onnx import LoadedModel, load_model
@@ -25,6 +26,7 @@ class WorkerRuntime:
     jobs: JobStore
     blobs: BlobStore
     webhooks: WebhookSender | None = None
+    heartbeat: Heartbeat | None = None  # Celery workers: lists the jobs this process holds
     _loaded: dict[str, LoadedModel] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

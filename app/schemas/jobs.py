@@ -84,6 +84,9 @@ class Job(BaseModel):
     idempotency_key: str | None = None
     callback_url: str | None = None
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
+    worker: str | None = Field(
+        None, description="host:pid of the worker process that started the latest attempt (app/storage/heartbeats.py)"
+    )
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,3 +182,40 @@ class Service:
         for worker in self.workers:
             worker.stop()
         self.workers.clear()
+
+
+@dataclass
+class RabbitVhost:
+    """A vhost of its own on the machine's RabbitMQ (shared with other test runs), deleted afterwards."""
+
+    name: str = field(default_factory=lambda: f"medimg-test-{uuid.uuid4().hex[:12]}")
+    host: str = "127.0.0.1"
+    port: int = 5672
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{self.host}:{self.port}/{self.name}"
+
+    @staticmethod
+    def available() -> bool:
+        if shutil.which("rabbitmqctl") is None:
+            return False
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            return sock.connect_ex(("127.0.0.1", 5672)) == 0
+
+    def create(self) -> RabbitVhost:
+        _rabbitmqctl("add_vhost", self.name)
+        _rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        return self
+
+    def close_connections(self) -> None:
+        """Drops every client connection of this vhost, as a broker restart would (others' vhosts untouched)."""
+        _rabbitmqctl("close_all_connections", "--vhost", self.name, "--limit", "1000", "medimg test: broker outage")
+
+    def delete(self) -> None:
+        _rabbitmqctl("delete_vhost", self.name)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)

@@ -1,5 +1,5 @@
 """No job lost, none run to a second result: a SIGKILLed worker, a Redis restart, a gateway restart,
-and an input that kills its worker every time — each with real processes.
+and an input that kills its worker every time — each with real processes, on Redis and on RabbitMQ.
 """
 
 from __future__ import annotations
@@ -108,6 +108,67 @@ def test_worker_sigkilled_mid_run_loses_no_job(stack) -> None:
     _assert_all_done_once(service, ids)
 
 
+def _big_png() -> bytes:
+    """A photograph large enough to keep its job running for a few seconds, to be caught in the act."""
+    big = Image.fromarray(make_fundus(3).rgb).resize((6000, 6000))
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _job_doc(client: redis.Redis, job_id: str) -> dict:
+    return json.loads(client.get(f"medimg:job:{job_id}"))
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_whole_worker_killed_mid_job_resumes_elsewhere_within_60s(broker: str, tmp_path: Path, request) -> None:
+    """The default time limits stay (Redis's visibility timeout: 1,200 s): only the heartbeat sweep can be
+    this quick. The heartbeat is 1 s here (3 s TTL); a deployment's 10 s makes it about ten times longer."""
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis").start()
+    env = service_env(tmp_path / "data", server.url)
+    if broker == "rabbitmq":
+        env["MEDIMG_BROKER_URL"] = request.getfixturevalue("rabbitmq_vhost").url
+    service = Service(tmp_path / "data", env)
+    client = redis.Redis.from_url(server.url)
+    try:
+        for _ in range(2):
+            service.start_worker(queues="dr-grading")
+        service.start_gateway()
+        _wait_for(lambda: len(_workers_beating(client)) == 2, 120)
+        job_id = submit_job(service, "dr-grading", [("big.png", _big_png())]).json()["id"]
+        _wait_for(lambda: _job_doc(client, job_id)["status"] == "running", 60)
+        holder = _job_doc(client, job_id)["worker"]
+        killed = next(w for w in service.workers if _parent_of(int(holder.rsplit(":", 1)[1])) == w.process.pid)
+
+        killed_at = time.monotonic()
+        killed.stop(signal.SIGKILL)  # the process group: Celery's parent and its pool, as a container kill
+        assert _job_doc(client, job_id)["attempts"] == 1, "the kill must land mid-job"
+        _wait_for(lambda: _job_doc(client, job_id)["attempts"] == 2, 60)
+        resumed_after = time.monotonic() - killed_at
+        assert _job_doc(client, job_id)["worker"] != holder
+
+        job = wait_job(service, job_id, timeout=max(1.0, 60 - (time.monotonic() - killed_at)))
+        assert job["status"] == "succeeded", job["error"]
+        assert time.monotonic() - killed_at < 60
+        _wait_for(lambda: _succeeded_lines(service)[job_id] >= 1, 10)  # logged just after it was recorded
+        assert _succeeded_lines(service)[job_id] == 1
+        print(f"{broker}: kill -> running on another worker in {resumed_after:.1f} s")  # README's figure (-s)
+    finally:
+        service.stop()
+        client.close()
+        server.stop()
+
+
+def _workers_beating(client: redis.Redis) -> list[bytes]:
+    return list(client.scan_iter(match="medimg:worker-heartbeat:*"))
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def test_redis_restart_mid_run_loses_no_job(stack) -> None:
     service, server = stack
     ids = _queue_then_start_worker(service, server)
@@ -146,10 +207,7 @@ def test_input_that_kills_its_worker_every_time_fails_after_cap(stack) -> None:
     client = redis.Redis.from_url(server.url)
     # A large photograph keeps the job running long enough to be caught in the act each time. PNG, because
     # a JPEG this size is decoded at 1/8 scale for a 224-px model and done in a few milliseconds.
-    big = Image.fromarray(make_fundus(3).rgb).resize((6000, 6000))
-    buffer = io.BytesIO()
-    big.save(buffer, format="PNG", compress_level=1)
-    job_id = submit_job(service, "dr-grading", [("big.png", buffer.getvalue())]).json()["id"]
+    job_id = submit_job(service, "dr-grading", [("big.png", _big_png())]).json()["id"]
 
     parent = service.workers[0].process.pid
     for attempt in (1, 2, 3):
