@@ -26,8 +26,16 @@ TTL_BEATS = 3  # Settings.worker_heartbeat_ttl too: a beat lives this many inter
 
 
 def worker_id() -> str:
-    """This process, as jobs record their holder and as its heartbeat key names it."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process, as jobs record their holder and as its heartbeat key names it: host, PID namespace, PID.
+    The namespace tells apart containers that share a host name (host networking) and so reuse PIDs."""
+    return f"{socket.gethostname()}:{_pid_namespace()}:{os.getpid()}"
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "-"
 
 
 def beat(client: redis.Redis, document: dict, ttl: float, worker: str | None = None) -> None:
@@ -36,9 +44,9 @@ def beat(client: redis.Redis, document: dict, ttl: float, worker: str | None = N
 
 def holds(client: redis.Redis, worker: str, job_id: str) -> bool:
     """Whether `worker` is alive and still lists `job_id` among the jobs it runs."""
-    host, _, pid = worker.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _process_exists(int(pid)):
-        return False  # a sibling on this host (a killed pool process): no need to wait for its beat to expire
+    host, namespace, pid = (worker.rsplit(":", 2) + ["", ""])[:3]
+    if (host, namespace) == (socket.gethostname(), _pid_namespace()) and pid.isdigit() and not _process_exists(int(pid)):
+        return False  # a sibling in this container (a killed pool process): no need to wait for its beat to expire
     raw = client.get(f"{PREFIX}{worker}")
     return raw is not None and job_id in json.loads(raw).get("jobs", [])
 
