@@ -73,6 +73,14 @@ def _assert_all_done_once(service: Service, ids: list[str]) -> None:
     assert all(counts[job_id] <= 1 for job_id in ids), {k: v for k, v in counts.items() if v > 1}
 
 
+def _assert_counts_drained(server: RedisServer) -> None:
+    """The per-task count KEDA reads (LLEN) is back to 0 once every job ended, through real workers."""
+    client = redis.Redis.from_url(server.url)
+    counts = {key.decode(): client.llen(key) for key in client.scan_iter(match="medimg:jobs:unfinished:*")}
+    client.close()
+    assert counts and set(counts.values()) == {0}, counts
+
+
 def _wait_for(condition, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -106,6 +114,7 @@ def test_worker_sigkilled_mid_run_loses_no_job(stack) -> None:
     service.start_worker(concurrency=2)
 
     _assert_all_done_once(service, ids)
+    _assert_counts_drained(server)
 
 
 def _big_png() -> bytes:
@@ -154,6 +163,7 @@ def test_whole_worker_killed_mid_job_resumes_elsewhere_within_60s(broker: str, t
         assert time.monotonic() - killed_at < 60
         _wait_for(lambda: _succeeded_lines(service)[job_id] >= 1, 10)  # logged just after it was recorded
         assert _succeeded_lines(service)[job_id] == 1
+        _assert_counts_drained(server)
         print(f"{broker}: kill -> running on another worker in {resumed_after:.1f} s")  # README's figure (-s)
     finally:
         service.stop()
@@ -178,6 +188,7 @@ def test_redis_restart_mid_run_loses_no_job(stack) -> None:
     assert server.process is None
     server.start()
     _assert_all_done_once(service, ids)
+    _assert_counts_drained(server)
     # The gateway went on answering through the restart and still does.
     assert submit_job(service, "dr-grading", [("a.png", png_bytes(make_fundus(1).rgb))]).status_code == 202
 
@@ -227,3 +238,4 @@ def test_input_that_kills_its_worker_every_time_fails_after_cap(stack) -> None:
     # The queue keeps moving: the next job runs normally.
     after = wait_job(service, submit_job(service, "dr-grading", [("a.jpg", jpeg_bytes(make_fundus(4).rgb))]).json()["id"])
     assert after["status"] == "succeeded"
+    _assert_counts_drained(server)  # the max-deliveries failure left the count too

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.utils.services import RedisServer, Service, service_env
-from tests.workers.test_faults import _assert_all_done_once, _finished, _submit_many
+from tests.workers.test_faults import _assert_all_done_once, _assert_counts_drained, _finished, _submit_many
 
 pytestmark = pytest.mark.skipif(not os.environ.get("MEDIMG_SOAK"), reason="`make soak` runs this (minutes long)")
 JOBS = 300
@@ -53,6 +53,7 @@ def test_soak_kills_and_broker_outage_every_job_succeeds_once(broker: str, tmp_p
                     vhost.close_connections()  # every client connection of this run's vhost drops
         assert outage_done and kills >= 3, (kills, outage_done)
         _assert_all_done_once(service, ids)
+        _assert_counts_drained(server)
         print(f"{broker}: {JOBS} jobs, {kills} whole-worker kills and a broker outage: all succeeded once")
     finally:
         service.stop()
