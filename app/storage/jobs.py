@@ -215,6 +215,14 @@ class RedisJobStore:
         redis.call('SREM', KEYS[2], id)
         if redis.call('HDEL', KEYS[3], id) == 1 then redis.call('LPOP', KEYS[4]) end
     end
+    -- After writing a record: a finished job leaves the counts and is announced (KEYS[5], the channel).
+    local function settle()
+        if ARGV[4] == '1' then
+            forget(ARGV[1])
+            redis.call('PUBLISH', KEYS[5], ARGV[1])
+        end
+        return 1
+    end
     """
     # Compare-and-set in one server-side step, so racing deliveries on different hosts cannot both win; the
     # outcome and the count's decrement land together. ARGV: id, document, expected attempts, finished (0/1).
@@ -225,20 +233,12 @@ class RedisJobStore:
     if stored['status'] == 'succeeded' or stored['status'] == 'failed' then return 0 end
     if tonumber(stored['attempts']) ~= tonumber(ARGV[3]) then return 0 end
     redis.call('SET', KEYS[1], ARGV[2])
-    if ARGV[4] == '1' then
-        forget(ARGV[1])
-        redis.call('PUBLISH', KEYS[5], ARGV[1])
-    end
-    return 1
+    return settle()
     """
     # Overwrite of an existing record (retention trims inputs; tests set states directly). ARGV as above.
     SAVE_SCRIPT = _FORGET + """
     if not redis.call('SET', KEYS[1], ARGV[2], 'XX') then return 0 end
-    if ARGV[4] == '1' then
-        forget(ARGV[1])
-        redis.call('PUBLISH', KEYS[5], ARGV[1])
-    end
-    return 1
+    return settle()
     """
     # Delete, cancel and purge: the record, its idempotency key (KEYS[5], when any) and its count together.
     DELETE_SCRIPT = _FORGET + """
