@@ -60,7 +60,7 @@ USER 10001:10001
 WORKDIR /data
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MEDIMG_PORT', '8000'), timeout=4)"]
 # Exec form: uvicorn is PID 1 and receives SIGTERM itself (graceful shutdown of open requests).
 ENTRYPOINT ["medimg"]
 CMD ["serve"]
