@@ -6,11 +6,12 @@ from functools import lru_cache
 from typing import Literal
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Scope = Literal["submit", "read", "admin"]
+Priority = Literal["stat", "routine"]
 
 
 class ApiKey(BaseModel):
@@ -19,16 +20,42 @@ class ApiKey(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Who the caller is, in jobs and audit lines")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: list[Scope] = Field(default_factory=lambda: ["submit", "read"])
+    priority: Priority = Field("routine", description="Priority of this caller's jobs when a request names none")
 
 
 class RoutingRule(BaseModel):
-    """Which task runs on a series stored through DICOMweb: every given field must match (first rule wins)."""
+    """Which task, or which priority, a series stored through DICOMweb or DIMSE gets: every given field must
+    match. The first matching rule that names a task gives the task; the first that names a priority, the priority.
+    """
 
-    task: str = Field(description="Task name, e.g. lung-nodule-detection")
+    task: str | None = Field(None, description="Task name, e.g. lung-nodule-detection")
+    priority: Priority | None = Field(None, description="stat or routine")
     modality: str | None = None
     body_part_examined: str | None = None
     series_description: str | None = Field(None, description="Regular expression searched in SeriesDescription")
     sop_class_uid: str | None = None
+    calling_ae_title: str | None = Field(None, description="DIMSE only: the sender's AE title, e.g. ED_CT")
+    attributes: dict[str, str] = Field(
+        default_factory=dict, description='Other attributes by keyword, each value a regular expression the whole '
+        'value must match, e.g. {"StationName": "ED-.*"}',
+    )
+
+    @model_validator(mode="after")
+    def _names_an_outcome(self) -> RoutingRule:
+        if self.task is None and self.priority is None:
+            raise ValueError("a MEDIMG_ROUTING_RULES rule must name a task, a priority or both")
+        return self
+
+
+class Lane(BaseModel):
+    """Tasks that share a bounded number of the embedded pool's threads."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    tasks: list[str] = Field(min_length=1)
+    max_threads: int | None = Field(
+        None, ge=1, description="Most pool threads its jobs hold at once; default all but one, so that tasks of "
+        "other lanes always find a thread",
+    )
 
 
 class Settings(BaseSettings):
@@ -45,8 +72,8 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(None, description="When set, dispatch through Celery and keep job state in Redis")
     broker_url: str | None = Field(
-        None, description="Celery broker, redis://… or amqp://… (RabbitMQ); default MEDIMG_REDIS_URL. Job state "
-        "stays in MEDIMG_REDIS_URL either way"
+        None, description="Celery broker when it is not the job store's Redis, e.g. amqp://user:pass@rabbitmq:5672/medimg "
+        "(RabbitMQ); default MEDIMG_REDIS_URL. Job state stays in MEDIMG_REDIS_URL either way"
     )
 
     host: str = "127.0.0.1"
@@ -85,6 +112,17 @@ class Settings(BaseSettings):
     embedded_workers: int = Field(
         4, ge=1, le=64, description="Threads of the in-process worker pool; they preprocess in parallel and "
         "share model runs through micro-batching"
+    )
+    embedded_lanes: list[Lane] = Field(
+        default_factory=lambda: [Lane(name="ct", tasks=["lung-nodule-detection", "covid-lesion-segmentation"])],
+        description="Lanes of the embedded pool, a JSON list of {name, tasks, max_threads}; a task in no lane has "
+        "one of its own, named after it, that may use every thread. A free thread goes to the lane with STAT (or "
+        "aged) work first, then to the lane holding the fewest threads. Default: CT tasks share all threads but "
+        "one, so photos and ultrasound frames never wait behind CT volumes",
+    )
+    priority_aging_seconds: float = Field(
+        300.0, gt=0, description="A STAT job goes ahead of routine jobs of its task queued less than this long "
+        "before it; a routine job that has waited this long is served like a STAT one (no starvation)",
     )
     batch_max_rows: int = Field(
         8, ge=1, description="Micro-batching: most rows one session run takes from concurrent jobs (1 turns it off)"
@@ -168,8 +206,8 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _known_broker_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
-            raise ValueError(f"MEDIMG_BROKER_URL={value.split('@')[-1]!r} must start with redis://, rediss://, "
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://", "amqp://", "amqps://")):
+            raise ValueError(f"MEDIMG_BROKER_URL={value.split('@')[-1]!r} must start with redis://, rediss://, unix://, "
                              "amqp:// or amqps://")
         return value
 
@@ -180,10 +218,6 @@ class Settings(BaseSettings):
     @property
     def celery_broker_url(self) -> str | None:
         return self.broker_url or self.redis_url
-
-    @property
-    def broker_is_redis(self) -> bool:
-        return (self.celery_broker_url or "").startswith(("redis://", "rediss://"))
 
     @property
     def worker_heartbeat_ttl(self) -> float:

@@ -12,7 +12,7 @@ from prometheus_client import Counter, Gauge, Histogram
 HTTP_REQUESTS = Counter("medimg_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("medimg_http_request_duration_seconds", "HTTP request latency", ["method", "route"])
 UPLOAD_BYTES = Counter("medimg_upload_bytes_total", "Bytes of accepted uploads", ["task"])
-JOBS_SUBMITTED = Counter("medimg_jobs_submitted_total", "Jobs accepted", ["task"])
+JOBS_SUBMITTED = Counter("medimg_jobs_submitted_total", "Jobs accepted", ["task", "priority"])
 JOBS_REJECTED = Counter("medimg_jobs_rejected_total", "Uploads refused at intake", ["task", "code"])
 JOBS_FINISHED = Counter("medimg_jobs_finished_total", "Jobs finished", ["task", "status", "failure_kind"])
 STAGE_SECONDS = Histogram(
@@ -21,7 +21,7 @@ STAGE_SECONDS = Histogram(
 )
 JOBS_STARTED = Counter("medimg_jobs_started_total", "Job starts by a worker (redeliveries count)", ["task"])
 QUEUE_WAIT_SECONDS = Histogram(
-    "medimg_job_queue_wait_seconds", "From acceptance to a worker's first start of the job", ["task"],
+    "medimg_job_queue_wait_seconds", "From acceptance to a worker's first start of the job", ["task", "priority"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
 BATCH_SIZE = Histogram(
@@ -40,3 +40,9 @@ MODEL_PROVIDER = Gauge(
     "medimg_model_provider", "1 for the ONNX Runtime provider a loaded model's session really runs on (its first)",
     ["model", "provider"], multiprocess_mode="max",
 )
+# Embedded pool only (app/dispatch/lanes.py): head-of-line blocking shows as jobs queued in a lane whose
+# running count sits at its cap.
+LANE_QUEUED = Gauge("medimg_lane_queued_jobs", "Jobs waiting in a lane of the embedded pool", ["lane", "priority"],
+                    multiprocess_mode="livesum")
+LANE_RUNNING = Gauge("medimg_lane_running_jobs", "Worker threads of the embedded pool a lane holds", ["lane"],
+                     multiprocess_mode="livesum")

@@ -8,6 +8,9 @@ batch runs form the next one, so batches grow with the load without anyone waiti
 batch after batch would hold its own job back for as long as the load lasted (the latency tail this once
 caused). Calls whose non-batch shapes differ from the leader's run in a batch of their own.
 
+Calls made under `urgent_calls(True)` (a STAT job's, set by the runner) are handed the lead and joined into
+batches before routine ones, so a STAT job sharing a model with routine jobs is not slowed to their pace.
+
 Up to `max_parallel` batches run at once, each led by its own caller, like a Triton model with that many
 instances: on a CPU, single-threaded sessions run side by side keep every core busy without the stalls a
 multi-threaded run suffers when other work takes one of its threads' cores.
@@ -17,13 +20,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
 
 Feeds = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
+_URGENT: ContextVar[bool] = ContextVar("medimg_urgent_calls", default=False)
+
+
+@contextmanager
+def urgent_calls(urgent: bool) -> Iterator[None]:
+    """Model runs requested inside this block (in this thread) go before routine ones."""
+    token = _URGENT.set(urgent)
+    try:
+        yield
+    finally:
+        _URGENT.reset(token)
 
 
 @dataclass(eq=False)  # identity: list.remove must never compare the arrays inside
@@ -31,6 +47,7 @@ class _Pending:
     feeds: Feeds
     rows: int
     signature: tuple
+    urgent: bool = False
     wake: threading.Event = field(default_factory=threading.Event)  # finished, or handed the lead
     finished: bool = False
     leads: bool = False
@@ -55,7 +72,7 @@ class MicroBatcher:
 
     def run(self, feeds: Feeds) -> Outputs:
         rows = next(iter(feeds.values())).shape[0]
-        item = _Pending(feeds, rows, _signature(feeds))
+        item = _Pending(feeds, rows, _signature(feeds), urgent=_URGENT.get())
         with self._lock:
             self._pending.append(item)
             self._lock.notify_all()
@@ -82,7 +99,8 @@ class MicroBatcher:
             self._execute(batch)
         finally:
             with self._lock:
-                successor = next((item for item in self._pending if not item.leads), None)
+                waiting = self._by_urgency(item for item in self._pending if not item.leads)
+                successor = waiting[0] if waiting else None
                 if successor is not None:
                     successor.leads = True
                     successor.wake.set()
@@ -90,9 +108,13 @@ class MicroBatcher:
                     self._leaders -= 1
 
     def _joinable(self, leader: _Pending) -> list[_Pending]:
-        """Waiting calls that may join the leader's batch, oldest first: same shapes, not leading their own."""
-        return [item for item in self._pending
-                if item is not leader and not item.leads and item.signature == leader.signature]
+        """Waiting calls that may join the leader's batch, urgent then oldest first: same shapes, not leading."""
+        return self._by_urgency(item for item in self._pending
+                                if item is not leader and not item.leads and item.signature == leader.signature)
+
+    @staticmethod
+    def _by_urgency(items) -> list[_Pending]:
+        return sorted(items, key=lambda item: not item.urgent)  # stable: oldest first within each kind
 
     def _rows_for(self, leader: _Pending) -> int:
         return leader.rows + sum(item.rows for item in self._joinable(leader))

@@ -1,14 +1,16 @@
 """Celery settings that lose no work: late acks, requeue when a worker dies, one message in hand at a time."""
 
 from app.config import get_settings
-from app.dispatch.queues import task_queues as _task_queues, transport_options
+from app.dispatch.priority import broker_transport_options as _transport_options, celery_queues
 from app.schemas.tasks import RUN_JOB_TASK, TaskName
 
 _settings = get_settings()
 
-broker_url = _settings.celery_broker_url  # Redis, or RabbitMQ (amqp://); job state is in Redis either way
+broker_url = _settings.celery_broker_url
 broker_connection_retry_on_startup = True
-broker_transport_options = transport_options(_settings)
+# Redis redelivers a message nobody acknowledged within this time; it must outlast the longest job. Priority
+# steps and queue order: app/dispatch/priority.py. RabbitMQ: publisher confirms.
+broker_transport_options = _transport_options(broker_url, _settings.visibility_timeout)
 
 task_serializer = "json"
 accept_content = ["json"]
@@ -18,11 +20,13 @@ task_acks_late = True  # acknowledge after the job ran, so a crash mid-job means
 task_reject_on_worker_lost = True  # a killed child process requeues its message instead of acking it
 # (A whole worker killed: RabbitMQ requeues its unacked messages when the connection drops; Redis keeps them
 # until the visibility timeout. Either way the heartbeat sweep sends its jobs again within seconds.)
-worker_prefetch_multiplier = 1  # a busy worker does not hoard messages other workers could run
+# A busy worker does not hoard messages other workers could run; and with late acks a process holds only the
+# message it runs, so the next one it takes is the most urgent at that moment (priorities apply at the fetch).
+worker_prefetch_multiplier = 1
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 
-task_queues = _task_queues(_settings)
+task_queues = celery_queues([task.value for task in TaskName])
 task_default_queue = TaskName.DR_GRADING.value
 task_routes = {RUN_JOB_TASK: {"queue": TaskName.DR_GRADING.value}}  # the gateway names the queue per job
 worker_hijack_root_logger = False

@@ -15,10 +15,11 @@ from pydantic import ValidationError
 from app.errors import BadInputError, JobNotFound, MedimgError
 from app.logs import bind_job_task, job_log_context
 from app.metrics import JOBS_FINISHED, JOBS_STARTED, QUEUE_WAIT_SECONDS, STAGE_SECONDS
-from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobStatus, utcnow
+from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobPriority, JobStatus, utcnow
 from app.schemas.options import OPTIONS_BY_TASK
 from app.storage.blobs import BlobNotFound, job_prefix
 from app.storage.heartbeats import holds
+from workers.batching import urgent_calls
 from workers.dicom_results import dicom_results
 from workers.pipelines import PIPELINES
 from workers.pipelines.base import JobContext, JobInput, PipelineOutput, StageTimer
@@ -27,11 +28,13 @@ from workers.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 
-def run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None] | None = None) -> Job | None:
+def run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None] | None = None,
+            delivery_id: str | None = None) -> Job | None:
+    """`delivery_id`: the task id of the broker message (Celery); a job has two once aged (a STAT copy)."""
     # Every line logged while the job runs, by any module, carries its id and task (app/logs.py).
     with job_log_context(job_id):
         try:
-            return _run_job(job_id, runtime, on_stage)
+            return _run_job(job_id, runtime, on_stage, delivery_id)
         finally:
             if runtime.heartbeat is not None:
                 runtime.heartbeat.release(job_id)
@@ -39,7 +42,8 @@ def run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None]
             runtime.blobs.release_local(job_prefix(job_id))
 
 
-def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None] | None) -> Job | None:
+def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None] | None,
+             delivery_id: str | None) -> Job | None:
     try:
         job = runtime.jobs.get(job_id)
     except JobNotFound:
@@ -49,6 +53,11 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
     if job.status.finished:
         log.info("job %s already %s; not running it again", job_id, job.status.value)
         return job
+    if job.status is JobStatus.RUNNING and None not in (delivery_id, job.delivery_id) and delivery_id != job.delivery_id:
+        # Another message of this job started it (its STAT copy, or the original); only a redelivery of that
+        # message may take the job over, when its worker is lost.
+        log.info("job %s runs from another message; this one stands down", job_id)
+        return None
     if _held_elsewhere(job, runtime):
         # A second message for a job another live worker runs (RabbitMQ requeues a dead consumer's messages at
         # once, a gateway may resend): standing down leaves one run. Should that worker die, its beat stops
@@ -66,6 +75,7 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
     job.attempts += 1
     job.status = JobStatus.RUNNING
     job.started_at = utcnow()
+    job.delivery_id = delivery_id
     if runtime.heartbeat is not None:
         runtime.heartbeat.hold(job.id)  # listed in this process's beat before the store names it the holder
         job.worker = runtime.heartbeat.worker_id
@@ -74,12 +84,13 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
         return None
     JOBS_STARTED.labels(job.task.value).inc()
     if job.attempts == 1:
-        QUEUE_WAIT_SECONDS.labels(job.task.value).observe((job.started_at - job.created_at).total_seconds())
+        QUEUE_WAIT_SECONDS.labels(job.task.value, job.priority.value).observe((job.started_at - job.created_at).total_seconds())
     log.info("job %s started (task %s, attempt %d)", job.id, job.task.value, job.attempts)
 
     stages = StageTimer(on_stage=on_stage)
     try:
-        output = _run_pipeline(job, runtime, stages)
+        with urgent_calls(job.priority is JobPriority.STAT):  # its model runs go before routine jobs' runs
+            output = _run_pipeline(job, runtime, stages)
         with stages("outputs"):  # DICOM SEG/SR are outputs too; their time adds to the pipeline's own
             dicom = dicom_results(job, output, [JobInput(path=runtime.blobs.local_path(i.key), format=i.format)
                                                 for i in job.inputs])

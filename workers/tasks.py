@@ -81,13 +81,14 @@ def _stop_process(**_) -> None:
         _heartbeat.stop()
 
 
-@celery_app.task(name=RUN_JOB_TASK, acks_late=True)
-def run_job_task(job_id: str) -> str | None:
+@celery_app.task(name=RUN_JOB_TASK, acks_late=True, bind=True)
+def run_job_task(self, job_id: str) -> str | None:
     if _refused is not None:
         raise Reject(_refused, requeue=True)  # for a worker whose models run where they must
     runtime = get_runtime()
+    delivery_id = self.request.id  # the job id, or that of its STAT copy after aging (app/dispatch/celery.py)
     try:
-        return _run(job_id, runtime)
+        return _run(job_id, runtime, delivery_id)
     except redis.RedisError as exc:
         # The job store is unreachable (Redis restarting). The broker is usually that same Redis, so a
         # requeue now could be lost with it: wait for the store to answer, then run the job again here
@@ -96,13 +97,13 @@ def run_job_task(job_id: str) -> str | None:
             raise _back_to_queue(job_id, exc) from exc
         log.warning("job %s: job store was unreachable (%s); running the job again", job_id, type(exc).__name__)
     try:
-        return _run(job_id, runtime)
+        return _run(job_id, runtime, delivery_id)
     except redis.RedisError as exc:
         raise _back_to_queue(job_id, exc) from exc
 
 
-def _run(job_id: str, runtime: WorkerRuntime) -> str | None:
-    job = run_job(job_id, runtime)
+def _run(job_id: str, runtime: WorkerRuntime, delivery_id: str | None = None) -> str | None:
+    job = run_job(job_id, runtime, delivery_id=delivery_id)
     return None if job is None else job.status.value
 
 

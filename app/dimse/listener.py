@@ -2,8 +2,9 @@
 
 Instances are written to a per-series folder as they arrive (any storage SOP class, compressed transfer
 syntaxes included). A series that has been quiet for MEDIMG_DIMSE_QUIET_SECONDS is complete: it goes
-through the same Intake as an HTTP upload, with the task from `--task` or the routing rules, and the
-folder is removed whether the series was accepted or refused. Identifiers are never logged.
+through the same Intake as an HTTP upload, with the task from `--task` or the routing rules (which may also
+match the calling AE title, and set the priority), and the folder is removed whether the series was accepted
+or refused. Identifiers are never logged.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
 
 from app.config import Settings
 from app.errors import MedimgError
-from app.intake.routing import route
+from app.intake.routing import route, rule_keywords
 from app.intake.service import Intake
+from app.schemas.jobs import JobPriority
 from app.schemas.tasks import TaskName
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,8 @@ class SeriesCollector:
                 folder = self.root / uuid.uuid4().hex
                 folder.mkdir()
                 header = pydicom.Dataset()
-                for keyword in ("Modality", "BodyPartExamined", "SeriesDescription", "SOPClassUID"):
+                keep = {"Modality", "BodyPartExamined", "SeriesDescription", "SOPClassUID"}
+                for keyword in keep | rule_keywords(self.settings.routing_rules):
                     if keyword in dataset:
                         setattr(header, keyword, dataset.get(keyword))
                 pending = self._series[series_uid] = PendingSeries(folder, header, event.assoc.requestor.ae_title)
@@ -86,14 +89,16 @@ class SeriesCollector:
 
     def _submit(self, pending: PendingSeries) -> None:
         try:
-            task = self.task or route(pending.header, self.settings.routing_rules)
+            routing = route(pending.header, self.settings.routing_rules, pending.calling_ae)
+            task = self.task or routing.task
             if task is None:
                 log.warning("a received series matched no routing rule (MEDIMG_ROUTING_RULES); it was discarded")
                 return
             files = sorted(pending.folder.iterdir())
             streams = [path.open("rb") for path in files]
             try:
-                job, _ = self.intake.accept(task, streams, None, caller=f"dimse-{pending.calling_ae.strip()}")
+                job, _ = self.intake.accept(task, streams, None, caller=f"dimse-{pending.calling_ae.strip()}",
+                                            priority=routing.priority or JobPriority.ROUTINE)
             finally:
                 for stream in streams:
                     stream.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from app.schemas.jobs import Job
+from app.schemas.jobs import Job, QueuePosition
 
 
 @dataclass
@@ -19,6 +19,9 @@ class Dispatcher(Protocol):
     def start(self) -> None: ...
     def submit(self, job: Job) -> None:
         """Hands the job to a worker; raises ServiceUnavailable when that is impossible right now."""
+
+    def queue_position(self, job: Job, jobs) -> QueuePosition | None:
+        """Where a queued job waits: its lane and place in it; None when it is not waiting."""
 
     def readiness(self) -> Readiness: ...
     def recover_lost(self, jobs, older_than_seconds: float) -> list[str]:

@@ -1,4 +1,4 @@
-"""Embedded mode: a pool of worker threads inside the gateway process, fed through a real queue.
+"""Embedded mode: a pool of worker threads inside the gateway process, fed through lanes (app/dispatch/lanes.py).
 
 ONNX Runtime releases the GIL while it computes, so threads keep the cores busy. This is the only
 place the gateway reaches worker code, and it does so lazily, when embedded mode starts.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from app.config import Settings
 from app.dispatch.base import Readiness
+from app.dispatch.lanes import LaneScheduler
 from app.errors import ServiceUnavailable
-from app.schemas.jobs import Job
+from app.schemas.jobs import Job, QueuePosition
 from app.storage.blobs import BlobStore
 from app.storage.jobs import JobStore
 
@@ -27,7 +27,10 @@ class EmbeddedDispatcher:
         self.settings = settings
         self.jobs = jobs
         self.blobs = blobs
-        self._executor: ThreadPoolExecutor | None = None
+        # Built here, so that invalid lanes stop the service at startup with the settings' names in the message.
+        self._lanes = LaneScheduler(settings.embedded_lanes, settings.embedded_workers,
+                                    settings.priority_aging_seconds)
+        self._threads: list[threading.Thread] = []
         self._warmed = threading.Event()
         self._warmup_error: str | None = None
         self._runtime = None
@@ -38,12 +41,15 @@ class EmbeddedDispatcher:
 
         self._run_job = run_job
         self._runtime = WorkerRuntime.create(self.settings, self.jobs, self.blobs)
-        self._executor = ThreadPoolExecutor(self.settings.embedded_workers, thread_name_prefix="medimg-worker")
         threading.Thread(target=self._warm_up, name="medimg-warmup", daemon=True).start()
-        # Jobs queued or running when the process last stopped are run again; none disappears.
+        # Jobs queued or running when the process last stopped are run again, in their order; none disappears.
         for job in self.jobs.unfinished():
             log.info("resuming job %s left %s by the previous run", job.id, job.status.value)
-            self._executor.submit(self._run, job.id)
+            self._lanes.put(job)
+        self._threads = [threading.Thread(target=self._serve_lanes, name=f"medimg-worker-{index}", daemon=True)
+                         for index in range(self.settings.embedded_workers)]
+        for thread in self._threads:
+            thread.start()
 
     def _warm_up(self) -> None:
         try:
@@ -54,11 +60,15 @@ class EmbeddedDispatcher:
         finally:
             self._warmed.set()
 
-    def _run(self, job_id: str) -> None:
-        try:
-            self._run_job(job_id, self._runtime)
-        except Exception:
-            log.exception("job %s: the runner itself failed", job_id)
+    def _serve_lanes(self) -> None:
+        while (taken := self._lanes.take()) is not None:
+            job_id, lane = taken
+            try:
+                self._run_job(job_id, self._runtime)
+            except Exception:
+                log.exception("job %s: the runner itself failed", job_id)
+            finally:
+                self._lanes.done(lane)
 
     def recover_lost(self, jobs, older_than_seconds: float) -> list[str]:
         return []  # the pool lives in this process: queued jobs are resumed at start
@@ -72,11 +82,14 @@ class EmbeddedDispatcher:
         return missing_required_provider(self._runtime.loaded, self.settings.require_provider)
 
     def submit(self, job: Job) -> None:
-        if self._executor is None:
+        if not self._threads:
             raise ServiceUnavailable("The worker pool is not running; retry shortly")
         if self._warmed.is_set() and (problem := self._provider_problem()):
             raise ServiceUnavailable(f"{problem}; no job runs on another device")
-        self._executor.submit(self._run, job.id)
+        self._lanes.put(job)
+
+    def queue_position(self, job: Job, jobs: JobStore) -> QueuePosition | None:
+        return self._lanes.position(job.id)
 
     def readiness(self) -> Readiness:
         if not self._warmed.is_set():
@@ -92,6 +105,7 @@ class EmbeddedDispatcher:
         return Readiness(True, "Models loaded and warmed", {"mode": self.mode, "models": models})
 
     def stop(self) -> None:
-        if self._executor is not None:
-            # Running jobs finish; queued ones stay `queued` in the store and resume at the next start.
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        # Running jobs finish; queued ones stay `queued` in the store and resume at the next start.
+        self._lanes.close()
+        for thread in self._threads:
+            thread.join()

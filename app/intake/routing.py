@@ -1,28 +1,54 @@
-"""Which task runs on a series that arrives without one (DICOMweb STOW-RS, DIMSE C-STORE).
+"""Which task and priority a series gets when it arrives without them (DICOMweb STOW-RS, DIMSE C-STORE).
 
-Rules come from MEDIMG_ROUTING_RULES, like MONAI Deploy's series selector; the first that matches wins.
+Rules come from MEDIMG_ROUTING_RULES, like MONAI Deploy's series selector: the first matching rule that
+names a task gives the task, the first that names a priority gives the priority.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import pydicom
 
 from app.config import RoutingRule
+from app.schemas.jobs import JobPriority
 from app.schemas.tasks import TaskName
 
 
-def route(header: pydicom.Dataset, rules: list[RoutingRule]) -> TaskName | None:
+@dataclass(frozen=True)
+class Routing:
+    task: TaskName | None = None
+    priority: JobPriority | None = None
+
+
+def route(header: pydicom.Dataset, rules: list[RoutingRule], calling_ae_title: str | None = None) -> Routing:
+    task = priority = None
     for rule in rules:
-        if rule.modality is not None and header.get("Modality") != rule.modality:
+        if not _matches(rule, header, calling_ae_title):
             continue
-        if rule.body_part_examined is not None and header.get("BodyPartExamined") != rule.body_part_examined:
-            continue
-        if rule.sop_class_uid is not None and header.get("SOPClassUID") != rule.sop_class_uid:
-            continue
-        if rule.series_description is not None and not re.search(rule.series_description,
-                                                                   str(header.get("SeriesDescription", ""))):
-            continue
-        return TaskName(rule.task)
-    return None
+        if task is None and rule.task is not None:
+            task = TaskName(rule.task)
+        if priority is None and rule.priority is not None:
+            priority = JobPriority(rule.priority)
+    return Routing(task, priority)
+
+
+def _matches(rule: RoutingRule, header: pydicom.Dataset, calling_ae_title: str | None) -> bool:
+    if rule.modality is not None and header.get("Modality") != rule.modality:
+        return False
+    if rule.body_part_examined is not None and header.get("BodyPartExamined") != rule.body_part_examined:
+        return False
+    if rule.sop_class_uid is not None and header.get("SOPClassUID") != rule.sop_class_uid:
+        return False
+    if rule.series_description is not None and not re.search(rule.series_description,
+                                                               str(header.get("SeriesDescription", ""))):
+        return False
+    if rule.calling_ae_title is not None and (calling_ae_title or "").strip() != rule.calling_ae_title:
+        return False
+    return all(re.fullmatch(pattern, str(header.get(keyword, ""))) for keyword, pattern in rule.attributes.items())
+
+
+def rule_keywords(rules: list[RoutingRule]) -> set[str]:
+    """Attribute keywords the rules read, beyond the fixed ones: what a collector must keep of each series."""
+    return {keyword for rule in rules for keyword in rule.attributes}

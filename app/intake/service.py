@@ -16,7 +16,7 @@ from app.intake.checks import check_inputs, inspect_inputs
 from app.intake.deidentify import deidentify_files
 from app.intake.staging import EXTENSIONS, staging_area
 from app.model_repository import ModelRepository
-from app.schemas.jobs import InputFile, Job, ModelRef, new_job_id
+from app.schemas.jobs import InputFile, Job, JobPriority, ModelRef, new_job_id
 from app.schemas.options import OPTIONS_BY_TASK, TaskOptions
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore, job_prefix
@@ -43,6 +43,7 @@ class Intake:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         job_id: str | None = None,
+        priority: JobPriority = JobPriority.ROUTINE,
     ) -> tuple[Job, bool]:
         """Returns the job and whether it is new (False: the same caller sent this idempotency key before).
 
@@ -80,6 +81,7 @@ class Intake:
                 options=options.model_dump(mode="json", exclude_none=True),
                 inputs=inputs,
                 caller=caller,
+                priority=priority,
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
             )
@@ -94,7 +96,7 @@ class Intake:
                 self.jobs.delete(job.id)
                 self.blobs.delete_prefix(job_prefix(job.id))
                 raise
-        log.info("job %s accepted: task %s, %d input(s)", job.id, task.value, len(inputs))
+        log.info("job %s accepted: task %s, %s, %d input(s)", job.id, task.value, priority.value, len(inputs))
         return job, True
 
 

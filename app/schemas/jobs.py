@@ -35,6 +35,19 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
+class JobPriority(StrEnum):
+    """STAT: a clinician is waiting; it goes ahead of routine work of its task (see MEDIMG_PRIORITY_AGING_SECONDS)."""
+
+    STAT = "stat"
+    ROUTINE = "routine"
+
+
+class QueuePosition(BaseModel):
+    lane: str = Field(description="The lane (embedded pool) or queue (Celery) the job waits in")
+    position: int = Field(ge=1, description="1: the next job of its lane to start, once a worker thread is free")
+    exact: bool = Field(description="False in Celery mode: counted from the job store, not read from the broker")
+
+
 class ModelRef(BaseModel):
     id: str
     version: int
@@ -81,6 +94,9 @@ class Job(BaseModel):
     error: JobError | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
     caller: str = "anonymous"
+    priority: JobPriority = JobPriority.ROUTINE
+    promoted: bool = Field(False, description="Celery mode: re-sent as STAT after waiting MEDIMG_PRIORITY_AGING_SECONDS")
+    delivery_id: str | None = Field(None, description="Celery mode: the task id of the message that started the job")
     idempotency_key: str | None = None
     callback_url: str | None = None
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
@@ -102,6 +118,8 @@ class JobPublic(BaseModel):
     id: str
     task: TaskName
     status: JobStatus
+    priority: JobPriority
+    queue: QueuePosition | None = Field(None, description="Present while the job is queued: where it waits")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -119,11 +137,13 @@ class JobPublic(BaseModel):
     )
 
     @classmethod
-    def from_job(cls, job: Job) -> JobPublic:
+    def from_job(cls, job: Job, queue: QueuePosition | None = None) -> JobPublic:
         return cls(
             id=job.id,
             task=job.task,
             status=job.status,
+            priority=job.priority,
+            queue=queue,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

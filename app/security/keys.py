@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pydantic import TypeAdapter
 
 from app.config import ApiKey, Scope, Settings
+from app.schemas.jobs import JobPriority
 
 ANONYMOUS = "anonymous"
 ALL_SCOPES: frozenset[Scope] = frozenset({"submit", "read", "admin"})
@@ -26,6 +27,7 @@ class Principal:
     name: str
     scopes: frozenset[Scope]
     authenticated: bool
+    priority: JobPriority = JobPriority.ROUTINE  # of the caller's jobs when a request names none
 
     def may_read(self, owner: str) -> bool:
         return owner == self.name or "admin" in self.scopes
@@ -68,7 +70,8 @@ class KeyRing:
         digest = hash_key(presented)
         for key in self._keys:
             if hmac.compare_digest(digest, key.sha256):
-                return Principal(key.name, frozenset(key.scopes), authenticated=True)
+                return Principal(key.name, frozenset(key.scopes), authenticated=True,
+                                 priority=JobPriority(key.priority))
         return None
 
 

@@ -46,6 +46,9 @@ class JobStore(Protocol):
     def unfinished_count(self, task: TaskName) -> int:
         """Queued plus running jobs of one task."""
 
+    def unfinished_of_task(self, task: TaskName) -> list[Job]:
+        """Queued and running jobs of one task."""
+
     def iter_jobs(self) -> Iterator[Job]: ...
     def ping(self) -> None: ...
     def listen_finished(self, listener: FinishedListener) -> Callable[[], None]:
@@ -176,6 +179,14 @@ class SqliteJobStore:
             ).fetchone()
         return int(row[0])
 
+    def unfinished_of_task(self, task: TaskName) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT document FROM jobs WHERE status IN (?, ?) AND json_extract(document, '$.task') = ?",
+                (JobStatus.QUEUED.value, JobStatus.RUNNING.value, TaskName(task).value),
+            ).fetchall()
+        return [Job.model_validate_json(row[0]) for row in rows]
+
     def iter_jobs(self) -> Iterator[Job]:
         with self._lock:
             rows = self._db.execute("SELECT document FROM jobs ORDER BY rowid").fetchall()
@@ -282,6 +293,15 @@ class RedisJobStore:
     def _args(self, job: Job, expected_attempts: int = 0) -> list:
         return [job.id, job.model_dump_json(), expected_attempts, "1" if job.status.finished else "0",
                 job.task.value]
+
+    def unfinished_of_task(self, task: TaskName) -> list[Job]:
+        # The per-task list holds tokens, not ids: the hash of counted jobs says which job is of which task.
+        ids = [raw_id for raw_id, counted in self._redis.hgetall(self.COUNTED_TASK).items()
+               if counted.decode() == TaskName(task).value]
+        if not ids:
+            return []
+        documents = self._redis.mget([self.PREFIX + raw_id.decode() for raw_id in ids])
+        return [Job.model_validate_json(raw) for raw in documents if raw is not None]
 
     @classmethod
     def from_url(cls, url: str) -> RedisJobStore:

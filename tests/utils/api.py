@@ -18,8 +18,11 @@ def submit_job(
     files: list[tuple[str, bytes]],
     options: dict | None = None,
     headers: dict[str, str] | None = None,
+    priority: str | None = None,
 ) -> httpx.Response:
     form = {"task": task}
+    if priority is not None:
+        form["priority"] = priority
     if options is not None:
         form["options"] = json.dumps(options)
     multipart = [("files", (name, data, "application/octet-stream")) for name, data in files]

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,15 +185,13 @@ class Service:
 
 @dataclass
 class RabbitVhost:
-    """A vhost of its own on the machine's RabbitMQ (shared with other test runs), deleted afterwards."""
+    """A vhost of its own on the machine's shared RabbitMQ (guest/guest), deleted afterwards with its queues."""
 
-    name: str = field(default_factory=lambda: f"medimg-test-{uuid.uuid4().hex[:12]}")
-    host: str = "127.0.0.1"
-    port: int = 5672
+    name: str = field(default_factory=lambda: f"medimg-test-{os.getpid()}-{time.monotonic_ns()}")
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@{self.host}:{self.port}/{self.name}"
+        return f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
 
     @staticmethod
     def available() -> bool:
@@ -214,7 +211,7 @@ class RabbitVhost:
         _rabbitmqctl("close_all_connections", "--vhost", self.name, "--limit", "1000", "medimg test: broker outage")
 
     def delete(self) -> None:
-        _rabbitmqctl("delete_vhost", self.name)
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.name], capture_output=True, timeout=120)
 
 
 def _rabbitmqctl(*args: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from app.schemas.tasks import TaskName
 from tests.utils.fundus import make_fundus
 from tests.utils.jobs import make_settings
-from workers.batching import MicroBatcher
+from workers.batching import MicroBatcher, urgent_calls
 from workers.imaging.fundus import preprocess_fundus
 from workers.runtime import WorkerRuntime
 
@@ -164,3 +164,31 @@ def test_runs_overlap_up_to_max_parallel_and_every_caller_gets_its_own_rows(max_
         np.testing.assert_array_equal(y, x * 2)
     assert most == max_parallel
     assert batcher._leaders == 0 and not batcher._pending  # every lead was handed on or given back
+
+
+def test_batcher_urgent_call_is_handed_the_lead_first() -> None:
+    order, release = [], threading.Event()
+
+    def run(feeds):
+        order.append(int(feeds["x"][0, 0]))
+        if len(order) == 1:
+            release.wait(10)  # the first batch runs until every other call waits
+        return {"y": feeds["x"]}
+
+    batcher = MicroBatcher(run, max_rows=1, max_wait_seconds=0)
+
+    def call(value: int, urgent: bool = False) -> None:
+        with urgent_calls(urgent):
+            batcher.run({"x": np.full((1, 1), value, dtype=np.float32)})
+
+    threads = []
+    for value, urgent in [(0, False), (1, False), (2, False), (3, True)]:
+        threads.append(threading.Thread(target=call, args=(value, urgent)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(order) + len(batcher._pending) < value + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # each call is pending before the next one starts
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == [0, 3, 1, 2]

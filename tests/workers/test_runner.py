@@ -73,3 +73,13 @@ def test_run_job_missing_input_fails_as_infrastructure(runtime: WorkerRuntime, p
     runtime.blobs.delete_prefix(f"jobs/{job.id}")
     failed = run_job(job.id, runtime)
     assert failed.error.code == "input-missing" and failed.error.kind == "infrastructure"
+
+
+def test_run_job_other_message_of_a_running_job_stands_down(runtime: WorkerRuntime, photo: bytes) -> None:
+    # The original message started the job; its STAT copy (sent after aging) arrives at another worker.
+    job, _ = runtime.jobs.create(stored_dr_job(runtime.blobs, runtime.repository, photo, status=JobStatus.RUNNING,
+                                               attempts=1, delivery_id="original"))
+    assert run_job(job.id, runtime, delivery_id="original.aged") is None
+    assert runtime.jobs.get(job.id).attempts == 1
+    taken_over = run_job(job.id, runtime, delivery_id="original")  # the same message again: its worker was lost
+    assert taken_over.status is JobStatus.SUCCEEDED and taken_over.attempts == 2

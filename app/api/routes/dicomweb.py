@@ -25,8 +25,9 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
 from app.intake.routing import route
 from app.errors import MedimgError, UnsupportedMediaType
-from app.schemas.jobs import JobStatus
+from app.schemas.jobs import JobPriority, JobStatus
 from app.schemas.tasks import TaskName
+from app.security.keys import Principal
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
@@ -112,7 +113,8 @@ def _split_parts(body: Path, boundary: str, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _store(body: Path, boundary: str, work: Path, task: TaskName | None, rules, intake, caller: str, base: str):
+def _store(body: Path, boundary: str, work: Path, task: TaskName | None, priority: JobPriority | None, rules,
+           intake, caller: Principal, base: str):
     parts = _split_parts(body, boundary, work)
     referenced, failed, job_ids = [], [], []
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
@@ -131,14 +133,16 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, rules, 
     for series_uid, instances in series.items():
         first = instances[0][1]
         study_uid = study_uid or first.StudyInstanceUID
-        chosen = task or route(first, rules)
+        routing = route(first, rules)
+        chosen = task or routing.task
         status = None
         if chosen is None:
             status = NOT_ROUTED
         else:
             streams = [path.open("rb") for path, _ in instances]
             try:
-                job, _ = intake.accept(chosen, streams, None, caller)
+                job, _ = intake.accept(chosen, streams, None, caller.name,
+                                       priority=priority or routing.priority or caller.priority)
                 job_ids.append(job.id)
             except MedimgError:
                 status = STORAGE_FAILED
@@ -173,7 +177,10 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, rules, 
 @router.post("/studies", summary="STOW-RS: store instances; each series queues its routed task",
              response_class=Response, responses=STOW_RESPONSES)
 async def store_instances(request: Request, intake: IntakeDep, caller: Submitter, settings: SettingsDep,
-                          task: Annotated[TaskName | None, Query(description="Run this task on every series")] = None):
+                          task: Annotated[TaskName | None, Query(description="Run this task on every series")] = None,
+                          priority: Annotated[JobPriority | None, Query(
+                              description="stat or routine for every series; default: the routing rules' priority, "
+                              "else the API key's")] = None):
     boundary = _multipart_boundary(request.headers.get("content-type", ""))
     with tempfile.TemporaryDirectory(dir=settings.data_dir) as work_dir:
         work = Path(work_dir)
@@ -182,7 +189,7 @@ async def store_instances(request: Request, intake: IntakeDep, caller: Submitter
             async for chunk in request.stream():
                 handle.write(chunk)
         document, code, job_ids = await run_in_threadpool(
-            _store, body, boundary, work, task, settings.routing_rules, intake, caller.name,
+            _store, body, boundary, work, task, priority, settings.routing_rules, intake, caller,
             str(request.base_url).rstrip("/") + "/dicomweb")
     headers = {"X-Medimg-Job-Ids": ",".join(job_ids)} if job_ids else {}
     return Response(json.dumps(document), status_code=code, media_type=DICOM_JSON, headers=headers)

@@ -14,11 +14,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
-from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, JobWaiterDep, Reader, SettingsDep, Submitter
+from app.api.deps import (BlobStoreDep, DispatcherDep, IntakeDep, JobStoreDep, JobWaiterDep, Reader, SettingsDep,
+                          Submitter)
 from app.api.waiting import RECHECK_SECONDS, FinishedJobWaiter, FinishedNotice
 from app.errors import ArtifactNotFound, JobNotFound, MedimgError
 from app.metrics import JOBS_REJECTED, JOBS_SUBMITTED, UPLOAD_BYTES
-from app.schemas.jobs import Job, JobPublic, new_job_id
+from app.dispatch import Dispatcher
+from app.schemas.jobs import Job, JobPriority, JobPublic, JobStatus, new_job_id
 from app.security.keys import Principal
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas.tasks import TaskName
@@ -55,6 +57,7 @@ async def create_job(
     jobs: JobStoreDep,
     waiter: JobWaiterDep,
     settings: SettingsDep,
+    dispatcher: DispatcherDep,
     caller: Submitter,
     task: Annotated[TaskName, Form(description="Which task to run")],
     files: Annotated[
@@ -63,6 +66,10 @@ async def create_job(
     options: Annotated[str | None, Form(description="JSON object of task options")] = None,
     callback_url: Annotated[
         str | None, Form(max_length=2048, description="HTTPS URL told when the job ends (signed, Standard Webhooks)")
+    ] = None,
+    priority: Annotated[
+        JobPriority | None, Form(description="`stat` goes ahead of routine jobs of its task (a clinician is waiting); "
+                                 "default: the API key's priority, else `routine`")
     ] = None,
     idempotency_key: Annotated[
         str | None, Header(max_length=255, description="Same key from the same caller returns the same job")
@@ -80,13 +87,13 @@ async def create_job(
         try:
             job, created = await run_in_threadpool(
                 intake.accept, task, [f.file for f in files], options, caller.name, idempotency_key, callback_url,
-                job_id,
+                job_id, priority or caller.priority,
             )
         except MedimgError as exc:
             JOBS_REJECTED.labels(task.value, exc.code).inc()
             raise
         if created:
-            JOBS_SUBMITTED.labels(task.value).inc()
+            JOBS_SUBMITTED.labels(task.value, job.priority.value).inc()
             UPLOAD_BYTES.labels(task.value).inc(sum(i.size_bytes for i in job.inputs))
         else:
             response.headers["Idempotent-Replayed"] = "true"
@@ -101,7 +108,18 @@ async def create_job(
             response.headers["Preference-Applied"] = f"wait={wait:g}"
             if job.status.finished:
                 response.status_code = 200
-    return JobPublic.from_job(job)
+    return await public(job, dispatcher, jobs)
+
+
+async def public(job: Job, dispatcher: Dispatcher, jobs: JobStore) -> JobPublic:
+    """The job's document; a queued job's says where it waits."""
+    queue = None
+    if job.status is JobStatus.QUEUED:
+        if dispatcher.mode == "embedded":  # the lanes are in memory: no thread-pool hop on every submission
+            queue = dispatcher.queue_position(job, jobs)
+        else:
+            queue = await run_in_threadpool(dispatcher.queue_position, job, jobs)
+    return JobPublic.from_job(job, queue)
 
 
 def preferred_wait(prefer: str | None) -> float | None:
@@ -155,10 +173,12 @@ async def read_job(
     jobs: JobStoreDep,
     waiter: JobWaiterDep,
     settings: SettingsDep,
+    dispatcher: DispatcherDep,
     caller: Reader,
     wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (long poll)")] = 0,
 ) -> JobPublic:
-    return JobPublic.from_job(await wait_finished(jobs, waiter, job_id, caller, min(wait, settings.max_wait_seconds)))
+    job = await wait_finished(jobs, waiter, job_id, caller, min(wait, settings.max_wait_seconds))
+    return await public(job, dispatcher, jobs)
 
 
 @router.get("/{job_id}/artifacts/{name}", summary="Download an artifact (mask, overlay, report)",

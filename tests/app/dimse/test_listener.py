@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
-from app.schemas.jobs import JobStatus
+from app.schemas.jobs import JobPriority, JobStatus
 from app.storage.jobs import SqliteJobStore
 from tests.utils.ct import nodule_scan, synthetic_ct
 from tests.utils.services import Process, free_port, service_env
@@ -38,7 +38,9 @@ def test_storescu_series_becomes_a_job(tmp_path: Path) -> None:
     data_dir, port = tmp_path / "data", free_port()
     listener = Process(
         [sys.executable, "-m", "app.cli", "dicom-listener", "--port", str(port), "--task", "lung-nodule-detection"],
-        service_env(data_dir, MEDIMG_DIMSE_QUIET_SECONDS="1"), data_dir / "logs" / "listener.log",
+        service_env(data_dir, MEDIMG_DIMSE_QUIET_SECONDS="1",
+                    MEDIMG_ROUTING_RULES='[{"calling_ae_title": "PACS1", "priority": "stat"}]'),
+        data_dir / "logs" / "listener.log",
     ).start()
     try:
         deadline = time.monotonic() + 60
@@ -60,7 +62,7 @@ def test_storescu_series_becomes_a_job(tmp_path: Path) -> None:
                     break
             time.sleep(0.5)
         assert job is not None and job.status is JobStatus.SUCCEEDED, _read(listener.log_path)[-3000:]
-        assert job.caller == "dimse-PACS1"
+        assert job.caller == "dimse-PACS1" and job.priority is JobPriority.STAT  # by its calling AE title
         assert len(job.result["nodules"]) >= 1
         assert PATIENT not in _read(listener.log_path)
     finally:

@@ -16,7 +16,8 @@ from tests.utils.api import wait_job
 from tests.utils.ct import nodule_scan, synthetic_ct
 from tests.utils.services import Service, service_env
 
-RULES = [{"modality": "CT", "series_description": "(?i)chest", "task": "lung-nodule-detection"}]
+RULES = [{"modality": "CT", "series_description": "(?i)chest", "task": "lung-nodule-detection"},
+         {"attributes": {"Modality": "CT"}, "priority": "stat"}]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_store_routes_the_series_and_the_result_sr_is_found_and_retrieved(dicomw
     (job_id,) = seen[-1].headers["X-Medimg-Job-Ids"].split(",")  # one series, one job
     job = wait_job(dicomweb_service, job_id, timeout=150)
     assert job["status"] == "succeeded", job
-    assert job["task"] == "lung-nodule-detection"
+    assert job["task"] == "lung-nodule-detection" and job["priority"] == "stat"
     assert "sr.dcm" in {a["name"] for a in job["artifacts"]}
 
     studies = client.search_for_studies(search_filters={"StudyInstanceUID": study_uid})

@@ -41,7 +41,7 @@ def test_readyz_celery_without_worker_not_ready(tmp_path, redis_server) -> None:
 def test_metrics_count_jobs(embedded_service: Service) -> None:
     run_job(embedded_service, "dr-grading", [("a.png", png_bytes(make_fundus(8).rgb))])
     text = httpx.get(f"{embedded_service.url}/metrics").text
-    assert 'medimg_jobs_submitted_total{task="dr-grading"}' in text
+    assert 'medimg_jobs_submitted_total{priority="routine",task="dr-grading"}' in text
     assert 'medimg_jobs_finished_total{failure_kind="",status="succeeded",task="dr-grading"}' in text
     assert 'medimg_pipeline_stage_seconds_count{stage="infer",task="dr-grading"}' in text
     assert "medimg_http_requests_total" in text

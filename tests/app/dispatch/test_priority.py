@@ -1,0 +1,130 @@
+"""Mixed workloads over real HTTP: a photo never waits behind CT volumes, and a STAT study starts next.
+
+Embedded pool (default lanes), and Celery with one worker process on Redis and on RabbitMQ. Jobs left queued
+when a test has seen what it needs are deleted, so they cost nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import httpx
+import pytest
+
+from tests.utils.api import TIMEOUT, submit_job, wait_job
+from tests.utils.ct import nodule_scan, synthetic_ct
+from tests.utils.fundus import make_fundus, png_bytes
+from tests.utils.services import RabbitVhost, Service, service_env
+
+CT_TASK = "lung-nodule-detection"
+
+
+@pytest.fixture(scope="module")
+def ct_files(tmp_path_factory) -> list[tuple[str, bytes]]:
+    """A small chest CT (16 slices of 128 x 128): seconds of work for the reference model, far more than a photo."""
+    scan = nodule_scan(seed=3, matrix=128, z_extent_mm=40.0, diameters=(9.0,))
+    paths = synthetic_ct().write_ct_series(scan.hu, scan.grid, tmp_path_factory.mktemp("ct"))
+    return [(f"{index}.dcm", path.read_bytes()) for index, path in enumerate(paths)]
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_service(tmp_path_factory, redis_server) -> Iterator[Service]:
+    """Celery mode with RabbitMQ as the broker (a vhost of its own), job state in Redis, one CT worker process."""
+    if not RabbitVhost.available():
+        pytest.skip("RabbitMQ is not running on 127.0.0.1:5672 (Debian package rabbitmq-server)")
+    vhost = RabbitVhost().create()
+    data_dir = tmp_path_factory.mktemp("rabbitmq")
+    store_url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    service = Service(data_dir, service_env(data_dir, store_url, MEDIMG_BROKER_URL=vhost.url))
+    try:
+        service.start_worker(queues=CT_TASK)
+        service.start_gateway()
+        yield service
+    finally:
+        service.stop()
+        vhost.delete()
+
+
+def submitted(service: Service, files, priority: str | None = None, task: str = CT_TASK) -> dict:
+    response = submit_job(service, task, files, priority=priority)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def read(service: Service, job_id: str) -> dict:
+    return httpx.get(f"{service.url}/v1/jobs/{job_id}", timeout=TIMEOUT).json()
+
+
+def wait_started(service: Service, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while (job := read(service, job_id))["status"] == "queued":
+        assert time.monotonic() < deadline, f"job {job_id} still queued after {timeout}s"
+        time.sleep(0.2)
+    return job
+
+
+def when(job: dict, field: str) -> datetime:
+    return datetime.fromisoformat(job[field])
+
+
+def assert_started_before(service: Service, first: dict, others: list[dict]) -> None:
+    for other in (read(service, job["id"]) for job in others):
+        assert other["started_at"] is None or when(first, "started_at") < when(other, "started_at"), (first, other)
+
+
+def delete(service: Service, jobs: list[dict]) -> None:
+    for job in jobs:
+        httpx.delete(f"{service.url}/v1/jobs/{job['id']}", timeout=TIMEOUT)
+
+
+def test_create_job_embedded_photo_and_stat_pass_ct_backlog(embedded_service: Service, ct_files) -> None:
+    service = embedded_service
+    routine = [submitted(service, ct_files) for _ in range(5)]  # three run (the CT lane's cap), two wait
+    stat = submitted(service, ct_files, priority="stat")
+    try:
+        assert stat["priority"] == "stat" and routine[0]["priority"] == "routine"
+        assert stat["queue"] == {"lane": "ct", "position": 1, "exact": True}
+
+        began = time.monotonic()
+        photo = submit_job(service, "dr-grading", [("eye.png", png_bytes(make_fundus(4).rgb))],
+                           headers={"Prefer": "wait=30"})
+        latency = time.monotonic() - began
+        assert photo.status_code == 200 and photo.json()["status"] == "succeeded", photo.text
+        assert latency < 10, f"the photo took {latency:.1f}s behind CT work"
+        photo = photo.json()
+        assert (when(photo, "started_at") - when(photo, "created_at")).total_seconds() < 2  # no wait in its lane
+        # It overtook CT work submitted before it: some had not even started when the photo was done.
+        later = [job for job in (read(service, r["id"]) for r in routine)
+                 if job["started_at"] is None or when(job, "started_at") > when(photo, "finished_at")]
+        assert later, "the photo should have finished while CT jobs were still waiting"
+
+        stat = wait_started(service, stat["id"])
+        assert_started_before(service, stat, routine[3:])
+        metrics = httpx.get(f"{service.url}/metrics", timeout=TIMEOUT).text
+        assert 'medimg_job_queue_wait_seconds_count{priority="stat",task="lung-nodule-detection"}' in metrics
+        assert 'medimg_lane_running_jobs{lane="ct"}' in metrics
+    finally:
+        delete(service, [*routine, stat])
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_create_job_celery_stat_starts_next(request, broker: str, ct_files) -> None:
+    """One worker process (prefetch 1, late acks) busy on a CT job; five routine ones and a STAT one wait."""
+    service = request.getfixturevalue("celery_service" if broker == "redis" else "rabbitmq_service")
+    running = submitted(service, ct_files)
+    waiting = []
+    try:
+        wait_started(service, running["id"])
+        waiting = [submitted(service, ct_files) for _ in range(4)]
+        stat = submitted(service, ct_files, priority="stat")
+        waiting.append(stat)
+        assert stat["queue"] == {"lane": CT_TASK, "position": 1, "exact": False}
+        assert read(service, waiting[3]["id"])["queue"]["position"] == 5  # behind three routine and the STAT
+
+        stat = wait_job(service, stat["id"], timeout=120)
+        assert stat["status"] == "succeeded", stat
+        assert_started_before(service, stat, waiting[:4])
+    finally:
+        delete(service, [running, *waiting])
