@@ -52,8 +52,8 @@ def redis_transport_options(visibility_timeout: int) -> dict:
             "queue_order_strategy": "round_robin"}
 
 
-def broker_transport_options(broker_url: str, visibility_timeout: int) -> dict:
-    if broker_is_redis(broker_url):
+def broker_transport_options(broker_url: str | None, visibility_timeout: int) -> dict:
+    if broker_url is None or broker_is_redis(broker_url):  # None: not configured (yet), nothing is sent
         return redis_transport_options(visibility_timeout)
     # RabbitMQ: publishing waits for the broker's confirmation, so an accepted job's message is on its disk.
     return {"confirm_publish": True}
