@@ -117,8 +117,10 @@ def test_redis_recording_an_outcome_with_10000_queued_stays_sub_millisecond(tmp_
         client = redis.Redis.from_url(server.url)
         store = RedisJobStore(client)
         queued = [new_job() for _ in range(10_000)]
+        pipe = client.pipeline(transaction=False)  # the store's own create script, 10,000 calls in one round trip
         for job in queued:
-            store.create(job)
+            store._create(keys=store._keys(job.id, job.task), args=store._args(job), client=pipe)
+        pipe.execute()
         assert store.unfinished_count(TaskName.DR_GRADING) == 10_000
         client.config_resetstat()
         for job in queued[:200]:
