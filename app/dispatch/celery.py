@@ -132,6 +132,8 @@ class CeleryDispatcher:
         """
         now = utcnow()
         grace = self.settings.worker_heartbeat_ttl
+        if self._redis.info("server")["uptime_in_seconds"] <= grace:
+            return []  # Redis just restarted: beats that expired while it was down are not deaths yet
         recovered = []
         for job in jobs.unfinished():
             if job.status is not JobStatus.RUNNING or not job.worker or job.started_at is None:
