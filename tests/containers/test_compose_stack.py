@@ -21,10 +21,9 @@ import redis
 
 from tests.deploy.tools import REPO_ROOT, venv_tool
 from tests.utils.ct import nodule_scan, synthetic_ct, zip_bytes
-from tests.utils.fundus import make_fundus, png_bytes
+from tests.utils.fundus import big_png, make_fundus, png_bytes
 from tests.utils.keys import auth, keys_env
 from tests.utils.services import free_port
-from tests.workers.test_faults import _big_png
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("MEDIMG_CONTAINER_TESTS"),
@@ -126,7 +125,7 @@ def test_dr_and_ct_jobs_succeed(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_worker_container_killed_mid_job_the_job_still_succeeds(stack: Stack) -> None:
-    job_id = _submit(stack, "dr-grading", [("big.png", _big_png())])
+    job_id = _submit(stack, "dr-grading", [("big.png", big_png())])
     _wait(lambda: stack.job(job_id)["status"] == "running", 120, "the job running")
     holder = stack.job(job_id)["worker"]
     namespace = holder.rsplit(":", 2)[1]

@@ -5,7 +5,6 @@ and an input that kills its worker every time — each with real processes, on R
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -17,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from PIL import Image
 
 from app.schemas.tasks import TaskName
 from app.storage.jobs import RedisJobStore
 from tests.utils.api import submit_job, wait_job
-from tests.utils.fundus import jpeg_bytes, make_fundus, png_bytes
+from tests.utils.fundus import big_png, jpeg_bytes, make_fundus, png_bytes
 from tests.utils.services import RedisServer, Service, service_env
 
 JOBS_IN_FLIGHT = 50
@@ -119,14 +117,6 @@ def test_worker_sigkilled_mid_run_loses_no_job(stack) -> None:
     _assert_counts_drained(server)
 
 
-def _big_png() -> bytes:
-    """A photograph large enough to keep its job running for a few seconds, to be caught in the act."""
-    big = Image.fromarray(make_fundus(3).rgb).resize((6000, 6000))
-    buffer = io.BytesIO()
-    big.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def _job_doc(client: redis.Redis, job_id: str) -> dict:
     return json.loads(client.get(f"medimg:job:{job_id}"))
 
@@ -148,7 +138,7 @@ def test_whole_worker_killed_mid_job_resumes_elsewhere_within_60s(broker: str, t
             service.start_worker(queues="dr-grading")
         service.start_gateway()
         _wait_for(lambda: len(_workers_beating(client)) == 2, 120)
-        job_id = submit_job(service, "dr-grading", [("big.png", _big_png())]).json()["id"]
+        job_id = submit_job(service, "dr-grading", [("big.png", big_png())]).json()["id"]
         _wait_for(lambda: _job_doc(client, job_id)["status"] == "running", 60)
         holder = _job_doc(client, job_id)["worker"]
         killed = next(w for w in service.workers if _parent_of(int(holder.rsplit(":", 1)[1])) == w.process.pid)
@@ -218,9 +208,8 @@ def _children(pid: int) -> list[int]:
 def test_input_that_kills_its_worker_every_time_fails_after_cap(stack) -> None:
     service, server = stack
     client = redis.Redis.from_url(server.url)
-    # A large photograph keeps the job running long enough to be caught in the act each time. PNG, because
-    # a JPEG this size is decoded at 1/8 scale for a 224-px model and done in a few milliseconds.
-    job_id = submit_job(service, "dr-grading", [("big.png", _big_png())]).json()["id"]
+    # A large photograph keeps the job running long enough to be caught in the act each time.
+    job_id = submit_job(service, "dr-grading", [("big.png", big_png())]).json()["id"]
 
     parent = service.workers[0].process.pid
     for attempt in (1, 2, 3):
