@@ -19,6 +19,8 @@
 #   PIP_NO_INDEX=1  air-gapped builds: pip installs only from deploy/wheelhouse/, which `make wheelhouse` fills
 #                 beforehand with wheels resolved by the image's own Python (deploy/podman/wheelhouse.sh); pip
 #                 reads PIP_* build arguments as its options, and looks there (PIP_FIND_LINKS) in every mode.
+# The medimg wheel is COPY'd between stages, not bind-mounted: podman's layer cache does not see a change in
+# a mounted stage's files, and would keep installing an old wheel.
 
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
@@ -52,9 +54,9 @@ COPY models/ /opt/medimg/models/
 # --- gateway: API only; jobs go to the workers through the broker (MEDIMG_BROKER_URL, default MEDIMG_REDIS_URL) ---
 FROM runtime-base AS gateway
 ARG PIP_NO_INDEX=0 PIP_FIND_LINKS=/wheelhouse
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=bind,source=deploy/wheelhouse,target=/wheelhouse \
-    pip install --no-cache-dir "$(find /wheels -name 'medimg-*.whl')[s3]"
+COPY --from=wheel /wheels /wheels
+RUN --mount=type=bind,source=deploy/wheelhouse,target=/wheelhouse \
+    pip install --no-cache-dir "$(find /wheels -name 'medimg-*.whl')[s3]" && rm -rf /wheels
 ENV MEDIMG_HOST=0.0.0.0 MEDIMG_PORT=8000
 USER 10001:10001
 WORKDIR /data
@@ -68,9 +70,9 @@ CMD ["serve"]
 # --- worker-cpu: Celery worker with ONNX Runtime on the CPU ---
 FROM runtime-base AS worker-cpu
 ARG PIP_NO_INDEX=0 PIP_FIND_LINKS=/wheelhouse
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=bind,source=deploy/wheelhouse,target=/wheelhouse \
-    pip install --no-cache-dir "$(find /wheels -name 'medimg-*.whl')[cpu,s3]"
+COPY --from=wheel /wheels /wheels
+RUN --mount=type=bind,source=deploy/wheelhouse,target=/wheelhouse \
+    pip install --no-cache-dir "$(find /wheels -name 'medimg-*.whl')[cpu,s3]" && rm -rf /wheels
 ENV MEDIMG_WORKER_HEARTBEAT_FILE=/tmp/medimg/worker.heartbeat \
     MEDIMG_WORKER_METRICS_PORT=9100 \
     MEDIMG_WORKER_METRICS_HOST=0.0.0.0
@@ -110,9 +112,10 @@ RUN apt-get update \
     && python3 -m venv /opt/venv \
     && install -d -o medimg -g medimg /data
 COPY models/ /opt/medimg/models/
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=bind,source=deploy/wheelhouse,target=/wheelhouse \
-    pip install --no-cache-dir "$(find /wheels -name 'medimg-*.whl')[gpu,s3]" "onnxruntime-gpu==${ORT_GPU_VERSION}"
+COPY --from=wheel /wheels /wheels
+RUN --mount=type=bind,source=deploy/wheelhouse,target=/wheelhouse \
+    pip install --no-cache-dir "$(find /wheels -name 'medimg-*.whl')[gpu,s3]" "onnxruntime-gpu==${ORT_GPU_VERSION}" \
+    && rm -rf /wheels
 ENV MEDIMG_WORKER_HEARTBEAT_FILE=/tmp/medimg/worker.heartbeat \
     MEDIMG_WORKER_METRICS_PORT=9100 \
     MEDIMG_WORKER_METRICS_HOST=0.0.0.0

@@ -5,6 +5,7 @@ images and runs this module (CI too, from .ci/run); it is skipped in `make test`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -151,8 +152,12 @@ def _exec(container: str, *command: str) -> subprocess.CompletedProcess:
 
 
 def test_containers_run_as_10001_with_read_only_models_and_pass_their_healthchecks(stack: Stack) -> None:
+    source = hashlib.sha256((REPO_ROOT / "workers" / "runner.py").read_bytes()).hexdigest()
     for service in ("gateway", "worker"):
         container = stack.containers(service)[0]
+        installed = _exec(container, "python", "-c", "import hashlib, importlib.util as u; print(hashlib.sha256("
+                          "open(u.find_spec('workers.runner').origin, 'rb').read()).hexdigest())").stdout.strip()
+        assert installed == source, f"{service} runs an old build of medimg (a stale layer cache?)"
         assert _exec(container, "id", "-u").stdout.strip() == "10001", service
         write = _exec(container, "touch", "/opt/medimg/models/written-by-the-service")
         assert write.returncode != 0, f"{service} could write into its model folder"
