@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app.schemas.tasks import TaskName
+from app.schemas.tasks import EXPORT_QUEUE, TaskName
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("new-key", help="Make an API key and print it with the sha256 to configure")
 
     worker = commands.add_parser("worker", help="Run a Celery worker (needs MEDIMG_REDIS_URL)")
-    worker.add_argument("--queues", default=",".join(t.value for t in TaskName),
-                        help="Comma-separated task queues to consume (default: all)")
+    worker.add_argument("--queues", default=",".join([*(t.value for t in TaskName), EXPORT_QUEUE]),
+                        help=f"Comma-separated task queues, and {EXPORT_QUEUE!r} for sending results to "
+                        "MEDIMG_EXPORT_DESTINATIONS, to consume (default: all)")
     worker.add_argument("--concurrency", type=int, default=1, help="Jobs at once: processes or threads (default 1)")
     worker.add_argument("--pool", choices=["prefork", "threads"], default=None,
                         help="prefork (default, MEDIMG_WORKER_POOL): a process per job; threads: jobs share the "
@@ -55,6 +56,33 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--out", type=Path, default=None, help="Folder for the artifacts (default ./medimg-out/<job id>)")
     predict.add_argument("--no-progress", action="store_true")
 
+    evaluate = commands.add_parser(
+        "eval", help="Run a labelled local data set through the service's pipeline and score it with 95 % intervals"
+    )
+    evaluate.add_argument("--task", required=True, choices=[t.value for t in TaskName])
+    evaluate.add_argument("--out", type=Path, required=True, help="Folder for metrics.json, cases.csv, plots, "
+                          "report.html and the per-case cache (a rerun continues from it)")
+    evaluate.add_argument("--data", type=Path, help="Images, or one folder/ZIP of DICOM per series or case")
+    evaluate.add_argument("--labels", type=Path, help="trainLabels.csv / train.csv (DR), annotations.csv (LUNA16), "
+                          "the folder of masks (COVID), image,malignant CSV (thyroid)")
+    evaluate.add_argument("--masks", type=Path, default=None, help="thyroid: folder of <image>.png nodule masks")
+    evaluate.add_argument("--mask-label", action="append", default=[], metavar="NAME=V[,V]",
+                          help="COVID: label values (NIfTI) or segment numbers (SEG) of lesion, ggo, consolidation, "
+                          "lung; repeat per class (default lesion=1)")
+    evaluate.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="Processes (default: all cores)")
+    evaluate.add_argument("--bootstrap", type=int, default=2000, help="Bootstrap resamples (default 2000)")
+    evaluate.add_argument("--seed", type=int, default=20261202, help="Bootstrap seed, recorded in metrics.json")
+    evaluate.add_argument("--choose-operating-point", default=None, metavar="RULE",
+                          help='e.g. "sensitivity>=0.975" or "specificity>=0.9": choose the threshold on this data '
+                          "and write it to the site configuration the service loads (MEDIMG_SITE_CONFIG)")
+    evaluate.add_argument("--site-name", default="site", help="Name of the chosen operating point (default site)")
+    evaluate.add_argument("--site-config", type=Path, default=None,
+                          help="Site configuration to write (default MEDIMG_SITE_CONFIG, else <out>/site-config.json)")
+    evaluate.add_argument("--shadow", action="store_true",
+                          help="Instead: report agreement between served and shadow results of finished jobs")
+    evaluate.add_argument("--since", default=None, help="--shadow: jobs created at or after this ISO time")
+    evaluate.add_argument("--no-progress", action="store_true")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -66,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dicom_listener(args)
     if args.command == "worker-probe":
         return _worker_probe(args)
+    if args.command == "eval":
+        return _eval(args, evaluate)
     return _predict(args)
 
 
@@ -98,6 +128,8 @@ def _dicom_listener(args: argparse.Namespace) -> int:
     from app.config import get_settings
     from app.dimse.listener import SeriesCollector, make_listener_ae
     from app.dispatch import make_dispatcher
+    from app.export.outbox import make_export_outbox
+    from app.export.scheduler import ExportScheduler
     from app.intake.service import Intake
     from app.logs import configure_logging
     from app.storage.factory import make_blob_store, make_job_store, make_model_repository
@@ -108,6 +140,9 @@ def _dicom_listener(args: argparse.Namespace) -> int:
     jobs, blobs = make_job_store(settings), make_blob_store(settings)
     dispatcher = make_dispatcher(settings, jobs, blobs)
     dispatcher.start()
+    # Embedded, this process runs the jobs it queues, so it also sends their results (MEDIMG_EXPORT_DESTINATIONS).
+    exports = ExportScheduler(make_export_outbox(settings, jobs, blobs))
+    exports.start()
     intake = Intake(settings, make_model_repository(settings), jobs, blobs, dispatcher)
     collector = SeriesCollector(intake, settings, TaskName(args.task) if args.task else None)
     ae, handlers = make_listener_ae(collector, args.ae_title)
@@ -122,6 +157,7 @@ def _dicom_listener(args: argparse.Namespace) -> int:
         server.shutdown()
         collector.flush_quiet(now=float("inf"))  # series received before the stop are not lost
         dispatcher.stop()
+        exports.stop()
     return 0
 
 
@@ -136,10 +172,10 @@ def _new_key() -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    unknown = sorted(set(queues) - {t.value for t in TaskName})
+    unknown = sorted(set(queues) - {t.value for t in TaskName} - {EXPORT_QUEUE})
     if unknown:
         print(f"medimg worker: unknown queue(s) {unknown}; queues are task names: "
-              f"{', '.join(t.value for t in TaskName)}", file=sys.stderr)
+              f"{', '.join(t.value for t in TaskName)}, and {EXPORT_QUEUE}", file=sys.stderr)
         return 2
     # Worker processes read their queues from the settings after the fork.
     os.environ["MEDIMG_WORKER_QUEUES"] = json.dumps(queues)
@@ -187,6 +223,66 @@ def _worker_probe(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: heartbeat {age:.1f}s ago")
     return 0
+
+
+def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Worker code (ONNX Runtime) imported only here, as for `predict`."""
+    from app.config import get_settings
+
+    settings = get_settings()
+    if args.shadow:
+        from workers.evaluation.shadow import shadow_report
+
+        document = shadow_report(settings, TaskName(args.task), args.out, since=args.since)
+        print(json.dumps(document["agreement"], indent=2))
+        return 0
+    if args.data is None or args.labels is None:
+        parser.error("--data and --labels are needed (or --shadow)")
+    from workers.evaluation.base import LabelOptions
+    from workers.evaluation.files import LabelError
+    from workers.evaluation.intervals import BootstrapSettings
+    from workers.evaluation.operating_point import OperatingPointRule
+    from workers.evaluation.run import EvalRequest, evaluate
+
+    try:
+        mask_labels = _mask_labels(args.mask_label)
+        rule = OperatingPointRule.parse(args.choose_operating_point) if args.choose_operating_point else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    request = EvalRequest(
+        task=TaskName(args.task),
+        labels=LabelOptions(data=args.data, labels=args.labels, masks=args.masks, mask_labels=mask_labels),
+        out=args.out, processes=max(1, args.jobs),
+        bootstrap=BootstrapSettings(seed=args.seed, n_resamples=args.bootstrap),
+        operating_point_rule=rule, site_name=args.site_name,
+        site_config=args.site_config or settings.site_config, show_progress=not args.no_progress,
+    )
+    try:
+        document = evaluate(settings, request)
+    except (LabelError, ValueError) as exc:
+        print(f"medimg eval: {exc}", file=sys.stderr)
+        return 2
+    summary = {name: figure for name, figure in document["metrics"].items()}
+    print(json.dumps({"cases": document["cases"], "metrics": summary, "report": str(args.out / "report.html")},
+                     indent=2))
+    if "site_operating_point" in document:
+        site = document["site_operating_point"]
+        print(f"medimg eval: operating point {site['name']!r} at threshold {site['threshold']:g} written to "
+              f"{site['written_to']}; serve it with MEDIMG_SITE_CONFIG={site['written_to']}", file=sys.stderr)
+    return 0
+
+
+def _mask_labels(items: list[str]) -> dict[str, tuple[int, ...]]:
+    labels = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        try:
+            labels[name.strip()] = tuple(int(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"--mask-label {item!r}: write NAME=V[,V], e.g. lesion=1 or lung=1,2") from None
+        if not labels[name.strip()]:
+            raise ValueError(f"--mask-label {item!r}: give at least one value")
+    return labels
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.schemas.tasks import TaskName
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Scope = Literal["submit", "read", "admin"]
 Priority = Literal["stat", "routine"]
+DestinationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 
 
 class ApiKey(BaseModel):
@@ -21,6 +24,12 @@ class ApiKey(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: list[Scope] = Field(default_factory=lambda: ["submit", "read"])
     priority: Priority = Field("routine", description="Priority of this caller's jobs when a request names none")
+    export_to: list[DestinationName] = Field(
+        default_factory=list, description="Export destinations every job of this key is sent to"
+    )
+    may_export_to: list[DestinationName] = Field(
+        default_factory=list, description="Further destinations a request of this key may name in `export_to`"
+    )
 
 
 class RoutingRule(BaseModel):
@@ -38,6 +47,9 @@ class RoutingRule(BaseModel):
     attributes: dict[str, str] = Field(
         default_factory=dict, description='Other attributes by keyword, each value a regular expression the whole '
         'value must match, e.g. {"StationName": "ED-.*"}',
+    )
+    export_to: list[DestinationName] = Field(
+        default_factory=list, description="Export destinations of the jobs this rule routes"
     )
 
     @model_validator(mode="after")
@@ -58,6 +70,51 @@ class Lane(BaseModel):
     )
 
 
+class DimseTls(BaseModel):
+    """TLS for a DIMSE peer (DICOM PS3.15 B.1); files, so no secret sits in the environment."""
+
+    ca_file: Path = Field(description="CA bundle the peer's certificate is checked against")
+    cert_file: Path | None = Field(None, description="Our client certificate, if the peer asks for one")
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+
+class DimseDestination(BaseModel):
+    """A PACS or archive reached by DIMSE C-STORE."""
+
+    kind: Literal["dimse"]
+    name: DestinationName
+    ae_title: str = Field(min_length=1, max_length=16, description="The peer's (called) AE title")
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str = Field("MEDIMG", min_length=1, max_length=16, description="Our AE title")
+    tls: DimseTls | None = None
+    include_sources: bool = Field(False, description="Also send the job's DICOM inputs (archives without them)")
+
+
+class DicomwebDestination(BaseModel):
+    """A DICOMweb archive reached by STOW-RS: `url` is its service root (…/dicom-web)."""
+
+    kind: Literal["dicomweb"]
+    name: DestinationName
+    url: str = Field(pattern=r"^https?://", description="DICOMweb service root; STOW-RS posts to <url>/studies")
+    auth_header_file: Path | None = Field(
+        None, description="File holding one header line, e.g. `Authorization: Bearer …`; read at each send"
+    )
+    include_sources: bool = Field(False, description="Also send the job's DICOM inputs (archives without them)")
+
+
+ExportDestination = Annotated[DimseDestination | DicomwebDestination, Field(discriminator="kind")]
+
+
+class ShadowModel(BaseModel):
+    """A candidate model run beside the served one on a sample of a task's jobs; its results reach admins only."""
+
+    model_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: int | None = Field(None, ge=1, description="Default: the version the repository serves")
+    sample_rate: float = Field(0.1, gt=0.0, le=1.0, description="Fraction of the task's jobs also run in shadow")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDIMG_", extra="ignore")
 
@@ -69,6 +126,15 @@ class Settings(BaseSettings):
     )
     model_versions: dict[str, int] = Field(
         default_factory=dict, description='Pinned versions, e.g. {"dr-grading-reference": 1}; highest otherwise'
+    )
+    site_config: Path | None = Field(
+        None, description="A site's operating points (JSON, written by `medimg eval --choose-operating-point`), laid "
+        "over the manifest of the exact model they were measured on; the manifest file is left as it is"
+    )
+    shadow_models: dict[str, ShadowModel] = Field(
+        default_factory=dict, description='Candidate models run in shadow, by task, e.g. {"dr-grading": '
+        '{"model_id": "dr-grading-reference", "version": 2, "sample_rate": 0.1}}; `medimg eval --shadow` reports '
+        "their agreement with the served model"
     )
     redis_url: str | None = Field(None, description="When set, dispatch through Celery and keep job state in Redis")
     broker_url: str | None = Field(
@@ -108,6 +174,18 @@ class Settings(BaseSettings):
         default_factory=list,
         description='DICOMweb STOW-RS routing, a JSON list, e.g. [{"modality": "CT", "task": "lung-nodule-detection"}]',
     )
+
+    export_destinations: list[ExportDestination] = Field(
+        default_factory=list,
+        description='Where DICOM results are sent, a JSON list: {"name", "kind": "dimse", "ae_title", "host", "port", '
+        '"tls"?} or {"name", "kind": "dicomweb", "url", "auth_header_file"?}',
+    )
+    export_max_attempts: int = Field(8, ge=1, description="Attempts before an export is dead-lettered")
+    export_retry_first_seconds: float = Field(5.0, gt=0, description="Wait before the first retry; doubles after")
+    export_retry_max_seconds: float = Field(600.0, gt=0, description="Longest wait between two attempts")
+    export_timeout_seconds: float = Field(60.0, gt=0, description="Network timeout of one export call")
+    export_poll_seconds: float = Field(1.0, gt=0, description="How often the gateway looks for exports due")
+    export_probe_seconds: float = Field(30.0, gt=0, description="How often destinations are probed for /readyz")
 
     embedded_workers: int = Field(
         4, ge=1, le=64, description="Threads of the in-process worker pool; they preprocess in parallel and "
@@ -188,6 +266,15 @@ class Settings(BaseSettings):
             raise ValueError(f"MEDIMG_ENVIRONMENT={value!r} must be 'development' or 'production'")
         return value
 
+    @field_validator("shadow_models")
+    @classmethod
+    def _shadow_tasks_known(cls, value: dict[str, ShadowModel]) -> dict[str, ShadowModel]:
+        unknown = sorted(set(value) - {t.value for t in TaskName})
+        if unknown:
+            raise ValueError(f"MEDIMG_SHADOW_MODELS: {unknown[0]!r} is not a task; tasks are "
+                             f"{', '.join(t.value for t in TaskName)}")
+        return value
+
     @field_validator("blob_url")
     @classmethod
     def _known_blob_scheme(cls, value: str | None) -> str | None:
@@ -210,6 +297,26 @@ class Settings(BaseSettings):
             raise ValueError(f"MEDIMG_BROKER_URL={value.split('@')[-1]!r} must start with redis://, rediss://, unix://, "
                              "amqp:// or amqps://")
         return value
+
+    @model_validator(mode="after")
+    def _export_names_known(self) -> Settings:
+        names = [d.name for d in self.export_destinations]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"MEDIMG_EXPORT_DESTINATIONS: names must be unique; repeated: {repeated}")
+        for index, rule in enumerate(self.routing_rules):
+            check_destinations(rule.export_to, names, f"MEDIMG_ROUTING_RULES[{index}].export_to")
+        for key in self.api_keys:
+            check_destinations([*key.export_to, *key.may_export_to], names, f"MEDIMG_API_KEYS ({key.name!r})")
+        for destination in self.export_destinations:
+            if (self.environment == "production" and isinstance(destination, DicomwebDestination)
+                    and destination.auth_header_file is not None and not destination.url.startswith("https://")):
+                raise ValueError(f"MEDIMG_EXPORT_DESTINATIONS: {destination.name!r} would send its credentials "
+                                 f"unencrypted to {destination.url!r}; use https:// in production")
+        return self
+
+    def export_destination(self, name: str) -> DimseDestination | DicomwebDestination | None:
+        return next((d for d in self.export_destinations if d.name == name), None)
 
     @property
     def celery_mode(self) -> bool:
@@ -245,6 +352,13 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
+
+
+def check_destinations(requested: list[str], known: list[str], where: str) -> None:
+    unknown = sorted(set(requested) - set(known))
+    if unknown:
+        raise ValueError(f"{where} names unknown export destination(s) {unknown}; MEDIMG_EXPORT_DESTINATIONS "
+                         f"defines {sorted(known) or 'none'}")
 
 
 @lru_cache

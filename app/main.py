@@ -16,10 +16,14 @@ from app.api.waiting import FinishedJobWaiter
 from app.config import Settings, get_settings
 from app.dispatch import make_dispatcher
 from app.dispatch.recovery import recover_periodically
+from app.export.outbox import make_export_outbox
+from app.export.policy import ExportPolicy
+from app.export.scheduler import ExportScheduler
 from app.retention import purge_periodically
 from app.security.keys import KeyRing, load_keys
 from app.security.rate_limit import RateLimiter
 from app.storage.factory import make_blob_store, make_job_store, make_model_repository
+from app.ui import ReviewPage
 
 DESCRIPTION = """Medical-imaging inference: submit DICOM or PNG/JPEG inputs as jobs, read JSON results and
 download masks and overlays. Reference models are for research use only."""
@@ -40,6 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.repository = make_model_repository(settings)
         app.state.dispatcher = make_dispatcher(settings, app.state.jobs, app.state.blobs)
         app.state.dispatcher.start()
+        app.state.export_policy = export_policy
+        app.state.exports = make_export_outbox(settings, app.state.jobs, app.state.blobs)
+        app.state.export_scheduler = ExportScheduler(app.state.exports)
+        app.state.export_scheduler.start()
         background = [
             asyncio.create_task(purge_periodically(app.state.jobs, app.state.blobs, settings)),
             asyncio.create_task(recover_periodically(app.state.dispatcher, app.state.jobs, settings)),
@@ -50,12 +58,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 task.cancel()
             app.state.waiter.close()
+            app.state.export_scheduler.stop()
             app.state.dispatcher.stop()
 
-    keyring = KeyRing(load_keys(settings))  # a broken key file stops the start, not the first request
+    keys = load_keys(settings)  # a broken key file stops the start, not the first request
+    keyring = KeyRing(keys)
+    export_policy = ExportPolicy(settings, keys)
     app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     install_problem_handlers(app)
     app.include_router(api_router)
+    app.mount("/ui", ReviewPage(), name="ui")  # the review page: static files calling the API above
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        read_timeout=settings.body_read_timeout_seconds)
     app.add_middleware(RequestRecorder)  # outermost of ours: it also sees the 413s BodySizeLimit answers

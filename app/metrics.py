@@ -46,3 +46,6 @@ LANE_QUEUED = Gauge("medimg_lane_queued_jobs", "Jobs waiting in a lane of the em
                     multiprocess_mode="livesum")
 LANE_RUNNING = Gauge("medimg_lane_running_jobs", "Worker threads of the embedded pool a lane holds", ["lane"],
                      multiprocess_mode="livesum")
+EXPORTS = Counter(
+    "medimg_exports_total", "Export attempts by destination and outcome (sent, retry, dead)", ["destination", "outcome"]
+)

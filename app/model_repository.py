@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from app.errors import ModelNotFound, TaskNotServed
 from app.schemas.manifest import ModelManifest
+from app.schemas.site import SiteConfig
 from app.schemas.tasks import TaskName
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class ModelRepository:
         root: Path,
         pinned_versions: dict[str, int] | None = None,
         task_models: dict[str, str] | None = None,
+        site_config: SiteConfig | None = None,
     ) -> None:
         self.root = root
         self.errors: dict[str, str] = {}
@@ -90,7 +92,10 @@ class ModelRepository:
                 continue
             wanted = pinned_versions.get(model_dir.name, versions[-1])
             try:
-                self.models[model_dir.name] = load_model_version(model_dir / str(wanted))
+                version = load_model_version(model_dir / str(wanted))
+                if site_config is not None:
+                    version = replace(version, manifest=site_config.apply(version.manifest))
+                self.models[model_dir.name] = version
             except ModelRepositoryError as exc:
                 # One broken model must not take the others down; it is reported by /readyz and /v1/models.
                 self.errors[model_dir.name] = str(exc)

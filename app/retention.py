@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from app.config import Settings
 from app.schemas.jobs import utcnow
 from app.storage.blobs import BlobStore, job_prefix
+from app.storage.exports import make_export_store
 from app.storage.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def purge_expired(jobs: JobStore, blobs: BlobStore, settings: Settings, now: dat
         if job.finished_at < job_cutoff:
             jobs.delete(job.id)
             blobs.delete_prefix(job_prefix(job.id))
+            make_export_store(settings).delete_job(job.id)  # its export records (outbox) go with it
             report.jobs_removed += 1
         elif job.finished_at < input_cutoff and job.inputs:
             blobs.delete_prefix(f"{job_prefix(job.id)}/inputs")

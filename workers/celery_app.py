@@ -2,5 +2,5 @@
 
 from celery import Celery
 
-celery_app = Celery("medimg-worker", include=["workers.tasks"])
+celery_app = Celery("medimg-worker", include=["workers.tasks", "workers.export_tasks"])
 celery_app.config_from_object("workers.celeryconfig")

@@ -1,8 +1,10 @@
 """Celery settings that lose no work: late acks, requeue when a worker dies, one message in hand at a time."""
 
+from kombu import Queue
+
 from app.config import get_settings
 from app.dispatch.priority import broker_transport_options as _transport_options, celery_queues
-from app.schemas.tasks import RUN_JOB_TASK, TaskName
+from app.schemas.tasks import EXPORT_QUEUE, RUN_JOB_TASK, TaskName
 
 _settings = get_settings()
 
@@ -26,7 +28,7 @@ worker_prefetch_multiplier = 1
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 
-task_queues = celery_queues([task.value for task in TaskName])
+task_queues = celery_queues([task.value for task in TaskName]) + [Queue(EXPORT_QUEUE)]  # exports: app/export/outbox.py
 task_default_queue = TaskName.DR_GRADING.value
 task_routes = {RUN_JOB_TASK: {"queue": TaskName.DR_GRADING.value}}  # the gateway names the queue per job
 worker_hijack_root_logger = False

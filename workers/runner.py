@@ -24,6 +24,7 @@ from workers.dicom_results import dicom_results
 from workers.pipelines import PIPELINES
 from workers.pipelines.base import JobContext, JobInput, PipelineOutput, StageTimer
 from workers.runtime import WorkerRuntime
+from workers.shadow import run_shadow
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
         return None
     _announce(runtime, job)
     log.info("job %s succeeded in %.3fs", job.id, sum(stages.seconds.values()))
+    run_shadow(job, runtime)  # after the outcome is visible: the caller never waits for a candidate model
     return job
 
 
@@ -200,6 +202,11 @@ def _record_outcome(runtime: WorkerRuntime, job: Job) -> bool:
 
 
 def _announce(runtime: WorkerRuntime, job: Job) -> None:
+    if runtime.exports is not None:
+        try:  # its DICOM results go to the job's export destinations (app/export/outbox.py)
+            runtime.exports.job_finished(job)
+        except Exception as exc:
+            log.error("job %s: its exports could not be recorded (%s)", job.id, type(exc).__name__)
     if runtime.webhooks is not None:
         runtime.webhooks.job_finished(job)
 

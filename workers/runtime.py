@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from app.config import Settings
+from app.export.outbox import ExportOutbox, make_export_outbox
 from app.model_repository import ModelRepository
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore
@@ -27,17 +28,22 @@ class WorkerRuntime:
     blobs: BlobStore
     webhooks: WebhookSender | None = None
     heartbeat: Heartbeat | None = None  # Celery workers: lists the jobs this process holds
+    exports: ExportOutbox | None = None
     _loaded: dict[str, LoadedModel] = field(default_factory=dict)
+    shadow_models: dict[str, LoadedModel] = field(default_factory=dict)  # "<id>@<version>", see workers/shadow.py
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, settings: Settings, jobs: JobStore | None = None, blobs: BlobStore | None = None) -> WorkerRuntime:
+        jobs = jobs or make_job_store(settings)
+        blobs = blobs or make_blob_store(settings)
         return cls(
             settings=settings,
             repository=make_model_repository(settings),
-            jobs=jobs or make_job_store(settings),
-            blobs=blobs or make_blob_store(settings),
+            jobs=jobs,
+            blobs=blobs,
             webhooks=WebhookSender(settings),
+            exports=make_export_outbox(settings, jobs, blobs),
         )
 
     def model(self, model_id: str) -> LoadedModel:

@@ -33,7 +33,8 @@ _refused: str | None = None  # why this process must not run jobs (a required pr
 
 def consumed_tasks() -> list[TaskName]:
     queues = get_settings().worker_queues
-    return [TaskName(q) for q in queues] if queues else list(TaskName)
+    tasks = {t.value for t in TaskName}
+    return [TaskName(q) for q in queues if q in tasks] if queues else list(TaskName)  # `exports` is no task
 
 
 def get_runtime() -> WorkerRuntime:

@@ -15,6 +15,8 @@ from app.api.waiting import FinishedJobWaiter
 from app.config import Scope, Settings
 from app.errors import Forbidden, RateLimited, Unauthorized
 from app.dispatch import Dispatcher
+from app.export.outbox import ExportOutbox
+from app.export.policy import ExportPolicy
 from app.intake.service import Intake
 from app.model_repository import ModelRepository
 from app.security.keys import Principal
@@ -45,6 +47,14 @@ async def _repository(request: Request) -> ModelRepository:
 
 async def _dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
+
+
+async def _export_policy(request: Request) -> ExportPolicy:
+    return request.app.state.export_policy
+
+
+async def _exports(request: Request) -> ExportOutbox:
+    return request.app.state.exports
 
 
 async def _intake(request: Request) -> Intake:
@@ -95,3 +105,6 @@ DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]
 IntakeDep = Annotated[Intake, Depends(_intake)]
 Submitter = Annotated[Principal, Depends(_scoped("submit"))]
 Reader = Annotated[Principal, Depends(_scoped("read"))]
+Admin = Annotated[Principal, Depends(_scoped("admin"))]
+ExportPolicyDep = Annotated[ExportPolicy, Depends(_export_policy)]
+ExportsDep = Annotated[ExportOutbox, Depends(_exports)]

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import dicomweb, health, jobs, models
+from app.api.routes import dicomweb, exports, health, jobs, models
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 
 # Every error is a problem document; saying so once also replaces FastAPI's own 422 schema.
@@ -18,3 +18,4 @@ api_router.include_router(jobs.router)
 api_router.include_router(models.router)
 api_router.include_router(health.router)
 api_router.include_router(dicomweb.router)
+api_router.include_router(exports.router)

@@ -91,6 +91,7 @@ class SeriesCollector:
         try:
             routing = route(pending.header, self.settings.routing_rules, pending.calling_ae)
             task = self.task or routing.task
+            export_to = list(routing.export_to) if routing.task == task else []  # the routing rule's destinations
             if task is None:
                 log.warning("a received series matched no routing rule (MEDIMG_ROUTING_RULES); it was discarded")
                 return
@@ -98,7 +99,8 @@ class SeriesCollector:
             streams = [path.open("rb") for path in files]
             try:
                 job, _ = self.intake.accept(task, streams, None, caller=f"dimse-{pending.calling_ae.strip()}",
-                                            priority=routing.priority or JobPriority.ROUTINE)
+                                            priority=routing.priority or JobPriority.ROUTINE,
+                                            export_to=export_to)
             finally:
                 for stream in streams:
                     stream.close()

@@ -1,7 +1,8 @@
 """Which task and priority a series gets when it arrives without them (DICOMweb STOW-RS, DIMSE C-STORE).
 
 Rules come from MEDIMG_ROUTING_RULES, like MONAI Deploy's series selector: the first matching rule that
-names a task gives the task, the first that names a priority gives the priority.
+names a task gives the task (and the export destinations, app/export), the first that names a priority
+gives the priority.
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ from app.schemas.tasks import TaskName
 class Routing:
     task: TaskName | None = None
     priority: JobPriority | None = None
+    export_to: tuple[str, ...] = ()  # the destinations of the rule that gave the task
 
 
 def route(header: pydicom.Dataset, rules: list[RoutingRule], calling_ae_title: str | None = None) -> Routing:
     task = priority = None
+    export_to: tuple[str, ...] = ()
     for rule in rules:
         if not _matches(rule, header, calling_ae_title):
             continue
         if task is None and rule.task is not None:
             task = TaskName(rule.task)
+            export_to = tuple(rule.export_to)
         if priority is None and rule.priority is not None:
             priority = JobPriority(rule.priority)
-    return Routing(task, priority)
+    return Routing(task, priority, export_to)
 
 
 def _matches(rule: RoutingRule, header: pydicom.Dataset, calling_ae_title: str | None) -> bool:

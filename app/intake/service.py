@@ -44,10 +44,12 @@ class Intake:
         callback_url: str | None = None,
         job_id: str | None = None,
         priority: JobPriority = JobPriority.ROUTINE,
+        export_to: list[str] | None = None,
     ) -> tuple[Job, bool]:
         """Returns the job and whether it is new (False: the same caller sent this idempotency key before).
 
-        `job_id`: the id the new job takes (from `new_job_id`), when the caller must know it beforehand."""
+        `job_id`: the id the new job takes (from `new_job_id`), when the caller must know it beforehand.
+        `export_to`: destinations of its DICOM results, already checked (app/export/policy.py)."""
         model = self.repository.for_task(task)
         options = parse_options(task, options_json)
         settings = self.settings
@@ -84,6 +86,7 @@ class Intake:
                 priority=priority,
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
+                export_to=export_to or [],
             )
             job, created = self.jobs.create(job)
             if not created:

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.exports import ExportPublic
 from app.schemas.results import TaskResult
 from app.schemas.tasks import TaskName
 
@@ -76,6 +77,18 @@ class Artifact(BaseModel):
     size_bytes: int
 
 
+class ShadowRun(BaseModel):
+    """A candidate model's result on the same inputs (issue: shadow runs). Admins only; never DICOM."""
+
+    model: ModelRef
+    result: dict | None = None
+    error: JobError | None = None
+    artifact_keys: dict[str, str] = Field(
+        default_factory=dict, description="Mask artifacts kept for agreement (name → blob key), not downloadable"
+    )
+    seconds: float = 0.0
+
+
 class Job(BaseModel):
     """The stored record; only the job store and the runner see all of it."""
 
@@ -105,6 +118,10 @@ class Job(BaseModel):
     )
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    export_to: list[str] = Field(
+        default_factory=list, description="Destinations its DICOM results are sent to (MEDIMG_EXPORT_DESTINATIONS)"
+    )
+    shadow: ShadowRun | None = None
 
 
 class ArtifactPublic(BaseModel):
@@ -135,9 +152,16 @@ class JobPublic(BaseModel):
         default_factory=list,
         description="Why an output is absent, e.g. no DICOM SEG/SR (seg.dcm, sr.dcm) for a PNG or JPEG input",
     )
+    exports: list[ExportPublic] = Field(
+        default_factory=list, description="Where its DICOM results are being sent, one entry per destination"
+    )
+    shadow: ShadowRun | None = Field(
+        None, description="A candidate model's result on this job (MEDIMG_SHADOW_MODELS); shown to admin keys only"
+    )
 
     @classmethod
-    def from_job(cls, job: Job, queue: QueuePosition | None = None) -> JobPublic:
+    def from_job(cls, job: Job, queue: QueuePosition | None = None,
+                 exports: list[ExportPublic] | None = None, include_shadow: bool = False) -> JobPublic:
         return cls(
             id=job.id,
             task=job.task,
@@ -162,4 +186,14 @@ class JobPublic(BaseModel):
             callback_url=job.callback_url,
             stage_seconds=job.stage_seconds,
             notes=job.notes,
+            exports=exports or [],
+            shadow=job.shadow if include_shadow else None,
         )
+
+
+class JobsPublic(BaseModel):
+    """One page of a job listing, newest first."""
+
+    data: list[JobPublic]
+    count: int = Field(description="Jobs on this page")
+    next: str | None = Field(None, description="URL of the next page (same filters); null on the last page")

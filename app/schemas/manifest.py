@@ -108,6 +108,8 @@ class OperatingPoint(Strict):
     threshold: float = Field(ge=0.0, le=1.0)
     sensitivity: float | None = None
     specificity: float | None = None
+    sensitivity_ci95: tuple[float, float] | None = Field(None, description="95 % interval, where it was measured")
+    specificity_ci95: tuple[float, float] | None = None
     measured_on: str = Field(description="Where the sensitivity and specificity were measured")
 
 

@@ -11,10 +11,17 @@ class TaskOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+OPERATING_POINT_FIELD = Field(
+    None, min_length=1, max_length=64, description="A named operating point of the model (GET /v1/models lists them, "
+    "a site's own included) instead of the default one"
+)
+
+
 class DRGradingOptions(TaskOptions):
     referable_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Referable-probability threshold replacing the model's operating point"
     )
+    operating_point: str | None = OPERATING_POINT_FIELD
 
 
 class LungNoduleDetectionOptions(TaskOptions):
@@ -51,6 +58,7 @@ class RoiMaskArtifact(TaskOptions):
 
 
 class ThyroidMalignancyOptions(TaskOptions):
+    operating_point: str | None = OPERATING_POINT_FIELD
     frame: int | None = Field(None, ge=0, description="Frame of a multi-frame DICOM instance, from 0")
     pixel_spacing_mm: float | None = Field(None, gt=0.0, le=10.0)
     roi: RoiBox | RoiMaskArtifact | None = Field(

@@ -12,8 +12,12 @@ from app.schemas.tirads import Recommendation, RiskBand
 class OperatingPointUsed(BaseModel):
     name: str
     threshold: float = Field(ge=0.0, le=1.0)
-    sensitivity: float | None = Field(None, description="Measured by the model's maker; see the model card")
+    sensitivity: float | None = Field(None, description="Measured by the model's maker (see the model card) or, for "
+                                      "a site's point, on the site's labelled data (measured_on says which)")
     specificity: float | None = None
+    sensitivity_ci95: tuple[float, float] | None = None
+    specificity_ci95: tuple[float, float] | None = None
+    measured_on: str | None = None
     overridden: bool = Field(False, description="True when the caller's threshold replaced the manifest's")
 
 
@@ -74,7 +78,7 @@ class LungNoduleDetectionResult(BaseModel):
     series_instance_uid: str
     nodules: list[NoduleFinding] = Field(description="Findings scoring at or above the threshold, best first")
     spacing_mm: tuple[float, float, float] = Field(description="(column, row, slice) spacing of the series, mm")
-    n_slices: int = Field(ge=2)
+    n_slices: int = Field(ge=2, description="Slices in the series; artifact slice-<index:04d>.png shows each")
     operating_point: OperatingPointUsed
     warnings: list[str] = Field(default_factory=list, description="E.g. missing slices the volume was interpolated over")
     research_use_only: bool
@@ -197,7 +201,7 @@ class CovidLesionSegmentationResult(BaseModel):
         "slice-<index:04d>-mask.png and -overlay.png, and slices.json mapping index to SOPInstanceUID"
     )
     spacing_mm: tuple[float, float, float] = Field(description="(column, row, slice) spacing of the series, mm")
-    n_slices: int = Field(ge=1)
+    n_slices: int = Field(ge=1, description="Slices in the series; artifact slice-<index:04d>.png shows each")
     definitions: dict[str, str] = Field(description="One sentence per figure saying exactly what it is")
     warnings: list[str] = Field(default_factory=list)
     research_use_only: bool

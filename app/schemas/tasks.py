@@ -11,3 +11,6 @@ class TaskName(StrEnum):
 
 # The Celery task name the gateway sends and the workers register: one contract, no shared import.
 RUN_JOB_TASK = "medimg.run_job"
+# Sending results to MEDIMG_EXPORT_DESTINATIONS: its own Celery task and queue (app/export/outbox.py).
+EXPORT_TASK = "medimg.export"
+EXPORT_QUEUE = "exports"

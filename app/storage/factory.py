@@ -7,6 +7,7 @@ from urllib.parse import unquote, urlparse
 
 from app.config import Settings
 from app.model_repository import ModelRepository
+from app.schemas.site import load_site_config
 from app.storage.blobs import BlobStore, FilesystemBlobStore
 from app.storage.jobs import JobStore, RedisJobStore, SqliteJobStore
 
@@ -30,4 +31,5 @@ def make_blob_store(settings: Settings) -> BlobStore:
 
 
 def make_model_repository(settings: Settings) -> ModelRepository:
-    return ModelRepository(settings.model_repository, settings.model_versions, settings.task_models)
+    return ModelRepository(settings.model_repository, settings.model_versions, settings.task_models,
+                           load_site_config(settings.site_config))

@@ -21,6 +21,7 @@ import redis
 from app.errors import JobNotFound
 from app.schemas.jobs import Job, JobStatus
 from app.schemas.tasks import TaskName
+from app.storage.job_listing import JobPage, JobQuery, RedisJobIndex, created_micros, page_of
 
 log = logging.getLogger(__name__)
 FinishedListener = Callable[[str, Job | None], None]  # job id, and the finished job when the store has it
@@ -50,6 +51,9 @@ class JobStore(Protocol):
         """Queued and running jobs of one task."""
 
     def iter_jobs(self) -> Iterator[Job]: ...
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        """One page of jobs, newest first, by (created_at, id) descending (app/storage/job_listing.py)."""
+
     def ping(self) -> None: ...
     def listen_finished(self, listener: FinishedListener) -> Callable[[], None]:
         """Calls `listener(job_id, job)` (from any thread) when a job finishes; returns a function that stops it.
@@ -109,6 +113,20 @@ class SqliteJobStore:
             "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (caller, idempotency_key)"
             " WHERE idempotency_key IS NOT NULL"
         )
+        self._add_listing_index()
+
+    def _add_listing_index(self) -> None:
+        """created_us (creation time in integer microseconds) orders listings; stores made before it get it."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "created_us" not in columns:
+            with self._lock:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN created_us INTEGER")
+                rows = self._db.execute("SELECT id, document FROM jobs").fetchall()
+                self._db.executemany("UPDATE jobs SET created_us = ? WHERE id = ?", [
+                    (created_micros(Job.model_validate_json(document).created_at), job_id)
+                    for job_id, document in rows])
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_caller_created ON jobs (caller, created_us, id)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_us, id)")
 
     def create(self, job: Job) -> tuple[Job, bool]:
         with self._lock:
@@ -120,8 +138,10 @@ class SqliteJobStore:
                 if row:
                     return Job.model_validate_json(row[0]), False
             self._db.execute(
-                "INSERT INTO jobs (id, caller, idempotency_key, status, document) VALUES (?, ?, ?, ?, ?)",
-                (job.id, job.caller, job.idempotency_key, job.status.value, job.model_dump_json()),
+                "INSERT INTO jobs (id, caller, idempotency_key, status, document, created_us)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (job.id, job.caller, job.idempotency_key, job.status.value, job.model_dump_json(),
+                 created_micros(job.created_at)),
             )
         return job, True
 
@@ -192,6 +212,29 @@ class SqliteJobStore:
             rows = self._db.execute("SELECT document FROM jobs ORDER BY rowid").fetchall()
         for row in rows:
             yield Job.model_validate_json(row[0])
+
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        clauses: list[tuple[str, tuple]] = []
+        if query.owner is not None:
+            clauses.append(("caller = ?", (query.owner,)))
+        if query.status is not None:
+            clauses.append(("status = ?", (query.status.value,)))
+        if query.task is not None:
+            clauses.append(("json_extract(document, '$.task') = ?", (query.task.value,)))
+        if query.after_us is not None:
+            clauses.append(("created_us > ?", (query.after_us,)))
+        if query.before_us is not None:
+            clauses.append(("created_us < ?", (query.before_us,)))
+        if query.after is not None:
+            at = query.after
+            clauses.append(("(created_us < ? OR (created_us = ? AND id < ?))",
+                            (at.created_us, at.created_us, at.job_id)))
+        where = " WHERE " + " AND ".join(c for c, _ in clauses) if clauses else ""
+        params = [value for _, values in clauses for value in values]
+        with self._lock:
+            rows = self._db.execute(f"SELECT document FROM jobs{where} ORDER BY created_us DESC, id DESC LIMIT ?",
+                                    [*params, query.limit + 1]).fetchall()
+        return page_of([Job.model_validate_json(row[0]) for row in rows], query)
 
     def ping(self) -> None:
         with self._lock:
@@ -274,6 +317,7 @@ class RedisJobStore:
         self._save = client.register_script(self.SAVE_SCRIPT)
         self._delete = client.register_script(self.DELETE_SCRIPT)
         self._create = client.register_script(self.CREATE_SCRIPT)
+        self._index = RedisJobIndex(client, self.PREFIX)  # listings: sorted sets of its own keys
         self._finished = _Listeners()
         self._relay_lock = threading.Lock()
         self._relay_stop: threading.Event | None = None
@@ -318,7 +362,10 @@ class RedisJobStore:
                         return self.get(existing_id.decode()), False
                     except JobNotFound:
                         self._redis.set(idem_key, job.id)  # the earlier job was deleted: start anew
-        self._create(keys=self._keys(job.id, job.task), args=self._args(job))
+        pipe = self._redis.pipeline()  # MULTI: the record, its counts and its listing entries together
+        self._create(keys=self._keys(job.id, job.task), args=self._args(job), client=pipe)
+        self._index.add(pipe, job)
+        pipe.execute()
         return job, True
 
     def get(self, job_id: str) -> Job:
@@ -349,7 +396,10 @@ class RedisJobStore:
         keys = self._keys(job_id, task.decode() if isinstance(task, bytes) else task)
         if job is not None and job.idempotency_key is not None:
             keys.append(f"{self.IDEMPOTENCY_PREFIX}{json.dumps([job.caller, job.idempotency_key])}")
-        self._delete(keys=keys, args=[job_id])
+        pipe = self._redis.pipeline()  # MULTI: the record, its counts and its listing entries together
+        self._delete(keys=keys, args=[job_id], client=pipe)
+        self._index.remove(pipe, job_id, job.caller if job is not None else None)
+        pipe.execute()
 
     def unfinished(self) -> list[Job]:
         jobs = []
@@ -365,6 +415,10 @@ class RedisJobStore:
             raw = self._redis.get(key)
             if raw is not None:
                 yield Job.model_validate_json(raw)
+
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        self._index.ensure_built(self.iter_jobs)
+        return self._index.list_jobs(query)
 
     def ping(self) -> None:
         self._redis.ping()

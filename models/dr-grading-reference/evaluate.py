@@ -4,6 +4,10 @@
     .venv/bin/python models/dr-grading-reference/evaluate.py --write   # store them in manifest.json and CARD.md
     .venv/bin/python models/dr-grading-reference/evaluate.py --check   # exit 1 if they drift from the manifest
 
+Every figure gets its 95 % interval by bootstrap over images from the code `medimg eval` uses
+(workers/evaluation: scipy.stats.bootstrap, seed and resamples printed), so the card and a site's own
+evaluation report intervals the same way.
+
 The test images go through the manifest's preprocessing (the serving `preprocess_fundus`) and the committed
 `1/model.onnx` through ONNX Runtime, exactly as the service would run them. The operating-point threshold
 is read from the manifest; it was chosen on the val split by train.py, never on this split.
@@ -43,6 +47,13 @@ METRIC_KEYS = (
     "referable_sensitivity",
     "referable_specificity",
 )
+INTERVAL_KEYS = {  # this script's metric → the stable name `medimg eval` gives it
+    "quadratic_weighted_kappa": "qwk",
+    "accuracy": "accuracy",
+    "referable_auc": "referable_auc",
+    "referable_sensitivity": "sensitivity@{point}",
+    "referable_specificity": "specificity@{point}",
+}
 CARD_BEGIN = "<!-- metrics:begin (written by evaluate.py --write) -->"
 CARD_END = "<!-- metrics:end -->"
 
@@ -70,8 +81,9 @@ def onnx_probabilities(images: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def evaluate(n: int | None = None) -> dict:
-    """Metrics of the committed model on the first n images (default all N_TEST) of the test split."""
+def evaluate(n: int | None = None, with_intervals: bool = False) -> dict:
+    """Metrics of the committed model on the first n images (default all N_TEST) of the test split; with their
+    bootstrap intervals if asked (the command line always asks)."""
     from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
     manifest = load_manifest()
@@ -86,6 +98,7 @@ def evaluate(n: int | None = None) -> dict:
     score = probabilities[:, manifest.decoding.positive_classes].sum(axis=1)
     called = score >= manifest.operating_point().threshold
     return {
+        "intervals": intervals(grades, predicted, score, manifest) if with_intervals else None,
         "quadratic_weighted_kappa": float(cohen_kappa_score(grades, predicted, weights="quadratic")),
         "referable_auc": float(roc_auc_score(referable, score)),
         "accuracy": float((predicted == grades).mean()),
@@ -94,6 +107,35 @@ def evaluate(n: int | None = None) -> dict:
         "n_images": n,
         "confusion_matrix": confusion_matrix(grades, predicted, labels=range(5)).tolist(),
     }
+
+
+def intervals(grades: np.ndarray, predicted: np.ndarray, score: np.ndarray, manifest: ModelManifest,
+              n_resamples: int | None = None) -> dict:
+    """95 % bootstrap intervals over the test images, as `medimg eval` computes them for a site."""
+    from workers.evaluation.classification import binary_figures
+    from workers.evaluation.intervals import BootstrapSettings, bootstrap_figure
+
+    settings = BootstrapSettings(n_resamples=n_resamples) if n_resamples else BootstrapSettings()
+    point = manifest.operating_point()
+    everyone = [np.arange(len(grades))]
+    figures = {
+        "qwk": bootstrap_figure(lambda i: float(cohen_kappa(grades[i], predicted[i])), everyone, settings),
+        "accuracy": bootstrap_figure(lambda i: float((grades[i] == predicted[i]).mean()), everyone, settings),
+        **binary_figures(grades >= 2, score, {point.name: point.threshold}, settings, prefix="referable_"),
+    }
+    by_key = {key: figures[name.format(point=point.name)] for key, name in INTERVAL_KEYS.items()}
+    return {"figures": by_key, "bootstrap": settings.as_json()}
+
+
+def cohen_kappa(truth: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import cohen_kappa_score
+
+    return cohen_kappa_score(truth, predicted, weights="quadratic")
+
+
+def _with_interval(results: dict, key: str) -> str:
+    ci = results["intervals"]["figures"][key]["ci95"]
+    return f"{results[key]:.3f} | {ci[0]:.3f} – {ci[1]:.3f}"
 
 
 def write(results: dict) -> None:
@@ -125,13 +167,15 @@ def _write_card_table(results: dict, manifest: ModelManifest) -> None:
         f"Held-out synthetic test split: {results['n_images']} images (seed {synthetic_fundus.SPLIT_SEEDS['test']}, "
         "balanced across grades), run through ONNX Runtime (CPUExecutionProvider).",
         "",
-        "| Metric | Value |",
-        "|---|---|",
-        f"| Quadratic weighted kappa (5 grades) | {results['quadratic_weighted_kappa']:.3f} |",
-        f"| Accuracy (5 grades) | {results['accuracy']:.3f} |",
-        f"| Referable DR AUC (grade ≥ 2) | {results['referable_auc']:.3f} |",
-        f"| Referable sensitivity at threshold {point.threshold} | {results['referable_sensitivity']:.3f} |",
-        f"| Referable specificity at threshold {point.threshold} | {results['referable_specificity']:.3f} |",
+        "| Metric | Value | 95 % interval |",
+        "|---|---|---|",
+        f"| Quadratic weighted kappa (5 grades) | {_with_interval(results, 'quadratic_weighted_kappa')} |",
+        f"| Accuracy (5 grades) | {_with_interval(results, 'accuracy')} |",
+        f"| Referable DR AUC (grade ≥ 2) | {_with_interval(results, 'referable_auc')} |",
+        f"| Referable sensitivity at threshold {point.threshold} | {_with_interval(results, 'referable_sensitivity')} |",
+        f"| Referable specificity at threshold {point.threshold} | {_with_interval(results, 'referable_specificity')} |",
+        "",
+        _interval_note(results),
         "",
         "Confusion matrix (rows: true grade, columns: predicted grade):",
         "",
@@ -146,6 +190,13 @@ def _write_card_table(results: dict, manifest: ModelManifest) -> None:
     if not pattern.search(card):
         raise RuntimeError(f"{CARD_PATH} has no metrics section between {CARD_BEGIN!r} and {CARD_END!r}")
     CARD_PATH.write_text(pattern.sub(lambda _: "\n".join(lines), card))
+
+
+def _interval_note(results: dict) -> str:
+    boot = results["intervals"]["bootstrap"]
+    return (f"Intervals: bootstrap over the {results['n_images']} images ({boot['n_resamples']} resamples, seed "
+            f"{boot['seed']}; referable figures resample referable and non-referable images apart), computed by "
+            "`evaluate.py --check` with the code of `medimg eval` (workers/evaluation).")
 
 
 def drift(results: dict, manifest: ModelManifest) -> dict[str, tuple[float | None, float]]:
@@ -166,9 +217,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help=f"test images to use (default {N_TEST})")
     args = parser.parse_args()
 
-    results = evaluate(args.n)
+    results = evaluate(args.n, with_intervals=True)
     for key in METRIC_KEYS:
-        print(f"{key:28s} {results[key]:.4f}")
+        ci = results["intervals"]["figures"][key]["ci95"]
+        print(f"{key:28s} {results[key]:.4f}  95% CI {ci[0]:.4f} - {ci[1]:.4f}")
     print(f"{'n_images':28s} {results['n_images']}")
     if args.write:
         write(results)

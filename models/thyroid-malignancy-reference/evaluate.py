@@ -79,7 +79,8 @@ def score_item(item, classifier, segmenter) -> dict:
     return {"probability": probability, "dice": dice, "diameter_mm": max_diameter_px(mask, spacing), "found": True}
 
 
-def evaluate(n_images: int = N_TEST) -> dict:
+def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
+    """The card's figures; with their 95 % bootstrap intervals if asked (the command line always asks)."""
     from sklearn.metrics import roc_auc_score
 
     classifier, segmenter = load_cascade()
@@ -118,7 +119,24 @@ def evaluate(n_images: int = N_TEST) -> dict:
         at_least = bands >= band.level
         results[f"{band.value.lower()}_sensitivity"] = float(at_least[labels].mean())
         results[f"{band.value.lower()}_specificity"] = float((~at_least[~labels]).mean())
+    if with_intervals:
+        results["intervals"] = intervals(labels, probabilities, dices, classifier.manifest)
     return results
+
+
+def intervals(labels: np.ndarray, probabilities: np.ndarray, dices: np.ndarray, manifest: ModelManifest) -> dict:
+    """95 % intervals by bootstrap over the frames, with the code `medimg eval` uses (workers/evaluation)."""
+    from workers.evaluation.classification import binary_figures
+    from workers.evaluation.intervals import BootstrapSettings, mean_figure
+
+    settings = BootstrapSettings()
+    points = {p.name: p.threshold for p in manifest.operating_points if p.name in ("TR4", "TR5")}
+    figures = binary_figures(labels, probabilities, points, settings)
+    by_key = {"malignancy_auc": figures["auc"], "nodule_dice_mean": mean_figure(dices, settings)}
+    for name in points:
+        by_key[f"{name.lower()}_sensitivity"] = figures[f"sensitivity@{name}"]
+        by_key[f"{name.lower()}_specificity"] = figures[f"specificity@{name}"]
+    return {"figures": by_key, "bootstrap": settings.as_json()}
 
 
 def write(results: dict) -> None:
@@ -142,10 +160,23 @@ def write(results: dict) -> None:
                                                      "tr3_specificity", "tr5_sensitivity", "tr5_specificity")]
         + [f"| n_images | {results['n_images']} |"]
     )
-    block = f"{CARD_BEGIN}\n{table}\n{CARD_END}"
+    block = f"{CARD_BEGIN}\n{table}\n{interval_table(results)}{CARD_END}"
     card = CARD_PATH.read_text()
     CARD_PATH.write_text(re.sub(re.escape(CARD_BEGIN) + ".*?" + re.escape(CARD_END), lambda _: block, card,
                                 flags=re.S))
+
+
+def interval_table(results: dict) -> str:
+    """The 95 % intervals under the figures (empty when evaluate() ran without them)."""
+    if not results.get("intervals"):
+        return ""
+    boot = results["intervals"]["bootstrap"]
+    rows = [f"| {key} | {f['value']:.4f} | {f['ci95'][0]:.4f} – {f['ci95'][1]:.4f} | {f['n']} |"
+            for key, f in results["intervals"]["figures"].items()]
+    return "\n".join([
+        "", f"95 % intervals, bootstrap over the frames ({boot['n_resamples']} resamples, seed {boot['seed']}; "
+        "sensitivity and specificity resample malignant and benign frames apart), with `medimg eval`'s code:", "",
+        "| metric | value | 95 % interval | n |", "|---|---|---|---|", *rows, ""])
 
 
 def check(results: dict, manifest: ModelManifest) -> list[str]:
@@ -163,7 +194,7 @@ def main() -> None:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("-n", type=int, default=N_TEST)
     args = parser.parse_args()
-    results = evaluate(args.n)
+    results = evaluate(args.n, with_intervals=True)
     print(json.dumps(results, indent=2))
     if args.write:
         write(results)

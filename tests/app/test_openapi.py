@@ -15,3 +15,13 @@ def test_openapi_documents_job_contract() -> None:
     assert "DRGradingResult" in schema["components"]["schemas"]
     assert {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/artifacts/{name}", "/v1/models", "/healthz", "/readyz",
             "/metrics"} <= set(schema["paths"])
+
+
+def test_openapi_documents_job_listing() -> None:
+    schema = create_app().openapi()
+    listing = schema["paths"]["/v1/jobs"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {"status", "task", "created_after", "created_before",
+                                                          "limit", "cursor"}
+    assert listing["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/JobsPublic")
+    page = schema["components"]["schemas"]["JobsPublic"]
+    assert set(page["properties"]) == {"data", "count", "next"}

@@ -6,7 +6,8 @@ HU window, resized in-plane to the manifest's pixel spacing or target size) → 
 overlapping patches of the manifest's patch size blended back; as many per run as the manifest's batch size)
 → decode (softmax, argmax resized back to the source rows and columns: labels
 background / ground-glass / consolidation; small components removed; only lesions in the lungs kept)
-→ outputs (figures from the true voxel spacing; NIfTI label volume; mask and overlay PNG per affected slice).
+→ outputs (figures from the true voxel spacing; NIfTI label volume; mask and overlay PNG per affected slice;
+a display PNG per slice for the review page).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from app.schemas.results import (
 )
 from app.schemas.tasks import TaskName
 from workers.decoding import activate
+from workers.imaging.ct_display import display_slices, lung_window
 from workers.imaging.ct_series import CTVolume, load_ct_series
 from workers.imaging.lungs import LungMask, component_sizes, label_compact, patient_x, segment_lungs
 from workers.onnx import LoadedModel
@@ -40,7 +42,6 @@ from workers.sliding_window import sliding_window
 
 BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
 DEFAULT_BATCH = 8
-OVERLAY_WINDOW_HU = (-1350.0, 150.0)  # lung window: level -600, width 1500
 OVERLAY_COLOURS = {GGO: (255, 200, 0), CONSOLIDATION: (230, 30, 30)}
 OVERLAY_ALPHA = 0.45
 MASK_GREY = {GGO: 128, CONSOLIDATION: 255}
@@ -453,8 +454,7 @@ def mask_png(label_slice: np.ndarray) -> bytes:
 
 def overlay_png(hu_slice: np.ndarray, label_slice: np.ndarray) -> bytes:
     """The slice in a lung window, ground-glass in amber and consolidation in red; source rows x columns."""
-    low, high = OVERLAY_WINDOW_HU
-    grey = np.clip((hu_slice - low) * (255.0 / (high - low)), 0, 255).astype(np.float32)
+    grey = lung_window(hu_slice)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     for label, colour in OVERLAY_COLOURS.items():
         where = label_slice == label
@@ -481,6 +481,7 @@ def write_artifacts(ct: CTVolume, labels: np.ndarray, affected: list[int]) -> li
                 "labels": {"0": "background", "1": "ground-glass opacity", "2": "consolidation"},
                 "nifti": NIFTI_NAME, "slices": entries}
     artifacts.append(ArtifactOutput(SLICES_NAME, "application/json", json.dumps(document, indent=1).encode()))
+    artifacts += [ArtifactOutput(name, "image/png", png) for name, png in display_slices(ct.hu)]
     return artifacts
 
 

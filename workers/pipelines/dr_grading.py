@@ -12,7 +12,7 @@ from app.schemas.manifest import ModelManifest
 from app.schemas.options import DRGradingOptions
 from app.schemas.results import DRGradingResult, OperatingPointUsed
 from app.schemas.tasks import TaskName
-from workers.decoding import activate, positive_probability
+from workers.decoding import activate, operating_point_used, positive_probability
 from workers.imaging.fundus import fit_to_model, to_model_tensor
 from workers.imaging.photo import load_photo
 from workers.onnx import LoadedModel
@@ -59,13 +59,7 @@ def grade_from_logits(logits: np.ndarray, manifest: ModelManifest, options: DRGr
     probabilities = activate(logits, manifest.decoding)
     grade = int(np.argmax(probabilities))
     referable_probability = positive_probability(probabilities, manifest.decoding)
-    point = manifest.operating_point()
-    used = OperatingPointUsed(
-        name=point.name,
-        threshold=point.threshold,
-        sensitivity=point.sensitivity,
-        specificity=point.specificity,
-    )
+    used = operating_point_used(manifest, options.operating_point)
     if options.referable_threshold is not None:
         used = OperatingPointUsed(name="caller", threshold=options.referable_threshold, overridden=True)
     return DRGradingResult(

@@ -2,7 +2,8 @@
 
 load (CT series → HU volume + geometry) → preprocess (resample to the manifest's spacing, HU window) →
 infer (sliding window, batched patches) → decode (connected components of the probability map, 3D NMS)
-→ outputs (findings mapped back to voxel and patient coordinates; an overlay PNG per finding).
+→ outputs (findings mapped back to voxel and patient coordinates; an overlay PNG per finding; a display PNG
+per slice for the review page).
 Every number that shapes the result comes from the manifest.
 """
 
@@ -22,13 +23,13 @@ from app.schemas.results import KeySlice, LungNoduleDetectionResult, NoduleFindi
 from app.schemas.tasks import TaskName
 from workers.decoding import activate
 from workers.imaging.ct_resample import ResampledVolume, resample_to_spacing, window
+from workers.imaging.ct_display import display_slices, lung_window
 from workers.imaging.ct_series import CTVolume, load_ct_series
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
 from workers.sliding_window import sliding_window
 
 PATCH_BATCH = 2
-LUNG_WINDOW_HU = (-1350.0, 150.0)  # level -600, width 1500
 OVERLAY_MIN_SIDE = 512
 
 
@@ -63,6 +64,7 @@ class LungNoduleDetectionPipeline:
             result = build_result(candidates, ct, resampled, manifest, options)
         with stages("outputs"):
             artifacts = [nodule_overlay(ct, finding) for finding in result.nodules]
+            artifacts += [ArtifactOutput(name, "image/png", png) for name, png in display_slices(ct.hu)]
         return PipelineOutput(result=result, artifacts=artifacts)
 
 
@@ -209,9 +211,7 @@ def nodule_overlay(ct: CTVolume, finding: NoduleFinding) -> ArtifactOutput:
     """The key slice in a lung window with the finding circled and labelled: nodule-<id>.png."""
     from PIL import Image, ImageDraw
 
-    low, high = LUNG_WINDOW_HU
-    pixels = ct.hu[finding.key_slice.index]
-    grey = np.clip((pixels - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
+    grey = lung_window(ct.hu[finding.key_slice.index]).astype(np.uint8)
     image = Image.fromarray(grey).convert("RGB")
     scale = max(1, math.ceil(OVERLAY_MIN_SIDE / max(image.size)))
     if scale > 1:

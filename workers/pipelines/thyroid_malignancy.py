@@ -17,11 +17,11 @@ from PIL import Image, UnidentifiedImageError
 from app.errors import BadInputError, JobNotFound, ModelError
 from app.schemas.manifest import ModelManifest
 from app.schemas.options import RoiBox, RoiMaskArtifact, ThyroidMalignancyOptions
-from app.schemas.results import OperatingPointUsed, ThyroidMalignancyResult, ThyroidNodule
+from app.schemas.results import ThyroidMalignancyResult, ThyroidNodule
 from app.schemas.tasks import TaskName
 from app.schemas.tirads import band_bounds_from_operating_points, band_for_probability, recommend
 from app.storage.blobs import BlobNotFound
-from workers.decoding import activate, positive_probability
+from workers.decoding import activate, operating_point_used, positive_probability
 from workers.imaging.photo import load_photo
 from workers.imaging.ultrasound import (
     Box,
@@ -88,7 +88,7 @@ class ThyroidMalignancyPipeline:
         with stages("classify"):
             probability = classify_nodule(prepared.grey, nodule.mask, model)
         with stages("decode"):
-            result = build_result(probability, nodule, prepared.spacing, model.manifest)
+            result = build_result(probability, nodule, prepared.spacing, model.manifest, options.operating_point)
         with stages("outputs"):
             artifacts = [mask_png(nodule.mask), overlay_png(prepared.frame, nodule.mask)]
         return PipelineOutput(result=result, artifacts=artifacts)
@@ -193,10 +193,9 @@ def classify_nodule(grey: np.ndarray, mask: np.ndarray, model: LoadedModel) -> f
 
 
 def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing,
-                 manifest: ModelManifest) -> ThyroidMalignancyResult:
+                 manifest: ModelManifest, operating_point: str | None = None) -> ThyroidMalignancyResult:
     band = band_for_probability(probability, band_bounds_from_operating_points(manifest.operating_points))
     diameter = None if spacing.mm is None else round(max_diameter_px(nodule.mask, spacing.mm), 2)
-    point = manifest.operating_point()
     return ThyroidMalignancyResult(
         malignancy_probability=round(probability, 6),
         risk_band=band,
@@ -208,9 +207,7 @@ def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing,
             taller_than_wide=is_taller_than_wide(nodule.mask, spacing.mm),
             source=nodule.source,
         ),
-        operating_point=OperatingPointUsed(
-            name=point.name, threshold=point.threshold, sensitivity=point.sensitivity, specificity=point.specificity
-        ),
+        operating_point=operating_point_used(manifest, operating_point),
         pixel_spacing_mm=spacing.mm,
         spacing_source=spacing.source,
         research_use_only=manifest.research_use_only,

@@ -22,7 +22,8 @@ import pydicom
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import BlobStoreDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
+from app.api.deps import BlobStoreDep, ExportPolicyDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
+from app.export.policy import parse_export_to
 from app.intake.routing import route
 from app.errors import MedimgError, UnsupportedMediaType
 from app.schemas.jobs import JobPriority, JobStatus
@@ -114,7 +115,7 @@ def _split_parts(body: Path, boundary: str, out_dir: Path) -> list[Path]:
 
 
 def _store(body: Path, boundary: str, work: Path, task: TaskName | None, priority: JobPriority | None, rules,
-           intake, caller: Principal, base: str):
+           intake, caller: Principal, base: str, destinations=lambda routed: []):
     parts = _split_parts(body, boundary, work)
     referenced, failed, job_ids = [], [], []
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
@@ -141,8 +142,9 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, priorit
         else:
             streams = [path.open("rb") for path, _ in instances]
             try:
+                export_to = destinations(list(routing.export_to) if routing.task == chosen else [])
                 job, _ = intake.accept(chosen, streams, None, caller.name,
-                                       priority=priority or routing.priority or caller.priority)
+                                       priority=priority or routing.priority or caller.priority, export_to=export_to)
                 job_ids.append(job.id)
             except MedimgError:
                 status = STORAGE_FAILED
@@ -177,11 +179,21 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, priorit
 @router.post("/studies", summary="STOW-RS: store instances; each series queues its routed task",
              response_class=Response, responses=STOW_RESPONSES)
 async def store_instances(request: Request, intake: IntakeDep, caller: Submitter, settings: SettingsDep,
+                          export_policy: ExportPolicyDep,
                           task: Annotated[TaskName | None, Query(description="Run this task on every series")] = None,
                           priority: Annotated[JobPriority | None, Query(
                               description="stat or routine for every series; default: the routing rules' priority, "
-                              "else the API key's")] = None):
+                              "else the API key's")] = None,
+                          export_to: Annotated[str | None, Query(
+                              max_length=4096, description="Export destinations beside the routing rule's and "
+                              "the key's defaults, comma-separated")] = None):
     boundary = _multipart_boundary(request.headers.get("content-type", ""))
+    requested = parse_export_to(export_to)
+    export_policy.destinations(caller, requested)  # refused (403/422) before the body is read
+
+    def destinations(routed: list[str]) -> list[str]:
+        return export_policy.destinations(caller, requested, routed)
+
     with tempfile.TemporaryDirectory(dir=settings.data_dir) as work_dir:
         work = Path(work_dir)
         body = work / "body"
@@ -190,7 +202,7 @@ async def store_instances(request: Request, intake: IntakeDep, caller: Submitter
                 handle.write(chunk)
         document, code, job_ids = await run_in_threadpool(
             _store, body, boundary, work, task, priority, settings.routing_rules, intake, caller,
-            str(request.base_url).rstrip("/") + "/dicomweb")
+            str(request.base_url).rstrip("/") + "/dicomweb", destinations)
     headers = {"X-Medimg-Job-Ids": ",".join(job_ids)} if job_ids else {}
     return Response(json.dumps(document), status_code=code, media_type=DICOM_JSON, headers=headers)
 

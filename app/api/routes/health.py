@@ -20,6 +20,8 @@ async def healthz() -> dict[str, str]:
             responses={503: {"description": "Not ready; `detail` says why"}})
 async def readyz(request: Request, dispatcher: DispatcherDep, repository: RepositoryDep) -> Response:
     readiness = await run_in_threadpool(dispatcher.readiness)
+    if request.app.state.settings.export_destinations:  # informative: a PACS being down does not stop intake
+        readiness.checks["export_destinations"] = request.app.state.export_scheduler.reachability()
     if repository.errors:
         readiness.checks["model_errors"] = repository.errors
     if not repository.served():

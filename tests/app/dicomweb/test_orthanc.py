@@ -5,8 +5,6 @@ the routed job runs, and Orthanc pulls the result series back (QIDO-RS / WADO-RS
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +14,10 @@ import numpy as np
 import pytest
 
 from tests.utils.ct import nodule_scan, synthetic_ct
-from tests.utils.services import Service, free_port, service_env
+from tests.utils.pacs import Orthanc, orthanc_available
+from tests.utils.services import Service, service_env
 
-ORTHANC = shutil.which("Orthanc")
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-pytestmark = pytest.mark.skipif(ORTHANC is None or not DICOMWEB_PLUGIN.exists(),
+pytestmark = pytest.mark.skipif(not orthanc_available(),
                                 reason="Debian packages orthanc and orthanc-dicomweb are not installed")
 
 
@@ -35,32 +32,9 @@ def routed_service(tmp_path: Path) -> Iterator[Service]:
 
 @pytest.fixture
 def orthanc(tmp_path: Path, routed_service: Service) -> Iterator[str]:
-    port, storage = free_port(), tmp_path / "orthanc"
-    storage.mkdir()
-    config = {
-        "Name": "medimg-test", "HttpPort": port, "DicomPort": free_port(), "DicomServerEnabled": False,
-        "StorageDirectory": str(storage), "IndexDirectory": str(storage), "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "Plugins": [str(DICOMWEB_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/",
-                     "Servers": {"medimg": {"Url": f"{routed_service.url}/dicomweb/"}}},
-    }
-    config_path = tmp_path / "orthanc.json"
-    config_path.write_text(json.dumps(config))
-    log = (tmp_path / "orthanc.log").open("wb")
-    process = subprocess.Popen([ORTHANC, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/system", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, (tmp_path / "orthanc.log").read_text()[-2000:]
-        time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(20)
+    server = Orthanc(tmp_path / "orthanc", dicomweb_servers={"medimg": {"Url": f"{routed_service.url}/dicomweb/"}})
+    yield server.start().url
+    server.stop()
 
 
 def test_orthanc_pushes_study_and_pulls_results(orthanc: str, routed_service: Service, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def store(request, tmp_path, redis_server) -> Iterator[JobStore]:
 
 def new_job(**fields) -> Job:
     model = ModelRef(id="m", version=1, sha256="0" * 64, research_use_only=True)
-    return Job(id=str(uuid.uuid4()), task=TaskName.DR_GRADING, model=model, **fields)
+    return Job(**{"id": str(uuid.uuid4()), "task": TaskName.DR_GRADING, "model": model, **fields})
 
 
 def test_create_and_get_roundtrip(store: JobStore) -> None:

@@ -212,8 +212,11 @@ def test_write_artifacts_names_slices_by_index_and_sop_instance_uid(ffs_ct) -> N
     labels[9, 10:12, 10:12] = 2
     artifacts = {a.name: a for a in write_artifacts(ffs_ct, labels, [4, 9])}
 
+    display = {f"slice-{i:04d}.png" for i in range(ffs_ct.hu.shape[0])}  # every slice, for the review page
     assert set(artifacts) == {"lesions.nii.gz", "slices.json", "slice-0004-mask.png", "slice-0004-overlay.png",
-                              "slice-0009-mask.png", "slice-0009-overlay.png"}
+                              "slice-0009-mask.png", "slice-0009-overlay.png"} | display
+    shown = Image.open(io.BytesIO(artifacts["slice-0009.png"].data))
+    assert shown.mode == "L" and shown.size == ffs_ct.hu.shape[:0:-1]
     document = json.loads(artifacts["slices.json"].data)
     assert [e["index"] for e in document["slices"]] == [4, 9]
     assert document["slices"][1]["sop_instance_uid"] == ffs_ct.geometry.slices[9].sop_instance_uid

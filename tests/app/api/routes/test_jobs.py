@@ -108,7 +108,8 @@ def test_create_job_referable_threshold_option_is_honoured(embedded_service: Ser
                      options={"referable_threshold": 0.0})
     assert strict["result"]["referable"] is True
     assert strict["result"]["operating_point"] == {"name": "caller", "threshold": 0.0, "sensitivity": None,
-                                                   "specificity": None, "overridden": True}
+                                                   "specificity": None, "sensitivity_ci95": None,
+                                                   "specificity_ci95": None, "measured_on": None, "overridden": True}
 
 
 def test_create_job_idempotency_key_returns_same_job(embedded_service: Service) -> None:

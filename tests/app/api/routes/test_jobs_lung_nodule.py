@@ -7,6 +7,7 @@ with its centre within 3 mm and its diameter within 30 % of the truth.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from tests.utils.api import get_artifact, run_job, submit_job
 from tests.utils.ct import nodule_scan, ramp_volume, small_grid, synthetic_ct, write_series, zip_bytes
@@ -87,6 +89,12 @@ def test_create_job_lung_nodule_finds_nodules_in_patient_mm(service: Service, no
     assert overlays == {f"nodule-{n['id']}.png" for n in result["nodules"]}
     overlay = get_artifact(service, job, "nodule-1.png")
     assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+    # A display PNG per slice, at the series' matrix, for the review page's slice scroller.
+    display = {a["name"] for a in job["artifacts"] if a["name"].endswith(".png") and a["name"].startswith("slice-")}
+    assert display == {f"slice-{i:04d}.png" for i in range(result["n_slices"])}
+    key_slice = get_artifact(service, job, f"slice-{result['nodules'][0]['key_slice']['index']:04d}.png")
+    header = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    assert Image.open(io.BytesIO(key_slice.content)).size == (header.Columns, header.Rows)
 
 
 def test_create_job_lung_nodule_honours_score_threshold(embedded_service: Service, nodule_series) -> None:
@@ -96,7 +104,8 @@ def test_create_job_lung_nodule_honours_score_threshold(embedded_service: Servic
     assert job["status"] == "succeeded", job
     result = job["result"]
     assert result["operating_point"] == {"name": "caller", "threshold": 0.999, "sensitivity": None,
-                                         "specificity": None, "overridden": True}
+                                         "specificity": None, "sensitivity_ci95": None, "specificity_ci95": None,
+                                         "measured_on": None, "overridden": True}
     assert all(n["score"] >= 0.999 for n in result["nodules"])
 
 
