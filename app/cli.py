@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--no-progress", action="store_true")
 
     args = parser.parse_args(argv)
+    os.umask(0o077)  # every file the service writes (inputs, results, job store) is its user's alone
     if args.command == "serve":
         return _serve(args)
     if args.command == "worker":
@@ -126,7 +127,7 @@ def _dicom_listener(args: argparse.Namespace) -> int:
     import threading
 
     from app.config import get_settings
-    from app.dimse.listener import SeriesCollector, make_listener_ae
+    from app.dimse.listener import SeriesCollector, make_listener_ae, tls_context
     from app.dispatch import make_dispatcher
     from app.export.outbox import make_export_outbox
     from app.export.scheduler import ExportScheduler
@@ -134,8 +135,14 @@ def _dicom_listener(args: argparse.Namespace) -> int:
     from app.logs import configure_logging
     from app.storage.factory import make_blob_store, make_job_store, make_model_repository
 
+    from app.security.keys import is_loopback
+
     configure_logging()
     settings = get_settings()
+    if not is_loopback(args.host) and not settings.dimse_peers:
+        print(f"medimg dicom-listener: refusing to listen on {args.host} without known peers; list them in "
+              'MEDIMG_DIMSE_PEERS ([{"ae_title", "address", "caller"}]), or bind to 127.0.0.1', file=sys.stderr)
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     jobs, blobs = make_job_store(settings), make_blob_store(settings)
     dispatcher = make_dispatcher(settings, jobs, blobs)
@@ -149,7 +156,8 @@ def _dicom_listener(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = ae.start_server((args.host, args.port), block=False, evt_handlers=handlers)
+    server = ae.start_server((args.host, args.port), block=False, evt_handlers=handlers,
+                             ssl_context=tls_context(settings))
     print(f"medimg dicom-listener: {args.ae_title} listening on {args.host}:{args.port}", file=sys.stderr, flush=True)
     try:
         collector.run_timer(stop)

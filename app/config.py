@@ -107,6 +107,25 @@ class DicomwebDestination(BaseModel):
 ExportDestination = Annotated[DimseDestination | DicomwebDestination, Field(discriminator="kind")]
 
 
+class DimsePeer(BaseModel):
+    """A DICOM node allowed to send to `medimg dicom-listener`, and the caller its jobs belong to."""
+
+    ae_title: str = Field(pattern=r"^[ -~]{1,16}$", description="Calling AE title the peer presents")
+    address: str = Field(description="The peer's IP address or network (CIDR) the association must come from")
+    caller: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Owner of the jobs, as an API key name")
+
+    @field_validator("address")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"DIMSE peer address {value!r} must be an IP address or CIDR network") from None
+        return value
+
+
 class ShadowModel(BaseModel):
     """A candidate model run beside the served one on a sample of a task's jobs; its results reach admins only."""
 
@@ -146,17 +165,46 @@ class Settings(BaseSettings):
     port: int = 8000
     max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="Per request; larger uploads get 413")
     max_upload_files: int = Field(2000, ge=1, description="Files in one upload, ZIP members included")
-    max_image_pixels: int = Field(200_000_000, ge=1, description="Largest declared rows x columns x frames")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, le=170_000_000, description="Largest picture or DICOM frame, in rows x columns: 40 MP "
+        "holds any fundus camera or ultrasound frame and costs a worker about 120 MB decoded (RGB)"
+    )
+    max_volume_voxels: int = Field(
+        600_000_000, ge=1, description="Largest DICOM file in rows x columns x frames (a 512x512 multi-frame CT of "
+        "2,000 frames is 524 M)"
+    )
+    max_zip_ratio: float = Field(
+        1000.0, gt=1, description="Largest declared unpacked/packed size of a ZIP member; above it the ZIP is refused"
+    )
+    max_options_bytes: int = Field(16_384, ge=2, description="Longest `options` JSON")
     max_wait_seconds: float = Field(60.0, ge=0, description="Longest ?wait= long poll")
     body_read_timeout_seconds: float = Field(
-        30.0, gt=0, description="Longest pause between two chunks of a request body (slow uploads get 408)"
+        30.0, gt=0, description="Longest pause between two chunks of a request body (slow uploads get 408); also "
+        "the grace period before MEDIMG_BODY_MIN_BYTES_PER_SECOND applies"
+    )
+    body_deadline_seconds: float = Field(
+        900.0, gt=0, description="Longest time a whole request body may take (2 GB at 20 Mbit/s), whatever its pace"
+    )
+    body_min_bytes_per_second: int = Field(
+        16_384, ge=0, description="Slowest average pace of a request body once MEDIMG_BODY_READ_TIMEOUT_SECONDS have "
+        "passed (408 below it); 0 turns the check off"
+    )
+    public_base_url: str | None = Field(
+        None, description="Absolute URL callers reach the service at (e.g. https://medimg.hospital.org), used in "
+        "DICOMweb retrieve URLs; relative URLs when unset. The Host header is never trusted for them"
     )
 
     api_keys: list[ApiKey] = Field(
         default_factory=list, description='JSON list of {"name", "sha256", "scopes"}; see `medimg hash-key`'
     )
     api_keys_file: Path | None = Field(None, description="A JSON file of the same list, e.g. a mounted Secret")
-    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per API key per minute (burst the same)")
+    rate_limit_per_minute: int = Field(
+        600, ge=1, description="Requests per API key per minute (burst the same); a STOW-RS request counts once per "
+        "job it creates"
+    )
+    unauthenticated_rate_limit_per_minute: int = Field(
+        30, ge=1, description="Requests without a valid key, per client address per minute; then 429"
+    )
     retention_input_hours: float = Field(24.0, gt=0, description="Inputs of finished jobs are purged after this")
     retention_job_hours: float = Field(
         168.0, gt=0, description="Finished jobs with their results and artifacts are purged after this"
@@ -169,6 +217,7 @@ class Settings(BaseSettings):
         description="CIDRs callbacks may reach; empty allows public addresses only (never link-local or metadata)",
     )
     webhook_max_attempts: int = Field(6, ge=1)
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Longest wait for one webhook delivery attempt")
 
     routing_rules: list[RoutingRule] = Field(
         default_factory=list,
@@ -239,6 +288,15 @@ class Settings(BaseSettings):
     dimse_quiet_seconds: float = Field(
         10.0, gt=0, description="medimg dicom-listener: a series with no new instance for this long is complete"
     )
+    dimse_peers: list[DimsePeer] = Field(
+        default_factory=list, description='medimg dicom-listener: who may send, a JSON list of {"ae_title", '
+        '"address", "caller"}; others are refused at association. Required to listen beyond loopback'
+    )
+    dimse_tls_cert: Path | None = Field(None, description="medimg dicom-listener: PEM certificate; with the key, "
+                                        "the listener speaks DICOM over TLS only")
+    dimse_tls_key: Path | None = Field(None, description="PEM private key of MEDIMG_DIMSE_TLS_CERT")
+    dimse_tls_ca: Path | None = Field(None, description="PEM CA bundle; when set, peers must present a certificate "
+                                      "it signed")
     worker_pool: Literal["prefork", "threads"] = Field(
         "prefork", description="prefork: one job per process, isolated; threads: jobs share one process and "
         "its models, so their inference is micro-batched"

@@ -56,6 +56,10 @@ class InvalidRequest(MedimgError):
     code, status, title = "invalid-request", 422, "Invalid request"
 
 
+class IdempotencyKeyReused(MedimgError):
+    code, status, title = "idempotency-key-reused", 422, "Idempotency-Key reused for another request"
+
+
 class InvalidOptions(MedimgError):
     code, status, title = "invalid-options", 422, "Invalid task options"
 

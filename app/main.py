@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.api.caller_gate import CallerGate
+from app.api.docs import install_docs
 from app.api.limits import BodySizeLimit
 from app.api.main import api_router
 from app.api.problems import install_problem_handlers
 from app.api.recording import RequestRecorder
+from app.api.redirects import RelativeRedirects
 from app.api.waiting import FinishedJobWaiter
 from app.config import Settings, get_settings
 from app.dispatch import make_dispatcher
@@ -37,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.settings = settings
         app.state.keyring = keyring
-        app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        app.state.rate_limiter = rate_limiter
         app.state.jobs = make_job_store(settings)
         app.state.waiter = FinishedJobWaiter(app.state.jobs, asyncio.get_running_loop())
         app.state.blobs = make_blob_store(settings)
@@ -63,13 +66,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     keys = load_keys(settings)  # a broken key file stops the start, not the first request
     keyring = KeyRing(keys)
+    rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     export_policy = ExportPolicy(settings, keys)
-    app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="medimg", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    install_docs(app)
     install_problem_handlers(app)
     app.include_router(api_router)
     app.mount("/ui", ReviewPage(), name="ui")  # the review page: static files calling the API above
+    # Outermost last. The caller is known (key, rate limit, scope) before the body limits read a byte.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
-                       read_timeout=settings.body_read_timeout_seconds)
-    app.add_middleware(RequestRecorder)  # outermost of ours: it also sees the 413s BodySizeLimit answers
+                       read_timeout=settings.body_read_timeout_seconds, deadline=settings.body_deadline_seconds,
+                       min_bytes_per_second=settings.body_min_bytes_per_second)
+    app.add_middleware(CallerGate, keyring=keyring, limiter=rate_limiter,
+                       address_limiter=RateLimiter(settings.unauthenticated_rate_limit_per_minute))
+    app.add_middleware(RelativeRedirects)
+    app.add_middleware(RequestRecorder)  # outermost of ours: it also sees the 401/413s the others answer
 
     return app

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.waiting import FinishedJobWaiter
+from app.api.caller_gate import UNAUTHORIZED_DETAIL
 from app.config import Scope, Settings
-from app.errors import Forbidden, RateLimited, Unauthorized
+from app.errors import Forbidden, Unauthorized
 from app.dispatch import Dispatcher
 from app.export.outbox import ExportOutbox
 from app.export.policy import ExportPolicy
 from app.intake.service import Intake
 from app.model_repository import ModelRepository
 from app.security.keys import Principal
-from app.security.rate_limit import retry_after_header
 from app.storage.blobs import BlobStore
 from app.storage.jobs import JobStore
 
@@ -62,33 +63,28 @@ async def _intake(request: Request) -> Intake:
     return Intake(state.settings, state.repository, state.jobs, state.blobs, state.dispatcher)
 
 
-async def _principal(
+# Declared for the OpenAPI document (its "Authorize" button, and CallerGate's table of what needs a key); the
+# values are not read here: CallerGate has already authenticated the caller from the same headers.
+_bearer = HTTPBearer(auto_error=False, scheme_name="Bearer", description="`Authorization: Bearer <API key>`")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey",
+                               description="The API key in `X-API-Key`")
+
+
+async def require_key(
     request: Request,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    _bearer_credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+    _api_key: Annotated[str | None, Depends(_api_key_header)] = None,
 ) -> Principal:
-    presented = x_api_key
-    if authorization and authorization.lower().startswith("bearer "):
-        presented = authorization[7:].strip()
-    principal = request.app.state.keyring.authenticate(presented)
-    if principal is None:
-        raise Unauthorized(
-            "Send a valid API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-            headers={"WWW-Authenticate": 'Bearer realm="medimg"'},
-        )
-    request.state.principal = principal
-    wait = request.app.state.rate_limiter.acquire(principal.name)
-    if wait > 0:
-        raise RateLimited(
-            f"Caller {principal.name!r} exceeded {request.app.state.settings.rate_limit_per_minute} requests per "
-            f"minute (MEDIMG_RATE_LIMIT_PER_MINUTE); retry after the Retry-After seconds",
-            headers={"Retry-After": retry_after_header(wait)},
-        )
+    """The caller, which CallerGate (app/api/caller_gate.py) authenticated and rate-limited from the headers
+    before the body was read."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None:  # only when the gate is not installed (an app built without create_app)
+        raise Unauthorized(UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": 'Bearer realm="medimg"'})
     return principal
 
 
 def _scoped(scope: Scope):
-    async def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(require_key)]) -> Principal:
         if scope not in principal.scopes and "admin" not in principal.scopes:
             raise Forbidden(f"The API key of {principal.name!r} lacks the {scope!r} scope this request needs")
         return principal

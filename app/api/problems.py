@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.route_table import allowed_methods
 from app.errors import MedimgError, PayloadTooLarge, RequestTimeout
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 
@@ -26,6 +27,20 @@ def problem_response(status: int, code: str, title: str, detail: str, request: R
                         media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
+async def send_problem(scope, send, status: int, code: str, title: str, detail: str,
+                       headers: dict[str, str] | None = None) -> None:
+    """A problem answered by ASGI middleware, outside the routing layer where no exception handler runs."""
+    problem = Problem(type=f"urn:medimg:problem:{code}", title=title, status=status, detail=detail,
+                      instance=scope["path"][:256], code=code)
+    response = JSONResponse(problem.model_dump(exclude_none=True), status_code=status,
+                            media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive():  # a problem response never reads the request
+    return {"type": "http.disconnect"}
+
+
 async def _medimg_error(request: Request, exc: MedimgError) -> JSONResponse:
     return problem_response(exc.status, exc.code, exc.title, exc.detail, request, headers=exc.headers, **exc.extra)
 
@@ -40,18 +55,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else _default_detail(exc.status_code, request)
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
-        headers["Allow"] = ", ".join(_allowed_methods(request))
+        headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
     return problem_response(exc.status_code, code, phrase, detail, request, headers=headers or None)
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    """All methods of every route on this path; Starlette names only the first route's."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(request.url.path):
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
 
 
 def _default_detail(status: int, request: Request) -> str:

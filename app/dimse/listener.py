@@ -5,12 +5,21 @@ syntaxes included). A series that has been quiet for MEDIMG_DIMSE_QUIET_SECONDS 
 through the same Intake as an HTTP upload, with the task from `--task` or the routing rules (which may also
 match the calling AE title, and set the priority), and the folder is removed whether the series was accepted
 or refused. Identifiers are never logged.
+
+Who may send is configured, as PACS gateways do: MEDIMG_DIMSE_PEERS lists each known peer's calling AE
+title and address (or network) with the caller its jobs belong to. Any other association is refused with
+A-ASSOCIATE-RJ (calling AE title not recognised) before a byte of data is taken. Without the list, the
+listener accepts anyone but binds to loopback only (`medimg dicom-listener` refuses other addresses), and
+jobs belong to "dimse-<calling AE title>". With MEDIMG_DIMSE_TLS_CERT/KEY it speaks DICOM over TLS, and with
+MEDIMG_DIMSE_TLS_CA it requires the peer's certificate too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
+import ssl
 import threading
 import time
 import uuid
@@ -20,7 +29,7 @@ from pathlib import Path
 import pydicom
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, evt
 
-from app.config import Settings
+from app.config import DimsePeer, Settings
 from app.errors import MedimgError
 from app.intake.routing import route, rule_keywords
 from app.intake.service import Intake
@@ -29,9 +38,41 @@ from app.schemas.tasks import TaskName
 
 log = logging.getLogger(__name__)
 
+ACSE_TIMEOUT_SECONDS = 10
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+
+
+# A-ASSOCIATE-RJ: rejected (permanent), by the service user, calling AE title not recognised (PS3.8 9.3.4)
+REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
+
+
+@dataclass(frozen=True)
+class KnownPeers:
+    peers: list[DimsePeer]
+
+    def caller(self, ae_title: str, address: str) -> str | None:
+        """The caller a peer's jobs belong to; None when this AE title may not send from this address."""
+        if not self.peers:
+            return f"dimse-{ae_title.strip()}"  # loopback-only development listener
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return None
+        for peer in self.peers:
+            if peer.ae_title == ae_title.strip() and ip in ipaddress.ip_network(peer.address, strict=False):
+                return peer.caller
+        return None
+
+    def check_association(self, event) -> None:
+        """EVT_REQUESTED: refuse an unknown peer before negotiation (pynetdicom's hook for A-ASSOCIATE-RJ)."""
+        requestor = event.assoc.requestor
+        if self.caller(requestor.primitive.calling_ae_title, requestor.address) is None:
+            log.warning("association refused: calling AE title and address are not a configured peer "
+                        "(MEDIMG_DIMSE_PEERS)")
+            event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+            event.assoc.kill()  # as pynetdicom's own rejections do: waits until the A-ASSOCIATE-RJ has gone out
 
 
 @dataclass
@@ -39,6 +80,7 @@ class PendingSeries:
     folder: Path
     header: pydicom.Dataset
     calling_ae: str
+    caller: str
     last_received: float = field(default_factory=time.monotonic)
 
 
@@ -49,7 +91,8 @@ class SeriesCollector:
         self.task = task
         self.root = settings.data_dir / "dimse"
         self.root.mkdir(parents=True, exist_ok=True)
-        self._series: dict[str, PendingSeries] = {}
+        self.peers = KnownPeers(settings.dimse_peers)
+        self._series: dict[tuple[str, str], PendingSeries] = {}
         self._lock = threading.Lock()
         self.job_ids: list[str] = []
 
@@ -60,8 +103,13 @@ class SeriesCollector:
             series_uid = str(dataset.get("SeriesInstanceUID", "unknown"))
         except Exception:  # undecodable dataset: tell the sender, keep listening
             return CANNOT_UNDERSTAND
+        requestor = event.assoc.requestor
+        caller = self.peers.caller(requestor.ae_title, requestor.address)
+        if caller is None:  # the association check already refused it; never reached in practice
+            return OUT_OF_RESOURCES
+        key = (caller, requestor.ae_title, series_uid)  # two peers sending one series UID stay two jobs
         with self._lock:
-            pending = self._series.get(series_uid)
+            pending = self._series.get(key)
             if pending is None:
                 folder = self.root / uuid.uuid4().hex
                 folder.mkdir()
@@ -70,7 +118,7 @@ class SeriesCollector:
                 for keyword in keep | rule_keywords(self.settings.routing_rules):
                     if keyword in dataset:
                         setattr(header, keyword, dataset.get(keyword))
-                pending = self._series[series_uid] = PendingSeries(folder, header, event.assoc.requestor.ae_title)
+                pending = self._series[key] = PendingSeries(folder, header, requestor.ae_title, caller)
             pending.last_received = time.monotonic()
             target = pending.folder / f"{uuid.uuid4().hex}.dcm"
         try:
@@ -98,7 +146,7 @@ class SeriesCollector:
             files = sorted(pending.folder.iterdir())
             streams = [path.open("rb") for path in files]
             try:
-                job, _ = self.intake.accept(task, streams, None, caller=f"dimse-{pending.calling_ae.strip()}",
+                job, _ = self.intake.accept(task, streams, None, caller=pending.caller,
                                             priority=routing.priority or JobPriority.ROUTINE,
                                             export_to=export_to)
             finally:
@@ -121,7 +169,21 @@ def make_listener_ae(collector: SeriesCollector, ae_title: str) -> tuple[AE, lis
     _config.LOG_RESPONSE_IDENTIFIERS = False
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = AE(ae_title=ae_title)
+    # A peer that goes silent (no A-ASSOCIATE-RQ, no close after our A-ASSOCIATE-RJ) holds a thread this long.
+    ae.acse_timeout = ACSE_TIMEOUT_SECONDS
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    handlers = [(evt.EVT_C_STORE, collector.handle_store)]
+    handlers = [(evt.EVT_REQUESTED, collector.peers.check_association), (evt.EVT_C_STORE, collector.handle_store)]
     return ae, handlers
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The listener's TLS context (DICOM over TLS, PS3.15 B.1), when a certificate is configured."""
+    if settings.dimse_tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.dimse_tls_cert, settings.dimse_tls_key)
+    if settings.dimse_tls_ca is not None:
+        context.load_verify_locations(settings.dimse_tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

@@ -20,15 +20,20 @@ class InspectedInput:
     raster: RasterHeader | None = None
 
 
-def inspect_inputs(files: list[StagedFile], max_pixels: int) -> list[InspectedInput]:
+def inspect_inputs(files: list[StagedFile], max_pixels: int, max_voxels: int) -> list[InspectedInput]:
     inspected = []
     for staged in files:
         if staged.format == "dicom":
             header = read_dicom_header(staged.path, staged.label)
-            if header.rows * header.columns * header.frames > max_pixels:
+            if header.rows * header.columns > max_pixels:
                 raise UnsuitableInput(
-                    f"{staged.label} declares {header.rows}x{header.columns}x{header.frames} pixels, more than "
-                    f"the limit of {max_pixels} (MEDIMG_MAX_IMAGE_PIXELS)"
+                    f"{staged.label} declares frames of {header.columns}x{header.rows} pixels, more than the limit "
+                    f"of {max_pixels} pixels a frame (MEDIMG_MAX_IMAGE_PIXELS)"
+                )
+            if header.rows * header.columns * header.frames > max_voxels:
+                raise UnsuitableInput(
+                    f"{staged.label} declares {header.columns}x{header.rows}x{header.frames} pixels, more than the "
+                    f"limit of {max_voxels} (MEDIMG_MAX_VOLUME_VOXELS)"
                 )
             inspected.append(InspectedInput(staged, dicom=header))
         else:

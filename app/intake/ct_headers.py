@@ -63,7 +63,6 @@ class InstanceHeader:
     label: str
     modality: str | None
     series_instance_uid: str
-    series_description: str
     series_number: str
     image_type: tuple[str, ...]
     slices: tuple[SliceHeader, ...]
@@ -75,8 +74,9 @@ class InstanceHeader:
 
 @dataclass
 class SeriesHeaders:
+    """SeriesDescription is left out on purpose: free text, it often holds names, and error details quote this."""
+
     series_instance_uid: str
-    description: str
     number: str
     instances: list[InstanceHeader] = field(default_factory=list)
 
@@ -92,10 +92,10 @@ class SeriesHeaders:
     def is_localizer(self) -> bool:
         return all(i.is_localizer for i in self.instances)
 
-    def summary(self) -> str:
-        description = f" {self.description!r}" if self.description else ""
-        number = f" #{self.number}" if self.number else ""
-        return (f"{self.series_instance_uid} (series{number}{description}, {'/'.join(self.modalities)}, "
+    def summary(self, position: int) -> str:
+        """Named by its position in the upload and its slice count, as files are named by position."""
+        number = f", series number {self.number}" if self.number else ""
+        return (f"series {position} of the upload ({self.series_instance_uid}{number}, {'/'.join(self.modalities)}, "
                 f"{self.n_slices} slice{'s' if self.n_slices != 1 else ''})")
 
 
@@ -172,7 +172,6 @@ def read_instance_header(path: Path, label: str) -> InstanceHeader:
             label=label,
             modality=_text(ds.get("Modality")),
             series_instance_uid=str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)"),
-            series_description=str(ds.get("SeriesDescription", "") or ""),
             series_number=str(ds.get("SeriesNumber", "") or ""),
             image_type=image_type,
             slices=slices,
@@ -244,7 +243,7 @@ def group_series(instances: Iterable[InstanceHeader]) -> list[SeriesHeaders]:
     for instance in instances:
         uid = instance.series_instance_uid
         if uid not in groups:
-            groups[uid] = SeriesHeaders(uid, instance.series_description, instance.series_number)
+            groups[uid] = SeriesHeaders(uid, instance.series_number)
         groups[uid].instances.append(instance)
     return list(groups.values())
 
@@ -280,16 +279,16 @@ def select_series(groups: list[SeriesHeaders], modalities: Sequence[str], wanted
 
 
 def _listing(groups: list[SeriesHeaders]) -> str:
-    shown = "; ".join(g.summary() for g in groups[:MAX_LISTED_SERIES])
+    shown = "; ".join(g.summary(position) for position, g in enumerate(groups[:MAX_LISTED_SERIES], start=1))
     more = len(groups) - MAX_LISTED_SERIES
     return shown + (f"; and {more} more" if more > 0 else "")
 
 
 def _series_list(groups: list[SeriesHeaders]) -> list[dict]:
     return [
-        {"series_instance_uid": g.series_instance_uid, "series_description": g.description,
-         "series_number": g.number, "modalities": g.modalities, "n_slices": g.n_slices}
-        for g in groups
+        {"position": position, "series_instance_uid": g.series_instance_uid, "series_number": g.number,
+         "modalities": g.modalities, "n_slices": g.n_slices}
+        for position, g in enumerate(groups, start=1)
     ]
 
 

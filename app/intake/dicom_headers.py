@@ -14,6 +14,8 @@ from pydicom.pixels.utils import get_expected_length
 
 from app.errors import UnsuitableInput
 
+DEFER_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True)
 class DicomHeader:
@@ -43,24 +45,25 @@ def _read_dicom_header(path: Path, label: str) -> DicomHeader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dataset = pydicom.dcmread(path, force=True)
+            # Large values (pixel data above all) stay on disk: the header costs kilobytes, whatever the file.
+            dataset = pydicom.dcmread(path, force=True, defer_size=DEFER_BYTES)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise UnsuitableInput(f"{label} is not a readable DICOM file ({type(exc).__name__}); it may be truncated") from exc
     except Exception as exc:  # pydicom raises many types on malformed input; none may crash intake
         raise UnsuitableInput(f"{label} is not a readable DICOM file ({type(exc).__name__})") from exc
 
-    raw_pixels = dataset.get_item(0x7FE00010)
-    declared = getattr(raw_pixels, "length", None)
-    if raw_pixels is not None and declared not in (None, 0xFFFFFFFF) and raw_pixels.value is not None \
-            and len(raw_pixels.value) < declared:
-        raise UnsuitableInput(
-            f"{label}: the pixel data element declares {declared} bytes but the file holds {len(raw_pixels.value)};"
-            " the file is truncated or its lengths are wrong"
-        )
-    if "PixelData" not in dataset:
+    raw_pixels = dataset.get_item(0x7FE00010, keep_deferred=True)  # a plain get_item would read it in
+    if raw_pixels is None or "PixelData" not in dataset:
         raise UnsuitableInput(
             f"{label} has no pixel data: it is not an image, or the file is truncated"
             f" (SOP class {dataset.get('SOPClassUID', 'unknown')})"
+        )
+    declared = getattr(raw_pixels, "length", None)
+    available = _stored_length(raw_pixels, path)
+    if declared not in (None, 0xFFFFFFFF) and available < declared:
+        raise UnsuitableInput(
+            f"{label}: the pixel data element declares {declared} bytes but the file holds {available};"
+            " the file is truncated or its lengths are wrong"
         )
     header = DicomHeader(
         modality=_text(dataset.get("Modality")),
@@ -76,16 +79,28 @@ def _read_dicom_header(path: Path, label: str) -> DicomHeader:
     )
     if header.rows <= 0 or header.columns <= 0:
         raise UnsuitableInput(f"{label} declares an empty image ({header.rows} rows x {header.columns} columns)")
-    _check_pixel_data_complete(dataset, header, label)
+    _check_pixel_data_complete(dataset, raw_pixels, path, header, label)
     return header
 
 
-def _check_pixel_data_complete(dataset: pydicom.Dataset, header: DicomHeader, label: str) -> None:
-    pixel_data = dataset.PixelData
+def _stored_length(raw_pixels, path: Path) -> int:
+    """Bytes of pixel data the file holds: the value itself when it was read, the rest of the file when deferred."""
+    if raw_pixels.value is not None:
+        return len(raw_pixels.value)
+    return max(path.stat().st_size - raw_pixels.value_tell, 0)
+
+
+def _check_pixel_data_complete(dataset: pydicom.Dataset, raw_pixels, path: Path, header: DicomHeader,
+                               label: str) -> None:
     transfer_syntax = _transfer_syntax(dataset)
     if transfer_syntax is not None and transfer_syntax.is_compressed:
         try:
-            frames = sum(1 for _ in generate_frames(pixel_data, number_of_frames=header.frames))
+            with path.open("rb") as stream:
+                buffer = raw_pixels.value
+                if buffer is None:  # deferred: frames are read one at a time from the file, never all at once
+                    stream.seek(raw_pixels.value_tell)
+                    buffer = stream
+                frames = sum(1 for _ in generate_frames(buffer, number_of_frames=header.frames))
         except Exception as exc:
             raise UnsuitableInput(f"{label}: compressed pixel data is malformed or truncated") from exc
         if frames < header.frames:
@@ -97,9 +112,11 @@ def _check_pixel_data_complete(dataset: pydicom.Dataset, header: DicomHeader, la
             raise TypeError(type(expected_bytes).__name__)
     except Exception as exc:  # malformed values (NumberOfFrames "1A") raise assorted types
         raise UnsuitableInput(f"{label}: the image pixel description is incomplete ({type(exc).__name__})") from exc
-    if len(pixel_data) < expected_bytes:
+    length = getattr(raw_pixels, "length", None)
+    stored = length if length not in (None, 0xFFFFFFFF) else _stored_length(raw_pixels, path)
+    if stored < expected_bytes:
         raise UnsuitableInput(
-            f"{label}: pixel data is truncated ({len(pixel_data)} of {expected_bytes} bytes expected from "
+            f"{label}: pixel data is truncated ({stored} of {expected_bytes} bytes expected from "
             f"{header.rows}x{header.columns}x{header.frames} frames)"
         )
 

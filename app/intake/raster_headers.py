@@ -40,8 +40,11 @@ def read_raster_header(path: Path, label: str, max_pixels: int) -> RasterHeader:
     except UnsuitableInput:
         raise
     except Image.DecompressionBombError as exc:
+        # Pillow refuses above twice its own MAX_IMAGE_PIXELS before it says the size; ours is lower (the
+        # setting's bound), so the limit that applies is still ours.
         raise UnsuitableInput(
-            f"{label} declares far more pixels than the limit of {max_pixels} (MEDIMG_MAX_IMAGE_PIXELS)"
+            f"{label} declares more than {2 * Image.MAX_IMAGE_PIXELS} pixels, far above the limit of {max_pixels} "
+            "pixels (MEDIMG_MAX_IMAGE_PIXELS)"
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UnsuitableInput(f"{label} is not a readable image ({type(exc).__name__}); it may be truncated") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.dispatch import Dispatcher
-from app.errors import InvalidOptions
+from app.errors import IdempotencyKeyReused, InvalidOptions
 from app.intake.checks import check_inputs, inspect_inputs
 from app.intake.deidentify import deidentify_files
 from app.intake.staging import EXTENSIONS, staging_area
@@ -51,15 +52,17 @@ class Intake:
         `job_id`: the id the new job takes (from `new_job_id`), when the caller must know it beforehand.
         `export_to`: destinations of its DICOM results, already checked (app/export/policy.py)."""
         model = self.repository.for_task(task)
-        options = parse_options(task, options_json)
+        options = parse_options(task, options_json, self.settings.max_options_bytes)
         settings = self.settings
         if callback_url is not None:
             check_callback_url(callback_url, settings.webhook_allowed_networks)
-        with staging_area(settings.staging_dir, settings.max_upload_bytes, settings.max_upload_files) as area:
+        with staging_area(settings.staging_dir, settings.max_upload_bytes, settings.max_upload_files,
+                          settings.max_zip_ratio) as area:
             for index, upload in enumerate(uploads):
                 area.add_upload(upload, index)
-            serving = check_inputs(inspect_inputs(area.files, settings.max_image_pixels), model.manifest.accepts,
-                                   task, series_instance_uid=getattr(options, "series_instance_uid", None))
+            serving = check_inputs(
+                inspect_inputs(area.files, settings.max_image_pixels, settings.max_volume_voxels),
+                model.manifest.accepts, task, series_instance_uid=getattr(options, "series_instance_uid", None))
             # Only what serves the task is kept: other series of the upload (scouts, a second series) go.
             files = [item.staged for item in serving]
 
@@ -85,11 +88,19 @@ class Intake:
                 caller=caller,
                 priority=priority,
                 idempotency_key=idempotency_key,
+                request_fingerprint=_fingerprint(task, options, callback_url, area.upload_digests),
                 callback_url=callback_url,
                 export_to=export_to or [],
             )
+            fingerprint = job.request_fingerprint
             job, created = self.jobs.create(job)
             if not created:
+                if job.request_fingerprint not in (None, fingerprint):
+                    # The IETF Idempotency-Key draft: a key reused with another payload is a client error.
+                    raise IdempotencyKeyReused(
+                        f"Idempotency-Key {idempotency_key[:64]!r} was used for job {job.id} with other files, task, "
+                        "options or callback_url; send a new key for a new request"
+                    )
                 return job, False
             try:
                 for staged, stored in zip(files, inputs, strict=True):
@@ -103,14 +114,26 @@ class Intake:
         return job, True
 
 
-def parse_options(task: TaskName, options_json: str | None) -> TaskOptions:
+def _fingerprint(task: TaskName, options: TaskOptions, callback_url: str | None, digests: list[str]) -> str:
+    request = [task.value, options.model_dump(mode="json", exclude_none=True), callback_url, digests]
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def parse_options(task: TaskName, options_json: str | None, max_bytes: int = 16_384) -> TaskOptions:
     options_type = OPTIONS_BY_TASK[task]
     if options_json is None or not options_json.strip():
         return options_type()
+    if len(options_json) > max_bytes:
+        raise InvalidOptions(f"`options` is {len(options_json)} characters long, more than {max_bytes} "
+                             "(MEDIMG_MAX_OPTIONS_BYTES); task options are a few keys")
     try:
         raw = json.loads(options_json)
     except json.JSONDecodeError as exc:
         raise InvalidOptions(f"`options` is not valid JSON ({exc.msg} at character {exc.pos})") from exc
+    except RecursionError:
+        raise InvalidOptions("`options` nests too deeply to be task options; send a flat JSON object") from None
+    if raw is None:  # JSON null: no options, as the schema allows
+        return options_type()
     if not isinstance(raw, dict):
         raise InvalidOptions("`options` must be a JSON object, e.g. {\"referable_threshold\": 0.4}")
     try:

@@ -111,6 +111,10 @@ class Job(BaseModel):
     promoted: bool = Field(False, description="Celery mode: re-sent as STAT after waiting MEDIMG_PRIORITY_AGING_SECONDS")
     delivery_id: str | None = Field(None, description="Celery mode: the task id of the message that started the job")
     idempotency_key: str | None = None
+    request_fingerprint: str | None = Field(
+        None, description="sha256 of what the submission asked (task, options, callback, file bytes); a reused "
+        "Idempotency-Key with another fingerprint is refused"
+    )
     callback_url: str | None = None
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
     worker: str | None = Field(

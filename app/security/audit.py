@@ -18,9 +18,18 @@ def audit_access(request: Request, status: int) -> None:
             "audit": {
                 "caller": principal.name if principal is not None else None,
                 "action": f"{request.method} {getattr(route, 'path', 'unmatched')}",
-                "job_id": request.path_params.get("job_id"),
+                "job_id": _bounded(request.path_params.get("job_id")),
                 "status": status,
                 "client": request.client.host if request.client else None,
             }
         },
     )
+
+
+MAX_LOGGED_CHARS = 64  # a job id is 36; whatever a caller puts in the path is cut to this
+
+
+def _bounded(value: str | None) -> str | None:
+    if value is None or len(value) <= MAX_LOGGED_CHARS:
+        return value
+    return f"{value[:MAX_LOGGED_CHARS]}…({len(value)} chars)"

@@ -75,6 +75,15 @@ class KeyRing:
         return None
 
 
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key from `Authorization: Bearer <key>`, else from `X-API-Key` (raw ASGI headers, lower-case names)."""
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    key = headers.get(b"x-api-key")
+    return key.decode("latin-1") if key is not None else None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

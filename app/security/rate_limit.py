@@ -11,24 +11,31 @@ import threading
 import time
 
 
+MAX_BUCKETS = 100_000
+
+
 class RateLimiter:
     def __init__(self, rate_per_minute: int) -> None:
+        self.rate_per_minute = rate_per_minute
         self.capacity = float(rate_per_minute)
         self.refill_per_second = rate_per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, caller: str) -> float:
-        """0 when the request may proceed; otherwise the seconds until it may."""
+    def acquire(self, caller: str, count: int = 1) -> float:
+        """0 when `count` requests may proceed (and are counted); otherwise the seconds until they may."""
         now = time.monotonic()
         with self._lock:
+            if len(self._buckets) > MAX_BUCKETS:  # one per client address too: forget the full (idle) ones
+                self._buckets = {k: v for k, v in self._buckets.items()
+                                 if v[0] + (now - v[1]) * self.refill_per_second < self.capacity}
             tokens, updated = self._buckets.get(caller, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - updated) * self.refill_per_second)
-            if tokens >= 1.0:
-                self._buckets[caller] = (tokens - 1.0, now)
+            if tokens >= count:
+                self._buckets[caller] = (tokens - count, now)
                 return 0.0
             self._buckets[caller] = (tokens, now)
-            return (1.0 - tokens) / self.refill_per_second
+            return (count - tokens) / self.refill_per_second
 
 
 def retry_after_header(seconds: float) -> str:

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
+PRIVATE_FILE = 0o600  # inputs and results are patient data: the service user's alone
+
+
 class BlobNotFound(KeyError):
     pass
 
@@ -50,6 +53,7 @@ class FilesystemBlobStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         size = source.stat().st_size
         shutil.move(source, target)
+        os.chmod(target, PRIVATE_FILE)
         return size
 
     def put_bytes(self, key: str, data: bytes) -> int:
@@ -58,6 +62,7 @@ class FilesystemBlobStore:
         # Write then rename, so a reader never sees half an artifact.
         partial = target.with_name(f".tmp-{uuid.uuid4().hex}")
         try:
+            partial.touch(mode=PRIVATE_FILE)
             partial.write_bytes(data)
             os.replace(partial, target)
         except BaseException:

@@ -25,14 +25,19 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.deps import BlobStoreDep, ExportPolicyDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
 from app.export.policy import parse_export_to
 from app.intake.routing import route
-from app.errors import MedimgError, UnsupportedMediaType
+from app.errors import MedimgError, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from app.schemas.jobs import JobPriority, JobStatus
+from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
+from app.security.headers import PATIENT_DATA_HEADERS
+from app.security.keys import Principal
+from app.security.rate_limit import retry_after_header
 from app.schemas.tasks import TaskName
 from app.security.keys import Principal
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 
+PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
 DICOM_JSON_CONTENT = {"application/dicom+json": {"schema": {"type": "array", "items": {"type": "object"}}}}
 STORE_RESPONSE = {"application/dicom+json": {"schema": {"type": "object"}}}
 MULTIPART_CONTENT = {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}
@@ -48,7 +53,14 @@ STOW_RESPONSES = {
     202: {"description": "Some instances stored, some failed (FailedSOPSequence)", "content": STORE_RESPONSE,
           "headers": JOB_IDS_HEADER},
     409: {"description": "No instance stored (FailedSOPSequence says why)", "content": STORE_RESPONSE},
+    400: PROBLEM | {"description": "The multipart/related body cannot be parsed (no boundary, a part unclosed)"},
+    413: PROBLEM | {"description": "Body over MEDIMG_MAX_UPLOAD_BYTES, or more parts than MEDIMG_MAX_UPLOAD_FILES"},
+    415: PROBLEM | {"description": "Not multipart/related with application/dicom parts"},
+    429: PROBLEM | {"description": "The jobs this request would create exceed the rate limit; nothing was stored"},
 }
+# The body is read as a stream, not parsed by FastAPI, so it is declared here for the OpenAPI document.
+STOW_BODY = {"requestBody": {"required": True, "content": {
+    'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 class ResultInstanceNotFound(MedimgError):
@@ -91,7 +103,7 @@ def _multipart_boundary(content_type: str) -> str:
     return params["boundary"]
 
 
-def _split_parts(body: Path, boundary: str, out_dir: Path) -> list[Path]:
+def _split_parts(body: Path, boundary: str, out_dir: Path, max_parts: int) -> list[Path]:
     """Each part's payload to its own file; the body is mapped, not read into memory."""
     delimiter = b"--" + boundary.encode()
     paths = []
@@ -105,6 +117,9 @@ def _split_parts(body: Path, boundary: str, out_dir: Path) -> list[Path]:
             following = data.find(b"\r\n" + delimiter, headers_end)
             if headers_end < 0 or following < 0:
                 raise MalformedMultipart("The multipart/related body is truncated (a part has no closing boundary)")
+            if len(paths) >= max_parts:
+                raise PayloadTooLarge(f"The STOW-RS request holds more than {max_parts} parts "
+                                      "(MEDIMG_MAX_UPLOAD_FILES); send the instances in several requests")
             path = out_dir / f"part-{len(paths):05d}.dcm"
             path.write_bytes(data[headers_end + 4:following])
             paths.append(path)
@@ -115,8 +130,10 @@ def _split_parts(body: Path, boundary: str, out_dir: Path) -> list[Path]:
 
 
 def _store(body: Path, boundary: str, work: Path, task: TaskName | None, priority: JobPriority | None, rules,
-           intake, caller: Principal, base: str, destinations=lambda routed: []):
-    parts = _split_parts(body, boundary, work)
+           intake, caller: Principal, base: str, destinations=lambda routed: [], charge_jobs=lambda jobs: None):
+    """`charge_jobs(n)` counts the jobs the request will create against the caller's rate limit (the request
+    itself paid for one) and raises when they exceed it, before any is created."""
+    parts = _split_parts(body, boundary, work, intake.settings.max_upload_files)
     referenced, failed, job_ids = [], [], []
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     for path in parts:
@@ -131,10 +148,12 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, priorit
             continue
         series[header.SeriesInstanceUID].append((path, header))
     study_uid = None
+    routings = {series_uid: route(instances[0][1], rules) for series_uid, instances in series.items()}
+    charge_jobs(sum(1 for routing in routings.values() if (task or routing.task) is not None))
     for series_uid, instances in series.items():
         first = instances[0][1]
         study_uid = study_uid or first.StudyInstanceUID
-        routing = route(first, rules)
+        routing = routings[series_uid]
         chosen = task or routing.task
         status = None
         if chosen is None:
@@ -177,7 +196,7 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, priorit
 
 
 @router.post("/studies", summary="STOW-RS: store instances; each series queues its routed task",
-             response_class=Response, responses=STOW_RESPONSES)
+             response_class=Response, responses=STOW_RESPONSES, openapi_extra=STOW_BODY)
 async def store_instances(request: Request, intake: IntakeDep, caller: Submitter, settings: SettingsDep,
                           export_policy: ExportPolicyDep,
                           task: Annotated[TaskName | None, Query(description="Run this task on every series")] = None,
@@ -202,18 +221,35 @@ async def store_instances(request: Request, intake: IntakeDep, caller: Submitter
                 handle.write(chunk)
         document, code, job_ids = await run_in_threadpool(
             _store, body, boundary, work, task, priority, settings.routing_rules, intake, caller,
-            str(request.base_url).rstrip("/") + "/dicomweb", destinations)
+            # Never from the Host header, which the caller writes.
+            (settings.public_base_url or "").rstrip("/") + "/dicomweb", destinations,
+            _job_charger(request, caller.name))
     headers = {"X-Medimg-Job-Ids": ",".join(job_ids)} if job_ids else {}
     return Response(json.dumps(document), status_code=code, media_type=DICOM_JSON, headers=headers)
+
+
+def _job_charger(request: Request, caller: str):
+    limiter, settings = request.app.state.rate_limiter, request.app.state.settings
+
+    def charge(jobs: int) -> None:
+        wait = limiter.acquire(caller, jobs - 1) if jobs > 1 else 0.0
+        if wait > 0:
+            raise RateLimited(
+                f"This STOW-RS request would create {jobs} jobs (one per series); with the requests before it that "
+                f"exceeds {settings.rate_limit_per_minute} a minute (MEDIMG_RATE_LIMIT_PER_MINUTE). Nothing was "
+                "stored; send fewer series per request, after the Retry-After seconds",
+                headers={"Retry-After": retry_after_header(wait)})
+
+    return charge
 
 
 # --- QIDO-RS / WADO-RS of result instances ------------------------------------------------------------
 
 
-def _result_instances(jobs, blobs, caller: str):
-    """(header, artifact key) of every DICOM artifact of the caller's succeeded jobs."""
+def _result_instances(jobs, blobs, caller: Principal):
+    """(header, artifact key) of every DICOM artifact of the succeeded jobs the caller may read."""
     for job in jobs.iter_jobs():
-        if job.caller != caller or job.status is not JobStatus.SUCCEEDED:
+        if not caller.may_read(job.caller) or job.status is not JobStatus.SUCCEEDED:
             continue
         for artifact in job.artifacts:
             if artifact.media_type == "application/dicom":
@@ -256,26 +292,28 @@ def _query(jobs, blobs, caller, level, study=None, series=None):
 
 
 def _json(payload) -> Response:
-    return Response(json.dumps(payload), media_type=DICOM_JSON, status_code=200 if payload else 204)
+    if not payload:
+        return Response(status_code=204)  # a 204 carries no body, not even []
+    return Response(json.dumps(payload), media_type=DICOM_JSON)
 
 
 @router.get("/studies", summary="QIDO-RS: studies with results",
             response_class=Response, responses=QIDO_RESPONSES)
 async def search_studies(jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader,
                          StudyInstanceUID: str | None = None):  # noqa: N803 - the DICOM attribute keyword
-    return _json(await run_in_threadpool(_query, jobs, blobs, caller.name, "studies", StudyInstanceUID))
+    return _json(await run_in_threadpool(_query, jobs, blobs, caller, "studies", StudyInstanceUID))
 
 
 @router.get("/studies/{study}/series", summary="QIDO-RS: result series of a study",
             response_class=Response, responses=QIDO_RESPONSES)
 async def search_series(study: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader):
-    return _json(await run_in_threadpool(_query, jobs, blobs, caller.name, "series", study))
+    return _json(await run_in_threadpool(_query, jobs, blobs, caller, "series", study))
 
 
 @router.get("/studies/{study}/series/{series}/instances", summary="QIDO-RS: result instances of a series",
             response_class=Response, responses=QIDO_RESPONSES)
 async def search_instances(study: str, series: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader):
-    return _json(await run_in_threadpool(_query, jobs, blobs, caller.name, "instances", study, series))
+    return _json(await run_in_threadpool(_query, jobs, blobs, caller, "instances", study, series))
 
 
 def _multipart(paths: list[Path]) -> Response:
@@ -284,7 +322,7 @@ def _multipart(paths: list[Path]) -> Response:
     for path in paths:
         chunks += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), path.read_bytes(), b"\r\n"]
     chunks.append(f"--{boundary}--\r\n".encode())
-    return Response(b"".join(chunks),
+    return Response(b"".join(chunks), headers=PATIENT_DATA_HEADERS,
                     media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
 
@@ -301,7 +339,7 @@ def _metadata(paths: list[Path]) -> list[dict]:
             response_class=Response, responses=WADO_RESPONSES)
 async def retrieve_instance(study: str, series: str, instance: str, jobs: JobStoreDep, blobs: BlobStoreDep,
                             caller: Reader):
-    paths = await run_in_threadpool(_retrieve, jobs, blobs, caller.name, study, series, instance)
+    paths = await run_in_threadpool(_retrieve, jobs, blobs, caller, study, series, instance)
     if not paths:
         raise _not_found(study, series, instance)
     return _multipart(paths)
@@ -310,7 +348,7 @@ async def retrieve_instance(study: str, series: str, instance: str, jobs: JobSto
 @router.get("/studies/{study}/series/{series}", summary="WADO-RS: a result series",
             response_class=Response, responses=WADO_RESPONSES)
 async def retrieve_series(study: str, series: str, jobs: JobStoreDep, blobs: BlobStoreDep, caller: Reader):
-    paths = await run_in_threadpool(_retrieve, jobs, blobs, caller.name, study, series)
+    paths = await run_in_threadpool(_retrieve, jobs, blobs, caller, study, series)
     if not paths:
         raise _not_found(study, series)
     return _multipart(paths)
@@ -320,7 +358,7 @@ async def retrieve_series(study: str, series: str, jobs: JobStoreDep, blobs: Blo
             response_class=Response, responses=QIDO_RESPONSES)
 async def retrieve_series_metadata(study: str, series: str, jobs: JobStoreDep, blobs: BlobStoreDep,
                                    caller: Reader):
-    paths = await run_in_threadpool(_retrieve, jobs, blobs, caller.name, study, series)
+    paths = await run_in_threadpool(_retrieve, jobs, blobs, caller, study, series)
     if not paths:
         raise _not_found(study, series)
     return _json(await run_in_threadpool(_metadata, paths))

@@ -34,6 +34,7 @@ from app.export.policy import parse_export_to
 from app.metrics import JOBS_REJECTED, JOBS_SUBMITTED, UPLOAD_BYTES
 from app.dispatch import Dispatcher
 from app.schemas.jobs import Job, JobPriority, JobPublic, JobsPublic, JobStatus, new_job_id
+from app.security.headers import PATIENT_DATA_HEADERS
 from app.security.keys import Principal
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.schemas.tasks import TaskName
@@ -252,15 +253,17 @@ async def read_artifact(job_id: str, name: str, jobs: JobStoreDep, blobs: BlobSt
     if artifact is None:
         available = ", ".join(a.name for a in job.artifacts) or "none yet"
         raise ArtifactNotFound(f"Job {job_id} has no artifact {name!r}; available: {available}")
+    headers = PATIENT_DATA_HEADERS | {"Content-Disposition": f'attachment; filename="{artifact.name}"'}
     try:
         if not isinstance(blobs, FilesystemBlobStore):
             # A remote store (S3): stream the object through in chunks, never whole in memory or on disk.
             body = await run_in_threadpool(blobs.open, artifact.key)
-            return StreamingResponse(iterate_in_threadpool(_chunks(body)), media_type=artifact.media_type)
+            return StreamingResponse(iterate_in_threadpool(_chunks(body)), media_type=artifact.media_type,
+                                     headers=headers)
         path = await run_in_threadpool(blobs.local_path, artifact.key)
     except BlobNotFound:
         raise ArtifactNotFound(f"Artifact {name!r} of job {job_id} is no longer stored") from None
-    return FileResponse(path, media_type=artifact.media_type)
+    return FileResponse(path, media_type=artifact.media_type, headers=headers)
 
 
 def _chunks(body, size: int = 1 << 20) -> Iterator[bytes]:

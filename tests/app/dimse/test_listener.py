@@ -1,18 +1,26 @@
-"""dcmtk's storescu sends a series (RLE-compressed) to `medimg dicom-listener`, and the job runs."""
+"""`medimg dicom-listener`: dcmtk's storescu sends a series (RLE-compressed) and the job runs; only configured
+peers (calling AE title and address) may associate, each mapped to a caller; DICOM over TLS when configured."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import RLELossless
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 
 from app.schemas.jobs import JobPriority, JobStatus
 from app.storage.jobs import SqliteJobStore
@@ -20,10 +28,49 @@ from tests.utils.ct import nodule_scan, synthetic_ct
 from tests.utils.services import Process, free_port, service_env
 
 PATIENT = "Listener^Marked"
+PEERS = [{"ae_title": "PACS1", "address": "127.0.0.1", "caller": "clinic-a"},
+         {"ae_title": "PACS2", "address": "10.9.9.0/24", "caller": "clinic-b"}]
+
+
+def _start_listener(data_dir: Path, port: int, **env: str) -> Process:
+    listener = Process(
+        [sys.executable, "-m", "app.cli", "dicom-listener", "--port", str(port), "--task", "lung-nodule-detection"],
+        service_env(data_dir, MEDIMG_DIMSE_QUIET_SECONDS="1", MEDIMG_DIMSE_PEERS=json.dumps(PEERS),
+                    MEDIMG_ROUTING_RULES='[{"calling_ae_title": "PACS1", "priority": "stat"}]', **env),
+        data_dir / "logs" / "listener.log",
+    ).start()
+    deadline = time.monotonic() + 60
+    while "listening" not in _read(listener.log_path):
+        assert time.monotonic() < deadline and listener.process.poll() is None, _read(listener.log_path)
+        time.sleep(0.2)
+    return listener
+
+
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory) -> Iterator[tuple[Process, int, Path]]:
+    data_dir, port = tmp_path_factory.mktemp("dimse"), free_port()
+    process = _start_listener(data_dir, port)
+    yield process, port, data_dir
+    process.stop()
+
+
+def _associate(port: int, calling: str, tls: tuple | None = None):
+    """The association's outcome; the client side is closed afterwards, as a real peer would."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDIMG", tls_args=tls)
+    outcome = SimpleNamespace(is_established=assoc.is_established, is_rejected=assoc.is_rejected)
+    if assoc.is_established:
+        assoc.release()
+    ae.shutdown()
+    if assoc.dul.socket is not None:
+        assoc.dul.socket.close()
+    return outcome
 
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk's storescu is not installed")
-def test_storescu_series_becomes_a_job(tmp_path: Path) -> None:
+def test_storescu_series_becomes_a_job_of_the_peers_caller(listener, tmp_path: Path) -> None:
+    process, port, data_dir = listener
     scan = nodule_scan(seed=7)
     series_dir = tmp_path / "series"
     series_dir.mkdir()
@@ -35,38 +82,77 @@ def test_storescu_series_becomes_a_job(tmp_path: Path) -> None:
         dataset.compress(RLELossless)
         dataset.save_as(path)
 
-    data_dir, port = tmp_path / "data", free_port()
-    listener = Process(
-        [sys.executable, "-m", "app.cli", "dicom-listener", "--port", str(port), "--task", "lung-nodule-detection"],
-        service_env(data_dir, MEDIMG_DIMSE_QUIET_SECONDS="1",
-                    MEDIMG_ROUTING_RULES='[{"calling_ae_title": "PACS1", "priority": "stat"}]'),
-        data_dir / "logs" / "listener.log",
-    ).start()
-    try:
-        deadline = time.monotonic() + 60
-        while "listening" not in _read(listener.log_path):
-            assert time.monotonic() < deadline, _read(listener.log_path)
-            time.sleep(0.2)
-        sent = subprocess.run(["storescu", "-xr", "-aec", "MEDIMG", "-aet", "PACS1", "+sd", "127.0.0.1", str(port),
-                               str(series_dir)], capture_output=True, text=True, timeout=120)
-        assert sent.returncode == 0, sent.stderr
+    sent = subprocess.run(["storescu", "-xr", "-aec", "MEDIMG", "-aet", "PACS1", "+sd", "127.0.0.1", str(port),
+                           str(series_dir)], capture_output=True, text=True, timeout=120)
+    assert sent.returncode == 0, sent.stderr
 
-        store = SqliteJobStore(data_dir / "jobs.sqlite3")
-        job = None
-        while time.monotonic() < deadline + 120:
-            match = re.search(r"job ([0-9a-f-]{36}) queued from a DIMSE series of (\d+)", _read(listener.log_path))
-            if match:
-                assert int(match.group(2)) == len(paths)
-                job = store.get(match.group(1))
-                if job.status.finished:
-                    break
-            time.sleep(0.5)
-        assert job is not None and job.status is JobStatus.SUCCEEDED, _read(listener.log_path)[-3000:]
-        assert job.caller == "dimse-PACS1" and job.priority is JobPriority.STAT  # by its calling AE title
-        assert len(job.result["nodules"]) >= 1
-        assert PATIENT not in _read(listener.log_path)
+    store = SqliteJobStore(data_dir / "jobs.sqlite3")
+    job = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        match = re.search(r"job ([0-9a-f-]{36}) queued from a DIMSE series of (\d+)", _read(process.log_path))
+        if match:
+            assert int(match.group(2)) == len(paths)
+            job = store.get(match.group(1))
+            if job.status.finished:
+                break
+        time.sleep(0.5)
+    assert job is not None and job.status is JobStatus.SUCCEEDED, _read(process.log_path)[-3000:]
+    assert job.caller == "clinic-a"  # the configured peer's caller, not a name the sender chose
+    assert job.priority is JobPriority.STAT  # a routing rule on its calling AE title
+    assert len(job.result["nodules"]) >= 1
+    assert PATIENT not in _read(process.log_path)
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk's storescu is not installed")
+def test_storescu_unknown_ae_title_rejected(listener, tmp_path: Path) -> None:
+    _, port, _ = listener
+    path = tmp_path / "one.dcm"
+    pydicom.dcmwrite(path, pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm")))
+    sent = subprocess.run(["storescu", "-aec", "MEDIMG", "-aet", "INTRUDER", "127.0.0.1", str(port), str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert sent.returncode != 0
+    assert "Association Rejected" in sent.stderr + sent.stdout, sent.stderr
+
+
+@pytest.mark.parametrize("calling", ["INTRUDER", "PACS2"])  # PACS2 is known, but only from 10.9.9.0/24
+def test_association_from_unknown_peer_rejected(listener, calling: str) -> None:
+    _, port, _ = listener
+    assoc = _associate(port, calling)
+    assert assoc.is_rejected and not assoc.is_established
+    assert _associate(port, "PACS1").is_established  # the known peer from its address still gets in
+
+
+def test_listener_refuses_public_bind_without_peers(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "dicom-listener", "--host", "0.0.0.0", "--port", str(free_port())],
+        env=service_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2
+    assert "MEDIMG_DIMSE_PEERS" in completed.stderr
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_listener_over_tls(tmp_path: Path) -> None:
+    cert, key = tmp_path / "listener.pem", tmp_path / "listener.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    port = free_port()
+    process = _start_listener(tmp_path / "data", port, MEDIMG_DIMSE_TLS_CERT=str(cert), MEDIMG_DIMSE_TLS_KEY=str(key))
+    try:
+        client = ssl.create_default_context(cafile=str(cert))
+        assert _associate(port, "PACS1", tls=(client, "localhost")).is_established
+        assert _associate(port, "INTRUDER", tls=(client, "localhost")).is_rejected
+        # Plain DICOM is not spoken: an A-ASSOCIATE-RQ in clear gets no A-ASSOCIATE-AC (PDU type 0x02).
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as plain:
+            plain.sendall(b"\x01\x00" + bytes(200))
+            try:
+                answer = plain.recv(1)
+            except (TimeoutError, ConnectionResetError):
+                answer = b""
+        assert answer != b"\x02"
     finally:
-        listener.stop()
+        process.stop()
 
 
 def _read(path: Path) -> str:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.utils.api import submit_job, wait_job
+from tests.utils.footprint import footprint
 from tests.utils.fundus import dicom_fundus_bytes, make_fundus, png_bytes
 from tests.utils.services import Service, service_env
 
@@ -25,9 +26,11 @@ LIMIT = 3_000_000
 @pytest.fixture(scope="module")
 def guarded_service(tmp_path_factory) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("guarded")
+    temp_dir = data_dir.parent / f"{data_dir.name}-tmp"  # the service's temp folder (spooled form parts)
+    temp_dir.mkdir()
     service = Service(data_dir, service_env(data_dir, MEDIMG_MAX_UPLOAD_BYTES=str(LIMIT),
-                                            MEDIMG_BODY_READ_TIMEOUT_SECONDS="2",
-                                            MEDIMG_MAX_IMAGE_PIXELS="50000000"))
+                                            MEDIMG_BODY_READ_TIMEOUT_SECONDS="2", TMPDIR=str(temp_dir)))
+    service.temp_dir = temp_dir
     service.start_gateway()
     yield service
     assert service.gateway.process.poll() is None, "the gateway must survive every hostile input"
@@ -51,15 +54,101 @@ def test_zip_path_traversal_cannot_escape(guarded_service: Service) -> None:
     assert not list(guarded_service.data_dir.parent.rglob(target))
 
 
-def test_zip_bomb_refused(guarded_service: Service) -> None:
+def _cost(service: Service):
+    return footprint(service.gateway.process.pid, [service.data_dir, service.temp_dir])
+
+
+def _zip_bomb() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("bomb.dcm", bytes(200_000_000))  # 200 MB of zeros, about 200 kB packed
-    assert len(buffer.getvalue()) < LIMIT
-    response = submit_job(guarded_service, "dr-grading", [("study.zip", buffer.getvalue())])
+    return buffer.getvalue()
+
+
+def test_zip_bomb_refused_from_its_directory(guarded_service: Service) -> None:
+    bomb = _zip_bomb()
+    assert len(bomb) < LIMIT
+    with _cost(guarded_service) as cost:
+        response = submit_job(guarded_service, "dr-grading", [("study.zip", bomb)])
     assert response.status_code == 413
-    assert "once unpacked" in response.json()["detail"]
+    assert "declares 200000000 bytes unpacked" in response.json()["detail"]
+    # Nothing unpacked: at most the ZIP itself (staged, and spooled by the form parser) was ever on disk.
+    assert cost.peak_disk_bytes < 3 * len(bomb), cost
     assert _left_behind(guarded_service) == []
+
+
+def test_zip_lying_directory_cut_at_declared_size(guarded_service: Service) -> None:
+    bomb = bytearray(_zip_bomb())
+    # Make both headers claim 1,000 bytes unpacked: the directory now lies by a factor of 200,000.
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = bomb.find(signature)
+        bomb[at + offset : at + offset + 4] = struct.pack("<I", 1000)
+    with _cost(guarded_service) as cost:
+        response = submit_job(guarded_service, "dr-grading", [("study.zip", bytes(bomb))])
+    assert response.status_code == 422, response.text
+    assert cost.peak_disk_bytes < 3 * len(bomb), cost
+    assert _left_behind(guarded_service) == []
+
+
+def test_zip_of_many_empty_members_refused_at_once(guarded_service: Service) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for index in range(20_000):
+            archive.writestr(f"{index}", b"")
+    assert len(buffer.getvalue()) < LIMIT
+    with _cost(guarded_service) as cost:
+        response = submit_job(guarded_service, "dr-grading", [("many.zip", buffer.getvalue())])
+    assert response.status_code == 413
+    assert "20000 members" in response.json()["detail"] and "MEDIMG_MAX_UPLOAD_FILES" in response.json()["detail"]
+    assert cost.seconds < 3, cost  # before: every member written, sniffed and deleted (36 s for 200,000)
+
+
+def _deflated_dicom(pixel_bytes: int) -> bytes:
+    """A deflated DICOM whose pixel data (zeros) inflates to `pixel_bytes`, built without holding it."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_fundus_bytes(make_fundus(1).rgb[:64, :64])))
+    del dataset.PixelData
+    dataset.Rows = dataset.Columns = 8192
+    header = io.BytesIO()
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    pydicom.filewriter.write_file_meta_info(header, dataset.file_meta)
+    body = io.BytesIO()
+    dataset.save_as(body, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    packed = [compressor.compress(body.getvalue()),
+              compressor.compress(b"\xe0\x7f\x10\x00OB\x00\x00" + struct.pack("<I", pixel_bytes))]
+    zeros = bytes(1 << 20)
+    for _ in range(pixel_bytes >> 20):
+        packed.append(compressor.compress(zeros))
+    packed.append(compressor.flush())
+    return bytes(128) + b"DICM" + header.getvalue() + b"".join(packed)
+
+
+def test_deflated_dicom_bomb_inflation_bounded(guarded_service: Service) -> None:
+    bomb = _deflated_dicom(200 << 20)  # 200 MB of pixel data in about 200 kB
+    assert len(bomb) < 400_000
+    with _cost(guarded_service) as cost:
+        response = submit_job(guarded_service, "dr-grading", [("deflated.dcm", bomb)])
+    assert response.status_code == 413, response.text
+    assert "MEDIMG_MAX_UPLOAD_BYTES" in response.json()["detail"]
+    assert cost.rss_growth_mb < 64, cost  # before: the whole data set inflated in memory
+    assert cost.peak_disk_bytes < LIMIT + 3 * len(bomb), cost
+    assert _left_behind(guarded_service) == []
+
+
+def test_deflated_dicom_accepted_and_graded(guarded_service: Service) -> None:
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_fundus_bytes(make_fundus(3).rgb)))
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    response = submit_job(guarded_service, "dr-grading", [("deflated.dcm", buffer.getvalue())])
+    assert response.status_code == 202, response.text
+    assert wait_job(guarded_service, response.json()["id"])["status"] == "succeeded"
 
 
 def _png_declaring(width: int, height: int) -> bytes:
@@ -70,12 +159,15 @@ def _png_declaring(width: int, height: int) -> bytes:
 
 
 def test_png_decompression_bomb_refused(guarded_service: Service) -> None:
-    response = submit_job(guarded_service, "dr-grading", [("bomb.png", _png_declaring(100_000, 100_000))])
+    # Pillow refuses this one itself (above 179 MP) before saying its size; the limit quoted is still ours.
+    response = submit_job(guarded_service, "dr-grading", [("bomb.png", _png_declaring(14_000, 14_000))])
     assert response.status_code == 422
-    assert "MEDIMG_MAX_IMAGE_PIXELS" in response.json()["detail"]
-    # Below Pillow's own bomb threshold, our limit still answers, naming the declared size.
-    response = submit_job(guarded_service, "dr-grading", [("big.png", _png_declaring(10_000, 10_000))])
-    assert response.status_code == 422 and "10000x10000" in response.json()["detail"]
+    assert "limit of 40000000 pixels (MEDIMG_MAX_IMAGE_PIXELS)" in response.json()["detail"]
+    # Below Pillow's threshold, the default limit (40 MP) answers, naming the declared size: 144 MP used to
+    # pass and cost a worker 1.5 GB.
+    response = submit_job(guarded_service, "dr-grading", [("big.png", _png_declaring(12_000, 12_000))])
+    assert response.status_code == 422
+    assert "12000x12000" in response.json()["detail"] and "40000000" in response.json()["detail"]
 
 
 def test_dicom_huge_declared_dimensions_refused(guarded_service: Service) -> None:
