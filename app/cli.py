@@ -225,7 +225,9 @@ def _worker(args: argparse.Namespace) -> int:
     serve_metrics(get_settings())
     celery_app.worker_main(
         ["worker", "--queues", ",".join(queues), "--concurrency", str(args.concurrency),
-         "--loglevel", args.loglevel, "--pool", get_settings().worker_pool, "--without-gossip", "--without-mingle"]
+         "--loglevel", args.loglevel, "--pool", get_settings().worker_pool, "--without-gossip", "--without-mingle",
+         # A node name of its own even beside other workers on one host (RabbitMQ locks each node's pidbox queue).
+         "--hostname", f"medimg-{os.getpid()}@%h"]
     )
     return 0
 

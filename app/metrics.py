@@ -38,6 +38,10 @@ MODEL_WARMUP_SECONDS = Histogram(
     "medimg_model_warmup_seconds", "A model's warm-up run", ["model", "provider"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
+MODEL_PROVIDER = Gauge(
+    "medimg_model_provider", "1 for the ONNX Runtime provider a loaded model's session really runs on (its first)",
+    ["model", "provider"], multiprocess_mode="max",
+)
 # Embedded pool only (app/dispatch/lanes.py): head-of-line blocking shows as jobs queued in a lane whose
 # running count sits at its cap.
 LANE_QUEUED = Gauge("medimg_lane_queued_jobs", "Jobs waiting in a lane of the embedded pool", ["lane", "priority"],

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import numpy as np
 
-from app.metrics import BATCH_SIZE, MODEL_LOAD_SECONDS, MODEL_WARMUP_SECONDS
+from app.metrics import BATCH_SIZE, MODEL_LOAD_SECONDS, MODEL_PROVIDER, MODEL_WARMUP_SECONDS
 from app.model_repository import ModelVersion
 from app.schemas.manifest import ModelManifest
 from workers.batching import MicroBatcher
@@ -41,6 +41,24 @@ def choose_providers(available: list[str], requested: list[str] | None = None) -
     if "CPUExecutionProvider" not in chosen and "CPUExecutionProvider" in available:
         chosen.append("CPUExecutionProvider")
     return chosen
+
+
+def missing_required_provider(models: list[LoadedModel], required: str | None) -> str | None:
+    """Why these sessions do not satisfy MEDIMG_REQUIRE_PROVIDER, or None. ONNX Runtime falls back to the CPU
+    without an error when CUDA or TensorRT fail to load, so only the providers a session got tell."""
+    if not required:
+        return None
+    lacking = {f"{m.manifest.id}/{m.manifest.version}": m.providers for m in models if required not in m.providers}
+    if not models:
+        return f"MEDIMG_REQUIRE_PROVIDER={required}: no model was loaded"
+    if lacking:
+        return f"MEDIMG_REQUIRE_PROVIDER={required}, but sessions got other providers: {lacking}"
+    return None
+
+
+def providers_by_model(models: list[LoadedModel]) -> dict[str, list[str]]:
+    """`model-id/version` -> the providers its session really got, first the one that runs most nodes."""
+    return {f"{m.manifest.id}/{m.manifest.version}": list(m.providers) for m in models}
 
 
 @dataclass
@@ -126,6 +144,7 @@ def load_model(version: ModelVersion, requested_providers: list[str] | None = No
     if mismatches:
         raise ValueError(f"{version.onnx_path} does not match its manifest: " + "; ".join(mismatches)
                          + " (`medimg models check` reports the whole folder)")
+    MODEL_PROVIDER.labels(version.manifest.id, loaded.providers[0] if loaded.providers else "").set(1)
     MODEL_LOAD_SECONDS.labels(version.manifest.id, loaded.providers[0] if loaded.providers else "").observe(
         loaded.load_seconds)
     log.info(

@@ -122,6 +122,9 @@ class Job(BaseModel):
     )
     callback_url: str | None = None
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
+    worker: str | None = Field(
+        None, description="The worker process that started the latest attempt: host:pid-namespace:pid (heartbeats.py)"
+    )
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     export_to: list[str] = Field(
