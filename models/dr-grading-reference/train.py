@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import sys
 import time
@@ -30,6 +29,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import synthetic_fundus  # noqa: E402
+from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest, Normalization, Preprocessing  # noqa: E402
 from calibrate import POSITIVE_CLASSES, calibrate_on_val, recalibrate, referable_point  # noqa: E402
 from split_tensors import cached_split  # noqa: E402
@@ -168,7 +168,7 @@ def build_manifest(onnx_path: Path, preprocessing: Preprocessing, calibration: d
             "any diagnostic decision."
         ),
         research_use_only=True,
-        sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        sha256=file_sha256(onnx_path),
         accepts={
             "formats": ["png", "jpeg", "dicom"],
             "modalities": ["OP", "XC", "SC"],

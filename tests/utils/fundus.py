@@ -132,3 +132,11 @@ def dicom_mr_volume_bytes(frames: int = 4, size: int = 256) -> bytes:
     ds.PixelRepresentation = 0
     ds.PixelData = np.zeros((frames, size, size), dtype=np.uint16).tobytes()
     return _to_bytes(ds)
+
+
+def big_png(seed: int = 3, side: int = 6000) -> bytes:
+    """A photograph large enough to keep its job running for seconds, to be caught in the act (fault tests).
+    PNG, because a JPEG this size is decoded at 1/8 scale for a 224-px model in milliseconds."""
+    buffer = io.BytesIO()
+    Image.fromarray(make_fundus(seed).rgb).resize((side, side)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
