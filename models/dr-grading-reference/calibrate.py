@@ -13,7 +13,6 @@ No PyTorch needed (train.py calls the same code after training).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from scipy import special, stats  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from split_tensors import cached_split  # noqa: E402
 
+from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from workers.evaluation.calibration import fit_temperature  # noqa: E402
 
@@ -91,7 +91,7 @@ def recalibrate(use_cache: bool = True) -> None:
     """Re-fit the temperature and re-choose the referable threshold on val for the committed model, without
     retraining; every other manifest field (quality limits, uncertainty, metrics) is kept."""
     current = ModelManifest.model_validate_json(MANIFEST_PATH.read_text())
-    if hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest() != current.sha256:
+    if file_sha256(MODEL_PATH) != current.sha256:
         raise RuntimeError(f"{MODEL_PATH} does not match {MANIFEST_PATH}; retrain instead")
     val_x, val_y = cached_split("val", N_VAL, current.preprocessing, use_cache)
     calibration, threshold, sensitivity, specificity = calibrate_on_val(MODEL_PATH, val_x, val_y)
