@@ -195,7 +195,7 @@ class Settings(BaseSettings):
     )
 
     api_keys: list[ApiKey] = Field(
-        default_factory=list, description='JSON list of {"name", "sha256", "scopes"}; see `medimg hash-key`'
+        default_factory=list, description='JSON list of {"name", "sha256", "scopes"}; `medimg new-key` makes one'
     )
     api_keys_file: Path | None = Field(None, description="A JSON file of the same list, e.g. a mounted Secret")
     rate_limit_per_minute: int = Field(

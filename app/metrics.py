@@ -9,6 +9,8 @@ worker's one /metrics endpoint (MEDIMG_WORKER_METRICS_PORT).
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from app.schemas.tasks import TaskName
+
 HTTP_REQUESTS = Counter("medimg_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("medimg_http_request_duration_seconds", "HTTP request latency", ["method", "route"])
 UPLOAD_BYTES = Counter("medimg_upload_bytes_total", "Bytes of accepted uploads", ["task"])
@@ -49,3 +51,9 @@ LANE_RUNNING = Gauge("medimg_lane_running_jobs", "Worker threads of the embedded
 EXPORTS = Counter(
     "medimg_exports_total", "Export attempts by destination and outcome (sent, retry, dead)", ["destination", "outcome"]
 )
+
+# Every registered task has its series from the start (at zero), so dashboards list installed tasks that have
+# not run yet.
+for _task in TaskName:
+    UPLOAD_BYTES.labels(_task.value)
+    JOBS_STARTED.labels(_task.value)

@@ -28,8 +28,9 @@ worker_prefetch_multiplier = 1
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 
+# One queue per registered task (app/plugins), and the exports' queue; the gateway names each job's queue.
 task_queues = celery_queues([task.value for task in TaskName]) + [Queue(EXPORT_QUEUE)]  # exports: app/export/outbox.py
-task_default_queue = TaskName.DR_GRADING.value
-task_routes = {RUN_JOB_TASK: {"queue": TaskName.DR_GRADING.value}}  # the gateway names the queue per job
+task_default_queue = next(iter(TaskName)).value
+task_routes = {RUN_JOB_TASK: {"queue": task_default_queue}}
 worker_hijack_root_logger = False
 worker_send_task_events = False

@@ -15,13 +15,13 @@ from pydantic import ValidationError
 from app.errors import BadInputError, JobNotFound, MedimgError
 from app.logs import bind_job_task, job_log_context
 from app.metrics import JOBS_FINISHED, JOBS_STARTED, QUEUE_WAIT_SECONDS, STAGE_SECONDS
+from app.plugins import task_plugin
 from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobPriority, JobStatus, utcnow
-from app.schemas.options import OPTIONS_BY_TASK
 from app.storage.blobs import BlobNotFound, job_prefix
 from app.storage.heartbeats import holds
 from workers.batching import urgent_calls
 from workers.dicom_results import dicom_results
-from workers.pipelines import PIPELINES
+from workers.pipelines import pipeline_for
 from workers.pipelines.base import JobContext, JobInput, PipelineOutput, StageTimer
 from workers.runtime import WorkerRuntime
 from workers.shadow import run_shadow
@@ -144,9 +144,9 @@ def _held_elsewhere(job: Job, runtime: WorkerRuntime) -> bool:
 
 
 def _run_pipeline(job: Job, runtime: WorkerRuntime, stages: StageTimer) -> PipelineOutput:
-    pipeline = PIPELINES[job.task]
+    pipeline = pipeline_for(job.task)
     try:
-        options = OPTIONS_BY_TASK[job.task].model_validate(job.options)
+        options = task_plugin(job.task).options.model_validate(job.options)
     except ValidationError as exc:
         raise BadInputError(f"Stored options are invalid for {job.task.value}: {exc.error_count()} error(s)") from exc
     model = runtime.model(job.model.id)
@@ -156,10 +156,8 @@ def _run_pipeline(job: Job, runtime: WorkerRuntime, stages: StageTimer) -> Pipel
             f"{job.model.version} the job was accepted for; deploy matching model repositories"
         )
     inputs = [JobInput(path=runtime.blobs.local_path(i.key), format=i.format) for i in job.inputs]
-    if getattr(pipeline, "uses_job_context", False):
-        context = JobContext(job_id=job.id, caller=job.caller, jobs=runtime.jobs, blobs=runtime.blobs)
-        return pipeline.run(inputs, options, model, stages, context=context)
-    return pipeline.run(inputs, options, model, stages)
+    context = JobContext(job_id=job.id, caller=job.caller, jobs=runtime.jobs, blobs=runtime.blobs)
+    return pipeline.run(inputs, options, model, stages, context=context)
 
 
 def _store_artifacts(job: Job, output: PipelineOutput, runtime: WorkerRuntime) -> list[Artifact]:

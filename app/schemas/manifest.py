@@ -84,13 +84,51 @@ class Preprocessing(Strict):
     )
 
 
+class CodedConcept(Strict):
+    """A coded term as DICOM writes it: code value, coding scheme (SCT for SNOMED CT, DCM, or a private scheme
+    such as 99MEDIMG), and meaning."""
+
+    value: str = Field(min_length=1, max_length=64)
+    scheme: str = Field(min_length=1, max_length=16)
+    meaning: str = Field(min_length=1, max_length=64)
+
+
+class SegmentCoding(Strict):
+    """How one class of a segmentation model is written as a DICOM SEG segment."""
+
+    label: str = Field(min_length=1, max_length=64, description="Segment label (and the mask's name)")
+    category: CodedConcept = Field(description="Segmented property category (CID 7150)")
+    type: CodedConcept = Field(description="Segmented property type (CID 7151)")
+    color_rgb: tuple[int, int, int] | None = Field(None, description="Recommended display colour, 0-255 each")
+
+    @model_validator(mode="after")
+    def _colour_in_range(self) -> SegmentCoding:
+        if self.color_rgb is not None and not all(0 <= c <= 255 for c in self.color_rgb):
+            raise ValueError(f"color_rgb {list(self.color_rgb)} must be three values in 0..255")
+        return self
+
+
+BoxFormat = Literal["xyzxyz", "zyxzyx", "xyxy", "yxyx"]
+
+
+class BoxOutputs(Strict):
+    """box-detection: which graph outputs hold the boxes, their scores and (optionally) their labels."""
+
+    boxes: str = "boxes"
+    scores: str = "scores"
+    labels: str | None = None
+
+
 class Decoding(Strict):
     """How raw outputs become findings."""
 
     kind: Literal[
-        "ordinal-grade", "binary-probability", "segmentation-labels", "heatmap-detection", "segmentation-components"
+        "ordinal-grade", "binary-probability", "segmentation-labels", "heatmap-detection", "segmentation-components",
+        "box-detection", "multilabel-sigmoid",
     ]
-    activation: Literal["none", "softmax", "sigmoid"] = "softmax"
+    activation: Literal["none", "softmax", "sigmoid"] = Field(
+        "softmax", description="Applied to the raw outputs: none when the graph already gives probabilities"
+    )
     positive_classes: list[int] = Field(
         default_factory=list, description="Classes whose summed probability is the positive finding"
     )
@@ -101,6 +139,28 @@ class Decoding(Strict):
         description="segmentation-components: voxels at or above this probability form candidate findings "
         "(connected components); each is scored by its peak probability",
     )
+    box_format: BoxFormat | None = Field(
+        None, description="box-detection: the order of a box's numbers, e.g. xyzxyz = (x1, y1, z1, x2, y2, z2) "
+        "(MONAI's mode) or xyxy for 2-D; each low-high pair is a voxel index range [low, high) of the model's "
+        "input grid, as a slice takes it",
+    )
+    box_outputs: BoxOutputs | None = Field(None, description="box-detection: the graph outputs by role")
+    class_thresholds: dict[str, float] | None = Field(
+        None, description="multilabel-sigmoid: each finding's own operating point (probability threshold), by "
+        "class name; a class not named here uses the default operating point's threshold",
+    )
+    segments: dict[str, SegmentCoding] | None = Field(
+        None, description="Segmentation kinds: DICOM SEG coding of each class, by class name (classes not named "
+        "are not written, e.g. background)",
+    )
+
+    @model_validator(mode="after")
+    def _kind_has_what_it_needs(self) -> Decoding:
+        if self.kind == "box-detection" and self.box_format is None:
+            raise ValueError("decoding.box_format is required for box-detection (e.g. 'xyzxyz' or 'xyxy')")
+        if self.class_thresholds and not all(0.0 <= t <= 1.0 for t in self.class_thresholds.values()):
+            raise ValueError("decoding.class_thresholds must be probabilities in 0..1")
+        return self
 
 
 class OperatingPoint(Strict):
@@ -245,6 +305,21 @@ class ModelManifest(Strict):
         if offsets is not None and isinstance(channels, int) and len(offsets) != channels:
             raise ValueError(f"preprocessing.slice_offsets_mm has {len(offsets)} planes, but the input "
                              f"{self.inputs[0].name!r} has {channels} channels")
+        return self
+
+    @model_validator(mode="after")
+    def _decoding_names_known_classes(self) -> ModelManifest:
+        for field_name in ("class_thresholds", "segments"):
+            named = getattr(self.decoding, field_name) or {}
+            unknown = sorted(set(named) - set(self.class_names))
+            if unknown:
+                raise ValueError(f"decoding.{field_name} names {unknown}, which are not in class_names "
+                                 f"{self.class_names}")
+        if self.decoding.box_outputs is not None:
+            roles = self.decoding.box_outputs.model_dump(exclude_none=True)
+            missing = sorted(name for name in roles.values() if name not in {o.name for o in self.outputs})
+            if missing:
+                raise ValueError(f"decoding.box_outputs names {missing}, which are not among outputs")
         return self
 
     @model_validator(mode="after")

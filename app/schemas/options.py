@@ -1,10 +1,10 @@
-"""Per-task options sent as the `options` JSON object of POST /v1/jobs. Unknown keys are refused."""
+"""Per-task options sent as the `options` JSON object of POST /v1/jobs. Unknown keys are refused.
+
+Each task's registration (app/plugins) names its options class; `TaskOptions` is the base every one extends."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from app.schemas.tasks import TaskName
 
 
 class TaskOptions(BaseModel):
@@ -82,10 +82,3 @@ class ThyroidMalignancyOptions(TaskOptions):
     uncertainty: bool | None = uncertainty_option()
     explain: bool = explain_option()
 
-
-OPTIONS_BY_TASK: dict[TaskName, type[TaskOptions]] = {
-    TaskName.DR_GRADING: DRGradingOptions,
-    TaskName.LUNG_NODULE_DETECTION: LungNoduleDetectionOptions,
-    TaskName.COVID_LESION_SEGMENTATION: CovidLesionSegmentationOptions,
-    TaskName.THYROID_MALIGNANCY: ThyroidMalignancyOptions,
-}

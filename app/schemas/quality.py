@@ -10,7 +10,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.tasks import TaskName
 
 Measure = float | int | bool | str | None
 
@@ -43,7 +42,8 @@ class UngradableResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: TaskName
+    # A plain name, not TaskName: task plug-ins import this module while the registry that builds TaskName loads.
+    task: str = Field(description="The registered task whose quality gate refused the input")
     quality: Quality
     research_use_only: bool
 

@@ -11,7 +11,6 @@ from app.schemas.quality import (
     DetectionUncertainty,
     Quality,
     SegmentationUncertainty,
-    UngradableResult,
 )
 from app.schemas.tirads import Recommendation, RiskBand
 
@@ -236,6 +235,3 @@ class CovidLesionSegmentationResult(BaseModel):
             raise ValueError(f"an affected slice is outside the series' {self.n_slices} slices")
         return self
 
-
-TaskResult = (DRGradingResult | LungNoduleDetectionResult | ThyroidMalignancyResult | CovidLesionSegmentationResult
-              | UngradableResult)

@@ -18,7 +18,6 @@ at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan; the CPM is their mean.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
@@ -36,6 +35,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import synthetic_ct as sc  # noqa: E402
+from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from app.schemas.options import LungNoduleDetectionOptions  # noqa: E402
 
@@ -219,7 +219,7 @@ def load_manifest() -> ModelManifest:
 
 def evaluate(n: int | None = None, log=None) -> dict:
     manifest = load_manifest()
-    if hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest() != manifest.sha256:
+    if file_sha256(MODEL_PATH) != manifest.sha256:
         raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}")
     n = N_TEST if n is None else n
     started = time.time()

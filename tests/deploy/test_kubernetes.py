@@ -163,6 +163,18 @@ def test_served_tasks_known() -> None:
     assert {m.manifest.task for m in _served_models()} <= set(TaskName)
 
 
+def test_workers_manifest_is_rendered_from_the_template() -> None:
+    """deploy/base/workers.yaml is `medimg deploy-workers` output: one template, one block per served task."""
+    from app.deploy_manifests import render_workers, served_tasks
+    from app.model_repository import ModelRepository
+
+    expected = render_workers(REPO_ROOT / "deploy" / "templates" / "worker.yaml",
+                              served_tasks(ModelRepository(REPO_ROOT / "models", {}, {})))
+    committed = (REPO_ROOT / "deploy" / "base" / "workers.yaml").read_text()
+    assert committed == expected, ("deploy/base/workers.yaml is stale: run "
+                                   "`medimg deploy-workers --repository models > deploy/base/workers.yaml`")
+
+
 def test_rabbitmq_component_gives_every_deployment_the_broker_url(rendered) -> None:
     name, docs = rendered
     if name != "cpu-rabbitmq":

@@ -85,7 +85,7 @@ def predict_cases(settings: Settings, task: TaskName, cases: list[Case], manifes
 
 
 def _start(settings_json: dict, task: str, processes: int) -> None:
-    from workers.evaluation.tasks import EVALUATIONS
+    from workers.evaluation.tasks import evaluation_for
     from workers.runtime import WorkerRuntime
 
     scratch = Path(tempfile.mkdtemp(prefix="medimg-eval-"))
@@ -94,7 +94,7 @@ def _start(settings_json: dict, task: str, processes: int) -> None:
     settings = Settings.model_validate({**settings_json, "data_dir": str(scratch), "redis_url": None,
                                         "blob_url": None, "inference_threads": threads, "batch_max_rows": 1,
                                         "shadow_models": {}, "webhook_secret": None})
-    _state.update(runtime=WorkerRuntime.create(settings), evaluation=EVALUATIONS[TaskName(task)],
+    _state.update(runtime=WorkerRuntime.create(settings), evaluation=evaluation_for(task),
                   settings=settings, task=TaskName(task))
 
 

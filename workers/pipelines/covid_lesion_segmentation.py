@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.errors import ModelError
-from app.schemas.manifest import ModelManifest
+from app.schemas.manifest import CodedConcept, ModelManifest, SegmentCoding
 from app.schemas.options import CovidLesionSegmentationOptions
 from app.schemas.results import (
     CovidLesionSegmentationResult,
@@ -37,13 +37,19 @@ from workers import uncertainty
 from workers.decoding import activate
 from workers.imaging.ct_display import display_slices, lung_window
 from workers.imaging.ct_series import CTVolume, load_ct_series
+from workers.imaging.slice_stacks import model_plane, model_slices, resize_plane, stack_neighbours
 from workers.imaging.lungs import LungMask, component_sizes, label_compact, patient_x, segment_lungs
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer, ungradable
+from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer, ungradable
 from workers.quality.ct import check_ct
 from workers.sliding_window import sliding_window
 
 BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
+LUNGS = "lungs"
+LUNGS_SEGMENT = SegmentCoding(
+    label="lungs", category=CodedConcept(value="123037004", scheme="SCT", meaning="Anatomical Structure"),
+    type=CodedConcept(value="39607008", scheme="SCT", meaning="Lung"), color_rgb=(80, 160, 255),
+)
 DEFAULT_BATCH = 8
 OVERLAY_COLOURS = {GGO: (255, 200, 0), CONSOLIDATION: (230, 30, 30)}
 OVERLAY_ALPHA = 0.45
@@ -60,7 +66,7 @@ class CovidLesionSegmentationPipeline:
     stages = ("load", "quality", "lungs", "infer", "uncertainty", "decode", "outputs")
 
     def run(self, inputs: list[JobInput], options: CovidLesionSegmentationOptions, model: LoadedModel,
-            stages: StageTimer) -> PipelineOutput:
+            stages: StageTimer, context: JobContext | None = None) -> PipelineOutput:
         manifest = model.manifest
         with stages("load"):
             ct = load_ct_series([i.path for i in inputs if i.format == "dicom"], options.series_instance_uid,
@@ -87,8 +93,9 @@ class CovidLesionSegmentationPipeline:
             artifacts = write_artifacts(ct, labels, result.affected_slices)
             if disagreement is not None:
                 artifacts += uncertainty_artifacts(ct, labels, disagreement, len(augmentations) - 1)
-        return PipelineOutput(result=result, artifacts=artifacts, masks=SegmentMasks(labels, lungs),
-                              mask_sop_instance_uids=list(ct.sop_instance_uids))
+        masks = SegmentMasks(labels, lungs, manifest)
+        return PipelineOutput(result=result, artifacts=artifacts, masks=masks,
+                              mask_sop_instance_uids=list(ct.sop_instance_uids), segments=masks.codings(manifest))
 
 
 class SegmentMasks(Mapping[str, np.ndarray]):
@@ -98,12 +105,17 @@ class SegmentMasks(Mapping[str, np.ndarray]):
     label volumes only, not three more full-size masks beside them.
     """
 
-    def __init__(self, labels: np.ndarray, lungs: LungMask) -> None:
+    def __init__(self, labels: np.ndarray, lungs: LungMask, manifest: ModelManifest) -> None:
         self._make: dict[str, Callable[[], np.ndarray]] = {
-            "ground-glass": lambda: labels == GGO,
-            "consolidation": lambda: labels == CONSOLIDATION,
-            "lungs": lambda: lungs.both,
+            manifest.class_names[GGO]: lambda: labels == GGO,
+            manifest.class_names[CONSOLIDATION]: lambda: labels == CONSOLIDATION,
+            LUNGS: lambda: lungs.both,
         }
+
+    def codings(self, manifest: ModelManifest) -> dict[str, SegmentCoding]:
+        """The model's classes as its manifest codes them; the lungs (segmented here, not by the model) as ours."""
+        coded = {**(manifest.decoding.segments or {}), LUNGS: LUNGS_SEGMENT}
+        return {name: coded[name] for name in self._make if name in coded}
 
     def __getitem__(self, label: str) -> np.ndarray:
         return self._make[label]()
@@ -125,73 +137,6 @@ def onnx_runner(model: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
         return model.run({input_name: batch})[output_name]
 
     return run
-
-
-def _resize(array: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndarray:
-    """Resize the last two axes to `size` (pixel areas aligned, as an image resize)."""
-    from scipy import ndimage
-
-    if tuple(array.shape[-2:]) == tuple(size):
-        return array
-    factors = (1.0,) * (array.ndim - 2) + (size[0] / array.shape[-2], size[1] / array.shape[-1])
-    out = ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True, prefilter=False)
-    if out.shape[-2:] != tuple(size):  # rounding in zoom: pad or crop by at most one pixel
-        fixed = np.zeros(array.shape[:-2] + tuple(size), out.dtype)
-        h, w = min(size[0], out.shape[-2]), min(size[1], out.shape[-1])
-        fixed[..., :h, :w] = out[..., :h, :w]
-        out = fixed
-    return out
-
-
-def model_plane(shape: tuple[int, int], spacing_mm: tuple[float, float, float],
-                manifest: ModelManifest) -> tuple[int, int]:
-    """The rows and columns each slice is resized to for the model.
-
-    With `target_spacing_mm`, the slice keeps its field of view at the model's pixel spacing (its y and x; a
-    slice-wise model reads the series' own slices, so z is not resampled); otherwise `target_size`.
-    `spacing_mm` is the series' (column, row, slice) spacing.
-    """
-    spec = manifest.preprocessing
-    if spec.target_spacing_mm is not None:
-        _, row_mm, column_mm = spec.target_spacing_mm
-        return (max(1, round(shape[0] * spacing_mm[1] / row_mm)), max(1, round(shape[1] * spacing_mm[0] / column_mm)))
-    if spec.target_size is None:
-        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.target_size or target_spacing_mm")
-    return tuple(spec.target_size)
-
-
-def model_slices(hu: np.ndarray, manifest: ModelManifest, plane: tuple[int, int]) -> np.ndarray:
-    """Every slice windowed to [0, 1] and resized in-plane to `plane`: float32 (slices, *plane)."""
-    spec = manifest.preprocessing
-    if spec.window_hu is None:
-        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.window_hu")
-    low, high = spec.window_hu
-    out = np.empty((hu.shape[0], *plane), np.float32)
-    for index in range(hu.shape[0]):
-        windowed = np.clip((hu[index] - low) / (high - low), 0.0, 1.0)
-        out[index] = _resize(windowed, plane)
-    return out
-
-
-def stack_neighbours(slices: np.ndarray, indices: np.ndarray, channels: int, positions_mm: np.ndarray | None = None,
-                     offsets_mm: list[float] | None = None) -> np.ndarray:
-    """(len(indices), channels, H, W): each slice with its neighbours along the series.
-
-    Without `offsets_mm`, the adjacent slices (the end slices repeated). With them, the planes that far along
-    the slice normal, each interpolated linearly between the two slices around it from the slices' true
-    positions (`positions_mm`, increasing), so that a channel means the same distance whatever the spacing.
-    """
-    if offsets_mm is None:
-        half = channels // 2
-        offsets = np.arange(-half, half + 1)
-        picks = np.clip(indices[:, None] + offsets[None, :], 0, slices.shape[0] - 1)
-        return slices[picks]
-    wanted = positions_mm[indices][:, None] + np.asarray(offsets_mm, np.float64)[None, :]
-    fractional = np.interp(wanted, positions_mm, np.arange(len(positions_mm)))  # clamped to the end slices
-    below = np.floor(fractional).astype(np.intp)
-    above = np.minimum(below + 1, slices.shape[0] - 1)
-    weight = (fractional - below)[..., None, None].astype(np.float32)
-    return slices[below] * (1 - weight) + slices[above] * weight
 
 
 def predict_labels(hu: np.ndarray, spacing_mm: tuple[float, float, float], manifest: ModelManifest,
@@ -237,7 +182,7 @@ def slice_probabilities(hu: np.ndarray, spacing_mm: tuple[float, float, float], 
         stacked = stack_neighbours(small, indices, channels, positions_mm, spec.slice_offsets_mm)
         probability = sliding_window(stacked, patch, spec.patch_overlap or 0.0, predict, batch_size)
         for offset, index in enumerate(indices):
-            yield int(index), _resize(probability[offset], hu.shape[1:])
+            yield int(index), resize_plane(probability[offset], hu.shape[1:])
 
 
 def decode_labels(raw: np.ndarray, lungs: LungMask, affine: np.ndarray,

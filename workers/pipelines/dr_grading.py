@@ -19,7 +19,7 @@ from workers.decoding import activate, calibrated, operating_point_used, positiv
 from workers.imaging.fundus import fit_to_model, retina_square, to_model_tensor
 from workers.imaging.photo import load_photo
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer, ungradable
+from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer, ungradable
 from workers.quality.fundus import check_fundus
 
 
@@ -32,7 +32,8 @@ class DRGradingPipeline:
     stages = ("load", "quality", "preprocess", "infer", "uncertainty", "decode", "saliency", "outputs")
 
     def run(
-        self, inputs: list[JobInput], options: DRGradingOptions, model: LoadedModel, stages: StageTimer
+        self, inputs: list[JobInput], options: DRGradingOptions, model: LoadedModel, stages: StageTimer,
+        context: JobContext | None = None,
     ) -> PipelineOutput:
         manifest = model.manifest
         if len(inputs) != 1:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import BadInputError, JobNotFound, ModelError
-from app.schemas.manifest import ModelManifest
+from app.schemas.manifest import ModelManifest, SegmentCoding
 from app.schemas.options import RoiBox, RoiMaskArtifact, ThyroidMalignancyOptions
 from app.schemas.quality import ClassificationUncertainty, Quality
 from app.schemas.results import ThyroidMalignancyResult, ThyroidNodule
@@ -68,7 +68,6 @@ class OutlinedNodule:
 class ThyroidMalignancyPipeline:
     task = TaskName.THYROID_MALIGNANCY
     stages = ("load", "preprocess", "quality", "segment", "classify", "uncertainty", "decode", "saliency", "outputs")
-    uses_job_context = True
 
     def run(
         self,
@@ -113,7 +112,7 @@ class ThyroidMalignancyPipeline:
                 artifacts.append(saliency_overlay(prepared, nodule.mask, model))
         with stages("outputs"):
             artifacts[:0] = [mask_png(nodule.mask), overlay_png(prepared.frame, nodule.mask)]
-        return PipelineOutput(result=result, artifacts=artifacts)
+        return PipelineOutput(result=result, artifacts=artifacts, segments=nodule_coding(model))
 
 
 def load_frame(job_input: JobInput, frame: int | None) -> np.ndarray:
@@ -142,6 +141,16 @@ def segmentation_model(model: LoadedModel) -> LoadedModel:
     if segmenter.manifest.decoding.kind != "segmentation-labels":
         raise ModelError(f"{segmenter.manifest.id} is not a segmentation model (decoding {segmenter.manifest.decoding.kind})")
     return segmenter
+
+
+def nodule_coding(model: LoadedModel) -> dict[str, SegmentCoding]:
+    """How the SEG writes the nodule mask (MASK_ARTIFACT): as the segmentation model's manifest codes its class,
+    whoever outlined this nodule (the model, or the caller's ROI: the same structure)."""
+    if not model.manifest.requires:
+        return {}
+    segmenter = model.required(model.manifest.requires[0]).manifest
+    coding = (segmenter.decoding.segments or {}).get(segmenter.class_names[0])
+    return {MASK_ARTIFACT: coding} if coding is not None else {}
 
 
 def segment_nodule(prepared: PreparedFrame, segmenter: LoadedModel) -> OutlinedNodule:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.intake.ct_headers import VolumeGeometry
+from app.imaging.ct_geometry import VolumeGeometry
 from app.schemas.manifest import CTQuality
 from app.schemas.quality import Quality, QualityReason
 from workers.quality import verdict

@@ -18,15 +18,14 @@ from tests.utils.ct import small_grid, write_series
 from tests.utils.reference_models import reference_model_dir
 from workers.imaging.ct_series import load_ct_series
 from workers.imaging.lungs import LungMask
+from workers.imaging.slice_stacks import model_plane, stack_neighbours
 from workers.pipelines.covid_lesion_segmentation import (
     build_result,
     decode_labels,
     label_nifti,
     mask_png,
-    model_plane,
     overlay_png,
     predict_labels,
-    stack_neighbours,
     write_artifacts,
 )
 
@@ -221,6 +220,29 @@ def test_write_artifacts_names_slices_by_index_and_sop_instance_uid(ffs_ct) -> N
     assert [e["index"] for e in document["slices"]] == [4, 9]
     assert document["slices"][1]["sop_instance_uid"] == ffs_ct.geometry.slices[9].sop_instance_uid
     assert document["slices"][1]["overlay"] == "slice-0009-overlay.png"
+
+
+def test_predict_labels_reads_a_graph_that_gives_probabilities_as_one_that_gives_logits(manifest) -> None:
+    """Segmentation as logits (activation softmax) or probabilities (activation none): the same labels."""
+    hu = np.full((6, 64, 64), -850.0, np.float32)
+    hu[:, 10:30, 10:30], hu[:, 40:60, 30:50] = -550.0, 0.0
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        middle = batch[:, batch.shape[1] // 2]
+        return np.stack([np.zeros_like(middle), (0.1 - np.abs(middle - 0.53)) * 100, (middle - 0.75) * 60], axis=1)
+
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        raw = logits(batch)
+        exp = np.exp(raw - raw.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    as_probabilities = manifest.model_copy(update={"decoding": manifest.decoding.model_copy(
+        update={"activation": "none"})})
+    from_logits = predict_labels(hu, (0.8, 0.8, 2.5), manifest, logits)
+    from_probabilities = predict_labels(hu, (0.8, 0.8, 2.5), as_probabilities, probabilities)
+
+    assert set(np.unique(from_logits)) == {0, 1, 2}
+    np.testing.assert_array_equal(from_logits, from_probabilities)
 
 
 def test_uncertainty_map_is_written_on_the_source_grid(tmp_path) -> None:
