@@ -26,6 +26,7 @@ from app.storage.heartbeats import holds, live_workers
 log = logging.getLogger(__name__)
 
 UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"  # delivery time of each unacked message, by tag
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = tuple(step for step in REDIS_PRIORITY_STEPS if step)  # step 0 is the queue's own list
 AGED_SUFFIX = ".aged"  # task id of the STAT copy of a routine job that waited too long
@@ -154,8 +155,12 @@ class CeleryDispatcher:
         Redis hands a message to a worker with BRPOP; if the server stops between the pop and the reply,
         the message is gone though the job is still queued. A running job's message stays in the
         `unacked` hash until its worker acknowledges it (late acks), so a running job without one has
-        lost its worker and its message. Resending is safe: the job store lets only one delivery start
-        a job and only the latest attempt record an outcome.
+        lost its worker and its message. A job still queued long after its message was delivered has lost
+        it too: a worker whose broker connection drops (a Redis restart) forgets the messages it took but
+        had not started, and kombu's restore of them at that moment fails against the stopped server, so
+        they stay in `unacked` until the visibility timeout (MEDIMG_TASK_TIME_LIMIT x 2) and kombu's
+        throttled sweep. Resending is safe: the job store lets only one delivery start a job and only the
+        latest attempt record an outcome.
         """
         if not broker_is_redis(self.broker_url):
             return []  # only Redis lists can be read back; another broker keeps unacked messages itself
@@ -164,22 +169,31 @@ class CeleryDispatcher:
                  if (now - (job.started_at or job.created_at)).total_seconds() > older_than_seconds]
         if not stale:
             return []
-        in_broker = self._messages_in_broker({job.task.value for job in stale})
-        lost = [job for job in stale if job.id.encode() not in in_broker]
+        waiting, delivered = self._messages_in_broker({job.task.value for job in stale})
+        # A worker marks a job running moments after it takes the message; a queued job's delivery older than
+        # the grace belongs to no worker any more.
+        taken_since = now.timestamp() - older_than_seconds
+        lost = [job for job in stale if job.id.encode() not in waiting
+                and not any(job.id.encode() in raw and (job.status is JobStatus.RUNNING or at > taken_since)
+                            for raw, at in delivered)]
         for job in lost:
-            log.warning("job %s is %s but its message is gone from the broker; sending it again", job.id,
-                        job.status.value)
+            log.warning("job %s is %s but its message is gone from the broker (or from the worker that took "
+                        "it); sending it again", job.id, job.status.value)
             self.submit(job)
         return [job.id for job in lost]
 
-    def _messages_in_broker(self, queues: set[str]) -> bytes:
-        # kombu keeps one list per queue (and per priority step) and an `unacked` hash of delivered messages.
+    def _messages_in_broker(self, queues: set[str]) -> tuple[bytes, list[tuple[bytes, float]]]:
+        """The messages waiting in the queues' lists, and the delivered ones (kombu's `unacked` hash) with the
+        time each was delivered (its `unacked_index` score)."""
         chunks = []
         for queue in queues:
             for key in [queue, *(f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS)]:
                 chunks.extend(self._redis.lrange(key, 0, -1))
-        chunks.extend(self._redis.hvals(UNACKED_KEY))
-        return b"\n".join(chunks)
+        delivered_at = dict(self._redis.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True))
+        # A tag with no score yet is being delivered right now: as fresh as can be.
+        delivered = [(raw, delivered_at.get(tag, float("inf")))
+                     for tag, raw in self._redis.hgetall(UNACKED_KEY).items()]
+        return b"\n".join(chunks), delivered
 
     def stop(self) -> None:
         self._redis.close()

@@ -4,7 +4,8 @@ no outcome is recorded twice. `make soak` runs it (CI too, from .ci/run); `make 
 Jobs arrive in batches while workers are killed between them (a DR job takes tens of milliseconds now, so a
 backlog queued up front would be gone before the second kill). The fault tests' short time limits keep the
 Redis visibility timeout at 10 s: a message a killed worker had received but not yet started is only known
-to Redis's unacked hash until then (a started job comes back through the heartbeat sweep).
+to Redis's unacked hash until then, or until the gateway's lost-message check resends the job, still queued
+(a started job comes back through the heartbeat sweep).
 """
 
 from __future__ import annotations
