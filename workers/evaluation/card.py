@@ -83,11 +83,13 @@ def place_table(card: str, table: str, end: str) -> str:
 
 def store(manifest_path: Path, figures: dict[str, dict]) -> None:
     """The interval entries into the manifest's metrics, the point figures untouched."""
-    raw = json.loads(manifest_path.read_text())
+    text = manifest_path.read_text()
+    raw = json.loads(text)
     raw["metrics"] = {**{k: v for k, v in raw.get("metrics", {}).items() if not _is_interval_key(k)},
                       **stored_metrics(figures)}
     ModelManifest.model_validate(raw)
-    manifest_path.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+    # Written as it was (some manifests escape non-ASCII, some do not), so that only the metrics change.
+    manifest_path.write_text(json.dumps(raw, indent=2, ensure_ascii=text.isascii()) + "\n")
 
 
 def _is_interval_key(key: str) -> bool:
