@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test setup worker clean
+.PHONY: serve test setup worker clean wheelhouse container-test soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,20 @@ worker: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Air-gapped image builds: wheels resolved by the image's own Python into deploy/wheelhouse/ (needs podman and
+# the base image, deploy/podman/base-image.sh), then `podman build --build-arg PIP_NO_INDEX=1 ...`.
+wheelhouse:
+	deploy/podman/base-image.sh
+	deploy/podman/wheelhouse.sh deploy/wheelhouse
+
+# Images built with podman and the compose stack run from them (README, Operations); CI runs it after `make test`.
+container-test: $(STAMP)
+	deploy/podman/container-test.sh
+
+# Several hundred jobs through repeated whole-worker kills and a Redis restart, every job succeeding once.
+soak: $(STAMP)
+	MEDIMG_SOAK=1 $(BIN)/python -m pytest -p no:cacheprovider tests/workers/test_soak.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var

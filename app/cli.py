@@ -1,7 +1,7 @@
-"""The `medimg` command: serve the gateway, run a Celery worker, or predict one job in-process.
+"""The `medimg` command: serve the gateway, run a Celery worker, predict one job in-process, check models.
 
-`worker` and `predict` import worker code lazily: they are separate entry points, not part of the
-gateway, which stays free of ONNX Runtime.
+`worker`, `predict` and `models check` import worker code lazily: they are separate entry points, not part of
+the gateway, which stays free of ONNX Runtime. Task choices are the registered tasks (app/plugins).
 """
 
 from __future__ import annotations
@@ -56,6 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--out", type=Path, default=None, help="Folder for the artifacts (default ./medimg-out/<job id>)")
     predict.add_argument("--no-progress", action="store_true")
 
+    models = commands.add_parser("models", help="List the models that would be served, or check model folders")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_list = models_commands.add_parser("list", help="Print what the model repository would serve, by task")
+    models_list.add_argument("--repository", type=Path, default=None,
+                             help="Model repository (default MEDIMG_MODEL_REPOSITORY)")
+    models_check = models_commands.add_parser(
+        "check", help="Check model version folders (manifest, sha256, graph, opset, one inference through decode)"
+    )
+    models_check.add_argument("folders", nargs="+", type=Path,
+                              help="<model-id>/<version> folders, or a model repository to check all of")
+
+    deploy = commands.add_parser("deploy-workers", help="Print the Kubernetes worker manifests, one per served task")
+    deploy.add_argument("--template", type=Path, default=Path("deploy/templates/worker.yaml"))
+    deploy.add_argument("--repository", type=Path, default=None,
+                        help="Model repository whose served tasks get workers (default MEDIMG_MODEL_REPOSITORY)")
+
     evaluate = commands.add_parser(
         "eval", help="Run a labelled local data set through the service's pipeline and score it with 95 % intervals"
     )
@@ -85,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     os.umask(0o077)  # every file the service writes (inputs, results, job store) is its user's alone
+    if args.command == "models":
+        return _models(args)
+    if args.command == "deploy-workers":
+        return _deploy_workers(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "worker":
@@ -205,7 +225,9 @@ def _worker(args: argparse.Namespace) -> int:
     serve_metrics(get_settings())
     celery_app.worker_main(
         ["worker", "--queues", ",".join(queues), "--concurrency", str(args.concurrency),
-         "--loglevel", args.loglevel, "--pool", get_settings().worker_pool, "--without-gossip", "--without-mingle"]
+         "--loglevel", args.loglevel, "--pool", get_settings().worker_pool, "--without-gossip", "--without-mingle",
+         # A node name of its own even beside other workers on one host (RabbitMQ locks each node's pidbox queue).
+         "--hostname", f"medimg-{os.getpid()}@%h"]
     )
     return 0
 
@@ -228,6 +250,42 @@ def _worker_probe(args: argparse.Namespace) -> int:
         print(f"medimg worker-probe: last heartbeat {age:.0f}s ago (> {args.max_age:g}s) at {path}", file=sys.stderr)
         return 1
     print(f"ok: heartbeat {age:.1f}s ago")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.models_command == "list":
+        from app.config import get_settings
+        from app.model_repository import ModelRepository
+
+        settings = get_settings()
+        repository = ModelRepository(args.repository or settings.model_repository, settings.model_versions,
+                                     settings.task_models)
+        served = {m.manifest.task.value: m for m in repository.served()}
+        for task in TaskName:
+            model = served.get(task.value)
+            where = f"{model.manifest.id}/{model.manifest.version} ({model.directory})" if model else "no model"
+            print(f"{task.value:32} {where}")
+        for model_id, error in sorted(repository.errors.items()):
+            print(f"{'(not served)':32} {model_id}: {error}")
+        return 0
+    from workers.model_check import check_folders
+
+    reports = check_folders(args.folders)
+    for report in reports:
+        print(report.render())
+    return 0 if reports and all(r.passed for r in reports) else 1
+
+
+def _deploy_workers(args: argparse.Namespace) -> int:
+    from app.config import get_settings
+    from app.deploy_manifests import render_workers, served_tasks
+    from app.model_repository import ModelRepository
+
+    settings = get_settings()
+    repository = ModelRepository(args.repository or settings.model_repository, settings.model_versions,
+                                 settings.task_models)
+    sys.stdout.write(render_workers(args.template, served_tasks(repository)))
     return 0
 
 

@@ -157,7 +157,8 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(None, description="When set, dispatch through Celery and keep job state in Redis")
     broker_url: str | None = Field(
-        None, description="Celery broker when it is not the job store's Redis, e.g. amqp://user:pass@rabbitmq:5672/medimg"
+        None, description="Celery broker when it is not the job store's Redis, e.g. amqp://user:pass@rabbitmq:5672/medimg "
+        "(RabbitMQ); default MEDIMG_REDIS_URL. Job state stays in MEDIMG_REDIS_URL either way"
     )
 
     host: str = "127.0.0.1"
@@ -194,7 +195,7 @@ class Settings(BaseSettings):
     )
 
     api_keys: list[ApiKey] = Field(
-        default_factory=list, description='JSON list of {"name", "sha256", "scopes"}; see `medimg hash-key`'
+        default_factory=list, description='JSON list of {"name", "sha256", "scopes"}; `medimg new-key` makes one'
     )
     api_keys_file: Path | None = Field(None, description="A JSON file of the same list, e.g. a mounted Secret")
     rate_limit_per_minute: int = Field(
@@ -270,6 +271,10 @@ class Settings(BaseSettings):
     providers: list[str] | None = Field(
         None, description="ONNX Runtime providers to try in order; default TensorRT, CUDA, then CPU"
     )
+    require_provider: str | None = Field(
+        None, description="e.g. CUDAExecutionProvider: a worker whose sessions did not get it (ONNX Runtime falls "
+        "back to the CPU silently) never reports ready, runs no job and stops"
+    )
 
     task_soft_time_limit: int = Field(540, ge=1, description="Seconds before a job is asked to stop")
     task_time_limit: int = Field(600, ge=1, description="Seconds before a job's worker process is killed")
@@ -343,6 +348,14 @@ class Settings(BaseSettings):
             raise ValueError(f"MEDIMG_TASK_TIME_LIMIT={value} must exceed MEDIMG_TASK_SOFT_TIME_LIMIT={soft}")
         return value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://", "amqp://", "amqps://")):
+            raise ValueError(f"MEDIMG_BROKER_URL={value.split('@')[-1]!r} must start with redis://, rediss://, unix://, "
+                             "amqp:// or amqps://")
+        return value
+
     @model_validator(mode="after")
     def _export_names_known(self) -> Settings:
         names = [d.name for d in self.export_destinations]
@@ -370,6 +383,11 @@ class Settings(BaseSettings):
     @property
     def celery_broker_url(self) -> str | None:
         return self.broker_url or self.redis_url
+
+    @property
+    def worker_heartbeat_ttl(self) -> float:
+        """A worker whose beat is older than this is gone (app/storage/heartbeats.py)."""
+        return self.worker_heartbeat_seconds * 3
 
     @property
     def visibility_timeout(self) -> int:

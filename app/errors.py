@@ -78,10 +78,6 @@ class ModelNotFound(MedimgError):
     code, status, title = "model-not-found", 404, "Model not found"
 
 
-class ModelUnavailable(MedimgError):
-    code, status, title = "model-unavailable", 503, "Model unavailable"
-
-
 class ServiceUnavailable(MedimgError):
     code, status, title = "service-unavailable", 503, "Service unavailable"
 

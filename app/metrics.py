@@ -9,6 +9,8 @@ worker's one /metrics endpoint (MEDIMG_WORKER_METRICS_PORT).
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from app.schemas.tasks import TaskName
+
 HTTP_REQUESTS = Counter("medimg_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("medimg_http_request_duration_seconds", "HTTP request latency", ["method", "route"])
 UPLOAD_BYTES = Counter("medimg_upload_bytes_total", "Bytes of accepted uploads", ["task"])
@@ -36,6 +38,10 @@ MODEL_WARMUP_SECONDS = Histogram(
     "medimg_model_warmup_seconds", "A model's warm-up run", ["model", "provider"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
+MODEL_PROVIDER = Gauge(
+    "medimg_model_provider", "1 for the ONNX Runtime provider a loaded model's session really runs on (its first)",
+    ["model", "provider"], multiprocess_mode="max",
+)
 # Embedded pool only (app/dispatch/lanes.py): head-of-line blocking shows as jobs queued in a lane whose
 # running count sits at its cap.
 LANE_QUEUED = Gauge("medimg_lane_queued_jobs", "Jobs waiting in a lane of the embedded pool", ["lane", "priority"],
@@ -45,3 +51,9 @@ LANE_RUNNING = Gauge("medimg_lane_running_jobs", "Worker threads of the embedded
 EXPORTS = Counter(
     "medimg_exports_total", "Export attempts by destination and outcome (sent, retry, dead)", ["destination", "outcome"]
 )
+
+# Every registered task has its series from the start (at zero), so dashboards list installed tasks that have
+# not run yet.
+for _task in TaskName:
+    UPLOAD_BYTES.labels(_task.value)
+    JOBS_STARTED.labels(_task.value)

@@ -6,10 +6,10 @@ well as against the small reference model. Nothing is downloaded: the network is
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from app.model_repository import file_sha256
 from tests.utils.reference_models import MODELS_DIR
 
 STANDIN_ID = "dr-grading-resnet50-standin"
@@ -60,7 +60,7 @@ def build_standin_repository(root: Path) -> Path:
                           opset_version=17, dynamo=False)
     manifest = json.loads((MODELS_DIR / "dr-grading-reference" / "1" / "manifest.json").read_text())
     manifest.update(id=STANDIN_ID, title="ResNet-50 stand-in (random weights, benchmark only)",
-                    sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(), metrics={})
+                    sha256=file_sha256(onnx_path), metrics={})
     manifest["inputs"][0]["shape"] = ["batch", 3, SIZE, SIZE]
     manifest["preprocessing"]["target_size"] = [SIZE, SIZE]
     (version_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

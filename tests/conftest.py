@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.utils.s3 import MotoServer
-from tests.utils.services import RedisServer, Service, free_port, service_env, start_redis
+from tests.utils.services import RabbitVhost, RedisServer, Service, free_port, service_env, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +75,13 @@ def ops_dicom_job(ops_service: Service) -> dict:
     job = run_job(ops_service, "dr-grading", [("Quixote_Alonso.dcm", phi_dicom_fundus())])
     assert job["status"] == "succeeded", job
     return job | {"phi": PHI}
+
+
+@pytest.fixture
+def rabbitmq_vhost() -> Iterator[RabbitVhost]:
+    """A private vhost on the machine's RabbitMQ (127.0.0.1:5672, shared with other runs), deleted at the end.
+    .ci/run starts the server where none answers, so here a missing server is a failure, not a skip."""
+    assert RabbitVhost.available(), "RabbitMQ does not answer on 127.0.0.1:5672 (.ci/run starts rabbitmq-server)"
+    vhost = RabbitVhost().create()
+    yield vhost
+    vhost.delete()

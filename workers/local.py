@@ -9,7 +9,7 @@ from app.dispatch.base import Readiness
 from app.intake.service import Intake
 from app.schemas.jobs import Job
 from app.schemas.tasks import TaskName
-from workers.pipelines import PIPELINES
+from workers.pipelines import pipeline_for
 from workers.runner import run_job
 from workers.runtime import WorkerRuntime
 
@@ -42,7 +42,7 @@ def predict_files(
     finally:
         for stream in streams:
             stream.close()
-    stage_names = PIPELINES[task].stages
+    stage_names = pipeline_for(task).stages
     with tqdm(total=len(stage_names), desc=task.value, unit="stage", disable=not show_progress,
               file=None) as bar:
         def on_stage(name: str) -> None:

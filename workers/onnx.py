@@ -14,8 +14,9 @@ from types import ModuleType
 
 import numpy as np
 
-from app.metrics import BATCH_SIZE, MODEL_LOAD_SECONDS, MODEL_WARMUP_SECONDS
+from app.metrics import BATCH_SIZE, MODEL_LOAD_SECONDS, MODEL_PROVIDER, MODEL_WARMUP_SECONDS
 from app.model_repository import ModelVersion
+from app.schemas.manifest import ModelManifest
 from workers.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,24 @@ def choose_providers(available: list[str], requested: list[str] | None = None) -
     if "CPUExecutionProvider" not in chosen and "CPUExecutionProvider" in available:
         chosen.append("CPUExecutionProvider")
     return chosen
+
+
+def missing_required_provider(models: list[LoadedModel], required: str | None) -> str | None:
+    """Why these sessions do not satisfy MEDIMG_REQUIRE_PROVIDER, or None. ONNX Runtime falls back to the CPU
+    without an error when CUDA or TensorRT fail to load, so only the providers a session got tell."""
+    if not required:
+        return None
+    lacking = {f"{m.manifest.id}/{m.manifest.version}": m.providers for m in models if required not in m.providers}
+    if not models:
+        return f"MEDIMG_REQUIRE_PROVIDER={required}: no model was loaded"
+    if lacking:
+        return f"MEDIMG_REQUIRE_PROVIDER={required}, but sessions got other providers: {lacking}"
+    return None
+
+
+def providers_by_model(models: list[LoadedModel]) -> dict[str, list[str]]:
+    """`model-id/version` -> the providers its session really got, first the one that runs most nodes."""
+    return {f"{m.manifest.id}/{m.manifest.version}": list(m.providers) for m in models}
 
 
 @dataclass
@@ -121,7 +140,11 @@ def load_model(version: ModelVersion, requested_providers: list[str] | None = No
         load_seconds=time.perf_counter() - started,
         output_names=[o.name for o in version.manifest.outputs],
     )
-    _check_graph_matches_manifest(session, version)
+    mismatches = graph_mismatches(session, version.manifest)
+    if mismatches:
+        raise ValueError(f"{version.onnx_path} does not match its manifest: " + "; ".join(mismatches)
+                         + " (`medimg models check` reports the whole folder)")
+    MODEL_PROVIDER.labels(version.manifest.id, loaded.providers[0] if loaded.providers else "").set(1)
     MODEL_LOAD_SECONDS.labels(version.manifest.id, loaded.providers[0] if loaded.providers else "").observe(
         loaded.load_seconds)
     log.info(
@@ -131,13 +154,41 @@ def load_model(version: ModelVersion, requested_providers: list[str] | None = No
     return loaded
 
 
-def _check_graph_matches_manifest(session, version: ModelVersion) -> None:
-    graph_inputs = {i.name for i in session.get_inputs()}
-    graph_outputs = {o.name for o in session.get_outputs()}
-    missing = [s.name for s in version.manifest.inputs if s.name not in graph_inputs]
-    missing += [s.name for s in version.manifest.outputs if s.name not in graph_outputs]
-    if missing:
-        raise ValueError(
-            f"{version.onnx_path}: tensors {missing} named in the manifest are not in the ONNX graph "
-            f"(inputs {sorted(graph_inputs)}, outputs {sorted(graph_outputs)})"
-        )
+# ONNX Runtime's type strings for the dtypes a manifest may name.
+ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)",
+             "int64": "tensor(int64)"}
+
+
+def graph_mismatches(session, manifest: ModelManifest) -> list[str]:
+    """Every way the graph's inputs and outputs differ from the manifest: names, dtypes, ranks, static sizes.
+
+    Each message names the manifest field and what the graph has instead. An axis dynamic in either is not
+    compared; a graph input the manifest does not feed is a mismatch (the model could not run).
+    """
+    problems = []
+    for kind, specs, graph in (("inputs", manifest.inputs, session.get_inputs()),
+                               ("outputs", manifest.outputs, session.get_outputs())):
+        by_name = {node.name: node for node in graph}
+        for index, spec in enumerate(specs):
+            field = f"{kind}[{index}] {spec.name!r}"
+            node = by_name.get(spec.name)
+            if node is None:
+                problems.append(f"{field}: no such {kind[:-1]} in the graph; the graph's {kind} are "
+                                f"{sorted(by_name)}")
+                continue
+            if node.type != ORT_TYPES[spec.dtype]:
+                problems.append(f"{field}: dtype {spec.dtype} in the manifest, {node.type} in the graph")
+            graph_shape = list(node.shape)
+            if len(graph_shape) != len(spec.shape):
+                problems.append(f"{field}: rank {len(spec.shape)} ({spec.layout}, {spec.shape}) in the manifest, "
+                                f"rank {len(graph_shape)} ({graph_shape}) in the graph")
+                continue
+            for axis, (want, have) in enumerate(zip(spec.shape, graph_shape, strict=True)):
+                if isinstance(want, int) and isinstance(have, int) and want != have:
+                    problems.append(f"{field}: axis {axis} ({spec.layout[axis]}) is {want} in the manifest, "
+                                    f"{have} in the graph")
+        if kind == "inputs":
+            unfed = sorted(set(by_name) - {spec.name for spec in specs})
+            if unfed:
+                problems.append(f"inputs: the graph also needs {unfed}, which the manifest does not feed")
+    return problems

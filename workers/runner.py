@@ -15,12 +15,13 @@ from pydantic import ValidationError
 from app.errors import BadInputError, JobNotFound, MedimgError
 from app.logs import bind_job_task, job_log_context
 from app.metrics import JOBS_FINISHED, JOBS_STARTED, QUEUE_WAIT_SECONDS, STAGE_SECONDS
+from app.plugins import task_plugin
 from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobPriority, JobStatus, utcnow
-from app.schemas.options import OPTIONS_BY_TASK
 from app.storage.blobs import BlobNotFound, job_prefix
+from app.storage.heartbeats import holds
 from workers.batching import urgent_calls
 from workers.dicom_results import dicom_results
-from workers.pipelines import PIPELINES
+from workers.pipelines import pipeline_for
 from workers.pipelines.base import JobContext, JobInput, PipelineOutput, StageTimer
 from workers.runtime import WorkerRuntime
 from workers.shadow import run_shadow
@@ -36,6 +37,8 @@ def run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None]
         try:
             return _run_job(job_id, runtime, on_stage, delivery_id)
         finally:
+            if runtime.heartbeat is not None:
+                runtime.heartbeat.release(job_id)
             # Remote blob stores keep local copies of inputs for the pipeline; they are not needed any more.
             runtime.blobs.release_local(job_prefix(job_id))
 
@@ -56,6 +59,12 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
         # message may take the job over, when its worker is lost.
         log.info("job %s runs from another message; this one stands down", job_id)
         return None
+    if _held_elsewhere(job, runtime):
+        # A second message for a job another live worker runs (RabbitMQ requeues a dead consumer's messages at
+        # once, a gateway may resend): standing down leaves one run. Should that worker die, its beat stops
+        # listing the job and the gateway's sweep sends it again.
+        log.info("job %s is running on live worker %s; this delivery stands down", job.id, job.worker)
+        return None
     if job.attempts >= runtime.settings.max_deliveries:
         return _finish_failed(
             runtime, job, "worker-lost", "infrastructure",
@@ -68,6 +77,9 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
     job.status = JobStatus.RUNNING
     job.started_at = utcnow()
     job.delivery_id = delivery_id
+    if runtime.heartbeat is not None:
+        runtime.heartbeat.hold(job.id)  # listed in this process's beat before the store names it the holder
+        job.worker = runtime.heartbeat.worker_id
     if not runtime.jobs.transition(job, previous_attempts):
         log.info("job %s was started or finished by another delivery; this one stands down", job.id)
         return None
@@ -124,10 +136,17 @@ def _run_job(job_id: str, runtime: WorkerRuntime, on_stage: Callable[[str], None
     return job
 
 
+def _held_elsewhere(job: Job, runtime: WorkerRuntime) -> bool:
+    heartbeat = runtime.heartbeat
+    if heartbeat is None or job.status is not JobStatus.RUNNING or not job.worker or job.worker == heartbeat.worker_id:
+        return False  # this process takes over what it held itself (e.g. after a job-store outage)
+    return holds(heartbeat.client, job.worker, job.id)
+
+
 def _run_pipeline(job: Job, runtime: WorkerRuntime, stages: StageTimer) -> PipelineOutput:
-    pipeline = PIPELINES[job.task]
+    pipeline = pipeline_for(job.task)
     try:
-        options = OPTIONS_BY_TASK[job.task].model_validate(job.options)
+        options = task_plugin(job.task).options.model_validate(job.options)
     except ValidationError as exc:
         raise BadInputError(f"Stored options are invalid for {job.task.value}: {exc.error_count()} error(s)") from exc
     model = runtime.model(job.model.id)
@@ -137,10 +156,8 @@ def _run_pipeline(job: Job, runtime: WorkerRuntime, stages: StageTimer) -> Pipel
             f"{job.model.version} the job was accepted for; deploy matching model repositories"
         )
     inputs = [JobInput(path=runtime.blobs.local_path(i.key), format=i.format) for i in job.inputs]
-    if getattr(pipeline, "uses_job_context", False):
-        context = JobContext(job_id=job.id, caller=job.caller, jobs=runtime.jobs, blobs=runtime.blobs)
-        return pipeline.run(inputs, options, model, stages, context=context)
-    return pipeline.run(inputs, options, model, stages)
+    context = JobContext(job_id=job.id, caller=job.caller, jobs=runtime.jobs, blobs=runtime.blobs)
+    return pipeline.run(inputs, options, model, stages, context=context)
 
 
 def _store_artifacts(job: Job, output: PipelineOutput, runtime: WorkerRuntime) -> list[Artifact]:

@@ -11,6 +11,7 @@ from app.export.outbox import ExportOutbox, make_export_outbox
 from app.model_repository import ModelRepository
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore
+from app.storage.heartbeats import Heartbeat
 from app.storage.factory import make_blob_store, make_job_store, make_model_repository
 from app.storage.jobs import JobStore
 from workers.onnx import LoadedModel, load_model
@@ -26,6 +27,7 @@ class WorkerRuntime:
     jobs: JobStore
     blobs: BlobStore
     webhooks: WebhookSender | None = None
+    heartbeat: Heartbeat | None = None  # Celery workers: lists the jobs this process holds
     exports: ExportOutbox | None = None
     _loaded: dict[str, LoadedModel] = field(default_factory=dict)
     shadow_models: dict[str, LoadedModel] = field(default_factory=dict)  # "<id>@<version>", see workers/shadow.py

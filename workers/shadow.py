@@ -14,11 +14,11 @@ import time
 
 from app.config import ShadowModel
 from app.model_repository import load_model_version
+from app.plugins import task_plugin
 from app.schemas.jobs import Job, JobError, ModelRef, ShadowRun
-from app.schemas.options import OPTIONS_BY_TASK
 from app.storage.blobs import job_prefix
 from workers.onnx import LoadedModel, load_model
-from workers.pipelines import PIPELINES
+from workers.pipelines import pipeline_for
 from workers.pipelines.base import JobContext, JobInput, StageTimer
 from workers.runtime import WorkerRuntime
 
@@ -65,14 +65,11 @@ def run_shadow(job: Job, runtime: WorkerRuntime) -> None:
     shadow = ShadowRun(model=ModelRef(id=manifest.id, version=manifest.version, sha256=manifest.sha256,
                                       research_use_only=manifest.research_use_only))
     try:
-        pipeline = PIPELINES[job.task]
-        options = OPTIONS_BY_TASK[job.task].model_validate(job.options)
+        pipeline = pipeline_for(job.task)
+        options = task_plugin(job.task).options.model_validate(job.options)
         inputs = [JobInput(path=runtime.blobs.local_path(i.key), format=i.format) for i in job.inputs]
-        if getattr(pipeline, "uses_job_context", False):
-            context = JobContext(job_id=job.id, caller=job.caller, jobs=runtime.jobs, blobs=runtime.blobs)
-            output = pipeline.run(inputs, options, model, StageTimer(), context=context)
-        else:
-            output = pipeline.run(inputs, options, model, StageTimer())
+        context = JobContext(job_id=job.id, caller=job.caller, jobs=runtime.jobs, blobs=runtime.blobs)
+        output = pipeline.run(inputs, options, model, StageTimer(), context=context)
         shadow.result = output.result.model_dump(mode="json")
         for item in output.artifacts:
             if item.name in MASK_ARTIFACTS:

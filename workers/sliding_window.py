@@ -34,6 +34,25 @@ def gaussian_weight(patch: tuple[int, ...]) -> np.ndarray:
     return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
 
 
+def patch_corners(spatial: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> tuple[tuple[int, ...], list]:
+    """The padded shape (at least a patch along each axis) and the first index of every patch in it."""
+    if len(patch) != len(spatial):
+        raise ModelError(f"a {len(patch)}-D patch {patch} cannot slide over {len(spatial)}-D inputs {spatial}")
+    padded_shape = tuple(max(n, p) for n, p in zip(spatial, patch, strict=True))
+    starts = (window_starts(n, p, overlap) for n, p in zip(padded_shape, patch, strict=True))
+    return padded_shape, list(itertools.product(*starts))
+
+
+def pad_to(items: np.ndarray, padded_shape: tuple[int, ...], pad_value: float) -> np.ndarray:
+    """(N, C, *spatial) padded at the far end of each spatial axis to `padded_shape`."""
+    spatial = tuple(items.shape[2:])
+    if padded_shape == spatial:
+        return items
+    padded = np.full(items.shape[:2] + padded_shape, pad_value, np.float32)
+    padded[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)] = items
+    return padded
+
+
 def sliding_window(items: np.ndarray, patch: tuple[int, ...], overlap: float,
                    predict: Callable[[np.ndarray], np.ndarray], batch_size: int,
                    pad_value: float = 0.0) -> np.ndarray:
@@ -43,14 +62,8 @@ def sliding_window(items: np.ndarray, patch: tuple[int, ...], overlap: float,
     or anything else a weighted mean suits. Patches of all N items share runs.
     """
     spatial = tuple(items.shape[2:])
-    if len(patch) != len(spatial):
-        raise ModelError(f"a {len(patch)}-D patch {patch} cannot slide over {len(spatial)}-D inputs {spatial}")
-    padded_shape = tuple(max(n, p) for n, p in zip(spatial, patch, strict=True))
-    padded = items
-    if padded_shape != spatial:
-        padded = np.full(items.shape[:2] + padded_shape, pad_value, np.float32)
-        padded[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)] = items
-    corners = list(itertools.product(*(window_starts(n, p, overlap) for n, p in zip(padded_shape, patch, strict=True))))
+    padded_shape, corners = patch_corners(spatial, patch, overlap)
+    padded = pad_to(items, padded_shape, pad_value)
     regions = [tuple(slice(start, start + p) for start, p in zip(corner, patch, strict=True)) for corner in corners]
     # One patch over the whole array: unit weights, so its prediction comes back exactly as it was.
     weight = gaussian_weight(patch) if len(regions) > 1 else np.ones(patch, np.float32)

@@ -8,6 +8,8 @@ With `--pool threads` one process runs several jobs at once and their model runs
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 
 import redis
@@ -16,15 +18,17 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from app.config import get_settings
 from app.schemas.tasks import RUN_JOB_TASK, TaskName
-from app.storage.heartbeats import start_beating
+from app.storage.heartbeats import Heartbeat
 from workers.celery_app import celery_app
 from workers.runner import run_job
+from workers.onnx import missing_required_provider, providers_by_model
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 _runtime: WorkerRuntime | None = None
-_stop_heartbeat = None
+_heartbeat: Heartbeat | None = None
+_refused: str | None = None  # why this process must not run jobs (a required provider is missing)
 
 
 def consumed_tasks() -> list[TaskName]:
@@ -49,31 +53,39 @@ def _prepare_thread_pool(sender=None, **_) -> None:
 
 @worker_process_init.connect
 def _prepare_process(**_) -> None:
-    global _stop_heartbeat
+    global _heartbeat, _refused
     settings = get_settings()
     runtime = get_runtime()
     tasks = consumed_tasks()
     warmed = runtime.warm_up(tasks)
     served = {m.manifest.task for m in warmed}
     queues = [t.value for t in tasks if t in served]
-    log.info("worker process ready: queues %s, providers %s", queues,
-             sorted({p for m in warmed for p in m.providers}))
-    _stop_heartbeat = start_beating(
-        redis.Redis.from_url(settings.redis_url), queues,
-        [f"{m.manifest.id}/{m.manifest.version}" for m in warmed],
-        sorted({p for m in warmed for p in m.providers}), settings.worker_heartbeat_seconds,
-        heartbeat_file=settings.worker_heartbeat_file,
-    )
+    providers = providers_by_model(warmed)
+    log.info("worker process ready: queues %s, providers %s", queues, providers)
+    if problem := missing_required_provider(warmed, settings.require_provider):
+        # No beat, so never ready (/readyz, `medimg worker-probe`); no job runs here; the worker stops, so the
+        # orchestrator shows the failure instead of jobs running on the wrong device.
+        _refused = problem
+        log.critical("%s; this worker refuses to run jobs and shuts down", problem)
+        os.kill(os.getpid() if settings.worker_pool == "threads" else os.getppid(), signal.SIGTERM)
+        return
+    _heartbeat = Heartbeat(
+        redis.Redis.from_url(settings.redis_url), queues, sorted(providers), providers,
+        settings.worker_heartbeat_seconds, heartbeat_file=settings.worker_heartbeat_file,
+    ).start()
+    runtime.heartbeat = _heartbeat
 
 
 @worker_process_shutdown.connect
 def _stop_process(**_) -> None:
-    if _stop_heartbeat is not None:
-        _stop_heartbeat.set()
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 @celery_app.task(name=RUN_JOB_TASK, acks_late=True, bind=True)
 def run_job_task(self, job_id: str) -> str | None:
+    if _refused is not None:
+        raise Reject(_refused, requeue=True)  # for a worker whose models run where they must
     runtime = get_runtime()
     delivery_id = self.request.id  # the job id, or that of its STAT copy after aging (app/dispatch/celery.py)
     try:

@@ -94,7 +94,6 @@ class SeriesCollector:
         self.peers = KnownPeers(settings.dimse_peers)
         self._series: dict[tuple[str, str], PendingSeries] = {}
         self._lock = threading.Lock()
-        self.job_ids: list[str] = []
 
     def handle_store(self, event) -> int:
         try:
@@ -152,7 +151,6 @@ class SeriesCollector:
             finally:
                 for stream in streams:
                     stream.close()
-            self.job_ids.append(job.id)
             log.info("job %s queued from a DIMSE series of %d instance(s), task %s", job.id, len(files), task.value)
         except MedimgError as exc:
             log.warning("a received series was refused at intake: %s", exc.code)

@@ -27,4 +27,7 @@ class Dispatcher(Protocol):
     def recover_lost(self, jobs, older_than_seconds: float) -> list[str]:
         """Dispatches again queued jobs whose message was lost; returns their ids."""
 
+    def recover_abandoned(self, jobs) -> list[str]:
+        """Dispatches again running jobs whose worker stopped beating; returns their ids."""
+
     def stop(self) -> None: ...

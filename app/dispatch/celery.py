@@ -2,6 +2,7 @@
 at their priority (app/dispatch/priority.py).
 
 The gateway sends tasks by name with a bare Celery client, so it never imports worker code or ONNX Runtime.
+Job state stays in Redis whichever the broker.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from kombu.exceptions import OperationalError
 
 from app.config import Settings
 from app.dispatch.base import Readiness
-from app.dispatch.priority import (REDIS_PRIORITY_STEPS, broker_is_redis, broker_priority, celery_queues,
-                                   queue_rank, redis_transport_options)
+from app.dispatch.priority import (REDIS_PRIORITY_STEPS, broker_is_redis, broker_priority,
+                                   broker_transport_options, celery_queues, queue_rank)
 from app.errors import ServiceUnavailable
 from app.schemas.jobs import Job, JobPriority, JobStatus, QueuePosition, utcnow
 from app.storage.jobs import JobStore
 from app.schemas.tasks import RUN_JOB_TASK, TaskName
-from app.storage.heartbeats import live_workers
+from app.storage.heartbeats import holds, live_workers
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class CeleryDispatcher:
         self.broker_url = settings.celery_broker_url
         self.client = Celery("medimg-gateway", broker=self.broker_url)
         self.client.conf.update(
-            broker_transport_options=redis_transport_options(settings.visibility_timeout),
+            broker_transport_options=broker_transport_options(self.broker_url, settings.visibility_timeout),
             broker_connection_retry_on_startup=True,
             task_serializer="json",
             task_queues=celery_queues([t.value for t in TaskName]),
@@ -103,13 +104,49 @@ class CeleryDispatcher:
             self._redis.ping()
             workers = live_workers(self._redis)
         except redis.RedisError as exc:
-            return Readiness(False, f"Redis broker unreachable ({type(exc).__name__})")
+            return Readiness(False, f"Redis (job store) unreachable ({type(exc).__name__})")
+        broker = "redis" if broker_is_redis(self.broker_url) else "rabbitmq"
+        if broker != "redis":
+            try:
+                with self.client.connection_for_write() as connection:
+                    connection.ensure_connection(max_retries=1, timeout=3)
+            except (OperationalError, OSError) as exc:
+                return Readiness(False, f"RabbitMQ broker unreachable ({type(exc).__name__})")
         served = sorted({queue for worker in workers for queue in worker["queues"]})
-        checks = {"mode": self.mode, "workers": len(workers), "queues_served": served,
-                  "queues_unserved": sorted(t.value for t in TaskName if t.value not in served)}
+        checks = {"mode": self.mode, "broker": broker, "workers": len(workers),
+                  "queues_served": served,
+                  "queues_unserved": sorted(t.value for t in TaskName if t.value not in served),
+                  "model_providers": _model_providers(workers)}
         if not workers:
             return Readiness(False, "No worker with warmed models is consuming any queue", checks)
         return Readiness(True, f"{len(workers)} worker process(es) consuming {', '.join(served)}", checks)
+
+    def recover_abandoned(self, jobs: JobStore) -> list[str]:
+        """Sends again every running job whose worker's heartbeat expired or no longer lists it.
+
+        A whole worker killed (a container, a node) leaves its jobs `running`: Redis keeps their messages
+        unacknowledged until the visibility timeout (twice the hard time limit), and on RabbitMQ the message
+        that came straight back stood down while the dead worker's beat still lived. The job goes back to
+        `queued` by compare-and-set on its attempts, so of several gateways one resends it; the runner lets
+        only one delivery start it and only the latest attempt record an outcome.
+        """
+        now = utcnow()
+        grace = self.settings.worker_heartbeat_ttl
+        if self._redis.info("server")["uptime_in_seconds"] <= grace:
+            return []  # Redis just restarted: beats that expired while it was down are not deaths yet
+        recovered = []
+        for job in jobs.unfinished():
+            if job.status is not JobStatus.RUNNING or not job.worker or job.started_at is None:
+                continue
+            if (now - job.started_at).total_seconds() <= grace or holds(self._redis, job.worker, job.id):
+                continue
+            abandoned_by = job.worker
+            requeued = job.model_copy(update={"status": JobStatus.QUEUED, "worker": None})
+            if jobs.transition(requeued, job.attempts):
+                log.warning("job %s: its worker %s stopped beating; sending the job again", job.id, abandoned_by)
+                self.submit(requeued)
+                recovered.append(job.id)
+        return recovered
 
     def recover_lost(self, jobs: JobStore, older_than_seconds: float) -> list[str]:
         """Sends again every unfinished job whose message is in no queue and in no worker's hands.
@@ -146,3 +183,13 @@ class CeleryDispatcher:
 
     def stop(self) -> None:
         self._redis.close()
+
+
+def _model_providers(workers: list[dict]) -> dict[str, list[str]]:
+    """`model-id/version` -> the providers its sessions got, over all live workers (several when they differ)."""
+    seen: dict[str, set[str]] = {}
+    for worker in workers:
+        providers = worker.get("providers")
+        for model, got in (providers.items() if isinstance(providers, dict) else ()):
+            seen.setdefault(model, set()).add(got[0] if got else "none")
+    return {model: sorted(got) for model, got in sorted(seen.items())}

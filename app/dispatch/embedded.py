@@ -73,9 +73,19 @@ class EmbeddedDispatcher:
     def recover_lost(self, jobs, older_than_seconds: float) -> list[str]:
         return []  # the pool lives in this process: queued jobs are resumed at start
 
+    def recover_abandoned(self, jobs) -> list[str]:
+        return []  # no other worker process can hold a job
+
+    def _provider_problem(self) -> str | None:
+        from workers.onnx import missing_required_provider
+
+        return missing_required_provider(self._runtime.loaded, self.settings.require_provider)
+
     def submit(self, job: Job) -> None:
         if not self._threads:
             raise ServiceUnavailable("The worker pool is not running; retry shortly")
+        if self._warmed.is_set() and (problem := self._provider_problem()):
+            raise ServiceUnavailable(f"{problem}; no job runs on another device")
         self._lanes.put(job)
 
     def queue_position(self, job: Job, jobs: JobStore) -> QueuePosition | None:
@@ -86,6 +96,8 @@ class EmbeddedDispatcher:
             return Readiness(False, "Models are loading and warming up")
         if self._warmup_error:
             return Readiness(False, f"Model warm-up failed: {self._warmup_error}")
+        if problem := self._provider_problem():
+            return Readiness(False, problem)
         models = {
             f"{m.manifest.id}/{m.manifest.version}": {"providers": m.providers, "warmup_seconds": round(m.warmup_seconds, 3)}
             for m in self._runtime.loaded

@@ -39,7 +39,9 @@ def broker_priority(priority: JobPriority, broker_url: str) -> int:
 
 def celery_queues(names: list[str]) -> list[Queue]:
     """One queue per task, declared alike by the gateway and the workers (RabbitMQ refuses a redeclaration
-    with other arguments). Redis ignores queue arguments."""
+    with other arguments). Redis ignores queue arguments. On RabbitMQ these are classic durable queues, not
+    quorum queues: before RabbitMQ 4.0 (Debian bookworm ships 3.10) quorum queues refuse `x-max-priority`, and
+    on one node they replicate nothing."""
     return [Queue(name, queue_arguments={"x-max-priority": AMQP_MAX_PRIORITY}) for name in names]
 
 
@@ -48,3 +50,10 @@ def redis_transport_options(visibility_timeout: int) -> dict:
     # the priority steps are polled before the queues, so STAT work of any of them still goes first.
     return {"visibility_timeout": visibility_timeout, "priority_steps": list(REDIS_PRIORITY_STEPS),
             "queue_order_strategy": "round_robin"}
+
+
+def broker_transport_options(broker_url: str | None, visibility_timeout: int) -> dict:
+    if broker_url is None or broker_is_redis(broker_url):  # None: not configured (yet), nothing is sent
+        return redis_transport_options(visibility_timeout)
+    # RabbitMQ: publishing waits for the broker's confirmation, so an accepted job's message is on its disk.
+    return {"confirm_publish": True}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.errors import UnsuitableInput
-from app.intake.ct_headers import check_volume_files
+from app.imaging.ct_geometry import check_volume_files
 from app.intake.dicom_headers import DicomHeader, read_dicom_header
 from app.intake.raster_headers import RasterHeader, read_raster_header
 from app.intake.staging import StagedFile

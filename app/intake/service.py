@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pkgutil import resolve_name
 from typing import BinaryIO
 
 from pydantic import ValidationError
@@ -17,8 +18,9 @@ from app.intake.checks import check_inputs, inspect_inputs
 from app.intake.deidentify import deidentify_files
 from app.intake.staging import EXTENSIONS, staging_area
 from app.model_repository import ModelRepository
+from app.plugins import task_plugin
 from app.schemas.jobs import InputFile, Job, JobPriority, ModelRef, new_job_id
-from app.schemas.options import OPTIONS_BY_TASK, TaskOptions
+from app.schemas.options import TaskOptions
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore, job_prefix
 from app.storage.jobs import JobStore
@@ -63,6 +65,8 @@ class Intake:
             serving = check_inputs(
                 inspect_inputs(area.files, settings.max_image_pixels, settings.max_volume_voxels),
                 model.manifest.accepts, task, series_instance_uid=getattr(options, "series_instance_uid", None))
+            if (intake_check := task_plugin(task).intake_check) is not None:
+                resolve_name(intake_check)(serving, model.manifest, options)  # the task's own header checks
             # Only what serves the task is kept: other series of the upload (scouts, a second series) go.
             files = [item.staged for item in serving]
 
@@ -120,7 +124,7 @@ def _fingerprint(task: TaskName, options: TaskOptions, callback_url: str | None,
 
 
 def parse_options(task: TaskName, options_json: str | None, max_bytes: int = 16_384) -> TaskOptions:
-    options_type = OPTIONS_BY_TASK[task]
+    options_type = task_plugin(task).options
     if options_json is None or not options_json.strip():
         return options_type()
     if len(options_json) > max_bytes:

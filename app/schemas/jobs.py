@@ -5,13 +5,18 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.plugins import task_plugin, task_plugins
 from app.schemas.exports import ExportPublic
-from app.schemas.results import TaskResult
+from app.schemas.quality import UngradableResult
 from app.schemas.tasks import TaskName
+
+# Every registered task's result schema, and the answer of any task's quality gate: the OpenAPI document of a job
+# lists exactly the installed tasks'.
+TaskResult = Union[(*(plugin.result for plugin in task_plugins().values()), UngradableResult)]  # noqa: UP007
 
 InputFormat = Literal["dicom", "png", "jpeg"]
 FailureKind = Literal["bad-input", "model-error", "infrastructure"]
@@ -117,6 +122,9 @@ class Job(BaseModel):
     )
     callback_url: str | None = None
     attempts: int = Field(0, description="Times a worker started the job; redeliveries count")
+    worker: str | None = Field(
+        None, description="The worker process that started the latest attempt: host:pid-namespace:pid (heartbeats.py)"
+    )
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     export_to: list[str] = Field(
@@ -173,7 +181,7 @@ class JobPublic(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             model=job.model,
-            result=job.result,
+            result=_task_result(job),
             error=job.error,
             artifacts=[
                 ArtifactPublic(
@@ -198,3 +206,13 @@ class JobsPublic(BaseModel):
     data: list[JobPublic]
     count: int = Field(description="Jobs on this page")
     next: str | None = Field(None, description="URL of the next page (same filters); null on the last page")
+
+
+def _task_result(job: Job) -> BaseModel | None:
+    """The stored result validated by the job's own task (or as the quality gate's answer), so two tasks' result
+    schemas can never be confused."""
+    if job.result is None:
+        return None
+    if set(job.result) == set(UngradableResult.model_fields):
+        return UngradableResult.model_validate(job.result)
+    return task_plugin(job.task).result.model_validate(job.result)

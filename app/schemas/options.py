@@ -1,14 +1,24 @@
-"""Per-task options sent as the `options` JSON object of POST /v1/jobs. Unknown keys are refused."""
+"""Per-task options sent as the `options` JSON object of POST /v1/jobs. Unknown keys are refused.
+
+Each task's registration (app/plugins) names its options class; `TaskOptions` is the base every one extends."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.tasks import TaskName
-
 
 class TaskOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def uncertainty_option() -> bool | None:
+    return Field(None, description="Test-time augmentation: extra inference runs whose spread is reported (their "
+                 "cost is in stage_seconds.uncertainty); null: the model manifest's default")
+
+
+def explain_option() -> bool:
+    return Field(False, description="Occlusion-sensitivity saliency: a heat-map overlay (saliency.png; for DICOM "
+                 "input also saliency.dcm, a Secondary Capture) of where the score depends on the image")
 
 
 OPERATING_POINT_FIELD = Field(
@@ -22,15 +32,19 @@ class DRGradingOptions(TaskOptions):
         None, ge=0.0, le=1.0, description="Referable-probability threshold replacing the model's operating point"
     )
     operating_point: str | None = OPERATING_POINT_FIELD
+    uncertainty: bool | None = uncertainty_option()
+    explain: bool = explain_option()
 
 
 class LungNoduleDetectionOptions(TaskOptions):
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     series_instance_uid: str | None = Field(None, max_length=64)
+    uncertainty: bool | None = uncertainty_option()
 
 
 class CovidLesionSegmentationOptions(TaskOptions):
     series_instance_uid: str | None = Field(None, max_length=64)
+    uncertainty: bool | None = uncertainty_option()
 
 
 class RoiBox(TaskOptions):
@@ -65,11 +79,6 @@ class ThyroidMalignancyOptions(TaskOptions):
         None, description='The nodule, given instead of segmenting it: {"box": [x0, y0, x1, y1]} or '
         '{"mask_artifact": {"job_id": ..., "name": ...}}'
     )
+    uncertainty: bool | None = uncertainty_option()
+    explain: bool = explain_option()
 
-
-OPTIONS_BY_TASK: dict[TaskName, type[TaskOptions]] = {
-    TaskName.DR_GRADING: DRGradingOptions,
-    TaskName.LUNG_NODULE_DETECTION: LungNoduleDetectionOptions,
-    TaskName.COVID_LESION_SEGMENTATION: CovidLesionSegmentationOptions,
-    TaskName.THYROID_MALIGNANCY: ThyroidMalignancyOptions,
-}

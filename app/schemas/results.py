@@ -6,7 +6,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from app.schemas.quality import (
+    ClassificationUncertainty,
+    DetectionUncertainty,
+    Quality,
+    SegmentationUncertainty,
+)
 from app.schemas.tirads import Recommendation, RiskBand
+
+QUALITY_FIELD = Field(None, description="The input quality gate's verdict and measures (gradable here; an "
+                      "ungradable input gets an UngradableResult instead)")
 
 
 class OperatingPointUsed(BaseModel):
@@ -30,6 +39,9 @@ class DRGradingResult(BaseModel):
     referable: bool = Field(description="Moderate NPDR or worse, at the operating point")
     referable_probability: float = Field(ge=0.0, le=1.0, description="Sum of probabilities of grades 2-4")
     operating_point: OperatingPointUsed
+    quality: Quality | None = QUALITY_FIELD
+    uncertainty: ClassificationUncertainty | None = Field(None, description="Test-time augmentation spread; null "
+                                                          "when options.uncertainty is off")
     research_use_only: bool
 
     @model_validator(mode="after")
@@ -81,6 +93,9 @@ class LungNoduleDetectionResult(BaseModel):
     n_slices: int = Field(ge=2, description="Slices in the series; artifact slice-<index:04d>.png shows each")
     operating_point: OperatingPointUsed
     warnings: list[str] = Field(default_factory=list, description="E.g. missing slices the volume was interpolated over")
+    quality: Quality | None = QUALITY_FIELD
+    uncertainty: DetectionUncertainty | None = Field(None, description="Per-finding score spread across "
+                                                     "augmentations; null when options.uncertainty is off")
     research_use_only: bool
 
     @model_validator(mode="after")
@@ -128,6 +143,9 @@ class ThyroidMalignancyResult(BaseModel):
     operating_point: OperatingPointUsed
     pixel_spacing_mm: tuple[float, float] | None = Field(None, description="Row and column spacing; null if unknown")
     spacing_source: Literal["ultrasound-regions", "pixel-spacing", "options", "none"]
+    quality: Quality | None = QUALITY_FIELD
+    uncertainty: ClassificationUncertainty | None = Field(None, description="Test-time augmentation spread of the "
+                                                          "malignancy probability; null when uncertainty is off")
     research_use_only: bool
 
     @model_validator(mode="after")
@@ -204,6 +222,9 @@ class CovidLesionSegmentationResult(BaseModel):
     n_slices: int = Field(ge=1, description="Slices in the series; artifact slice-<index:04d>.png shows each")
     definitions: dict[str, str] = Field(description="One sentence per figure saying exactly what it is")
     warnings: list[str] = Field(default_factory=list)
+    quality: Quality | None = QUALITY_FIELD
+    uncertainty: SegmentationUncertainty | None = Field(None, description="Lesion calls that change under "
+                                                        "augmentation (map: uncertainty.nii.gz); null when off")
     research_use_only: bool
 
     @model_validator(mode="after")
@@ -214,5 +235,3 @@ class CovidLesionSegmentationResult(BaseModel):
             raise ValueError(f"an affected slice is outside the series' {self.n_slices} slices")
         return self
 
-
-TaskResult = DRGradingResult | LungNoduleDetectionResult | ThyroidMalignancyResult | CovidLesionSegmentationResult

@@ -1,6 +1,6 @@
 """API keys: presented as `Authorization: Bearer <key>` or `X-API-Key`, compared by their sha256.
 
-Keys are long random tokens (`medimg hash-key` makes one), so an unsalted sha256 is enough to keep the
+Keys are long random tokens (`medimg new-key` makes one), so an unsalted sha256 is enough to keep the
 stored form useless to whoever reads the configuration.
 """
 

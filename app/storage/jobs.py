@@ -253,22 +253,60 @@ class RedisJobStore:
     PREFIX = "medimg:job:"
     IDEMPOTENCY_PREFIX = "medimg:idempotency:"
     UNFINISHED = "medimg:jobs:unfinished"
-    # Per task, a list of the ids of its queued and running jobs, for autoscalers that read a list's length
-    # (KEDA's redis scaler): Celery's own queue list drops a job once a worker takes it, this one at its end.
+    # Per task, a list whose length is the number of its queued and running jobs, for autoscalers that read a
+    # list's length (KEDA's redis scaler): Celery's own queue list drops a job once a worker takes it, this one
+    # at its end. Its entries are tokens, not job ids, so a finished job leaves it by LPOP, O(1) however long
+    # the queue (LREM of an id was O(queue length) per finished job). The hash below says which task counted
+    # a job; HDEL answering 1 is what lets exactly one step take a job's token.
     UNFINISHED_BY_TASK_PREFIX = "medimg:jobs:unfinished:"
+    COUNTED_TASK = "medimg:jobs:counted-task"
     FINISHED_CHANNEL = "medimg:jobs:finished"  # pub/sub: the id of each job as it finishes
 
-    # Compare-and-set in one server-side step, so racing deliveries on different hosts cannot both win.
-    TRANSITION_SCRIPT = """
+    # Shared by the scripts below: KEYS[2] the UNFINISHED set, KEYS[3] the COUNTED_TASK hash, KEYS[4] the
+    # job's per-task list, ARGV[1] the job id. Takes the job out of every unfinished count, at most once.
+    _FORGET = """
+    local function forget(id)
+        redis.call('SREM', KEYS[2], id)
+        if redis.call('HDEL', KEYS[3], id) == 1 then redis.call('LPOP', KEYS[4]) end
+    end
+    -- After writing a record: a finished job leaves the counts and is announced (KEYS[5], the channel).
+    local function settle()
+        if ARGV[4] == '1' then
+            forget(ARGV[1])
+            redis.call('PUBLISH', KEYS[5], ARGV[1])
+        end
+        return 1
+    end
+    """
+    # Compare-and-set in one server-side step, so racing deliveries on different hosts cannot both win; the
+    # outcome and the count's decrement land together. ARGV: id, document, expected attempts, finished (0/1).
+    TRANSITION_SCRIPT = _FORGET + """
     local raw = redis.call('GET', KEYS[1])
     if not raw then return 0 end
     local stored = cjson.decode(raw)
     if stored['status'] == 'succeeded' or stored['status'] == 'failed' then return 0 end
-    if tonumber(stored['attempts']) ~= tonumber(ARGV[2]) then return 0 end
-    redis.call('SET', KEYS[1], ARGV[1])
-    if ARGV[3] == '1' then
-        redis.call('SREM', KEYS[2], ARGV[4])
-        redis.call('PUBLISH', KEYS[3], ARGV[4])
+    if tonumber(stored['attempts']) ~= tonumber(ARGV[3]) then return 0 end
+    redis.call('SET', KEYS[1], ARGV[2])
+    return settle()
+    """
+    # Overwrite of an existing record (retention trims inputs; tests set states directly). ARGV as above.
+    SAVE_SCRIPT = _FORGET + """
+    if not redis.call('SET', KEYS[1], ARGV[2], 'XX') then return 0 end
+    return settle()
+    """
+    # Delete, cancel and purge: the record, its idempotency key (KEYS[5], when any) and its count together.
+    DELETE_SCRIPT = _FORGET + """
+    redis.call('DEL', KEYS[1])
+    if KEYS[5] then redis.call('DEL', KEYS[5]) end
+    forget(ARGV[1])
+    return 1
+    """
+    # Create: the record, its membership of the unfinished set and its token, in one step.
+    CREATE_SCRIPT = """
+    redis.call('SET', KEYS[1], ARGV[2])
+    if ARGV[4] == '0' then
+        redis.call('SADD', KEYS[2], ARGV[1])
+        if redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[5]) == 1 then redis.call('RPUSH', KEYS[4], 'job') end
     end
     return 1
     """
@@ -276,6 +314,9 @@ class RedisJobStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._transition = client.register_script(self.TRANSITION_SCRIPT)
+        self._save = client.register_script(self.SAVE_SCRIPT)
+        self._delete = client.register_script(self.DELETE_SCRIPT)
+        self._create = client.register_script(self.CREATE_SCRIPT)
         self._index = RedisJobIndex(client, self.PREFIX)  # listings: sorted sets of its own keys
         self._finished = _Listeners()
         self._relay_lock = threading.Lock()
@@ -289,17 +330,22 @@ class RedisJobStore:
         """Queued plus running jobs of `task`: what a worker autoscaler should scale on."""
         return int(self._redis.llen(self.unfinished_list(task)))
 
+    def _keys(self, job_id: str, task: TaskName | str | None) -> list[str]:
+        list_key = self.unfinished_list(task) if task is not None else self.unfinished_list(TaskName.DR_GRADING)
+        return [self.PREFIX + job_id, self.UNFINISHED, self.COUNTED_TASK, list_key]
+
+    def _args(self, job: Job, expected_attempts: int = 0) -> list:
+        return [job.id, job.model_dump_json(), expected_attempts, "1" if job.status.finished else "0",
+                job.task.value]
+
     def unfinished_of_task(self, task: TaskName) -> list[Job]:
-        ids = self._redis.lrange(self.unfinished_list(task), 0, -1)
+        # The per-task list holds tokens, not ids: the hash of counted jobs says which job is of which task.
+        ids = [raw_id for raw_id, counted in self._redis.hgetall(self.COUNTED_TASK).items()
+               if counted.decode() == TaskName(task).value]
         if not ids:
             return []
         documents = self._redis.mget([self.PREFIX + raw_id.decode() for raw_id in ids])
         return [Job.model_validate_json(raw) for raw in documents if raw is not None]
-
-    def _forget_unfinished(self, pipe, job_id: str, task: TaskName | None) -> None:
-        pipe.srem(self.UNFINISHED, job_id)
-        for each in [task] if task is not None else list(TaskName):
-            pipe.lrem(self.unfinished_list(each), 0, job_id)
 
     @classmethod
     def from_url(cls, url: str) -> RedisJobStore:
@@ -316,11 +362,8 @@ class RedisJobStore:
                         return self.get(existing_id.decode()), False
                     except JobNotFound:
                         self._redis.set(idem_key, job.id)  # the earlier job was deleted: start anew
-        pipe = self._redis.pipeline()
-        pipe.set(self.PREFIX + job.id, job.model_dump_json())
-        pipe.sadd(self.UNFINISHED, job.id)
-        if not job.status.finished:
-            pipe.rpush(self.unfinished_list(job.task), job.id)
+        pipe = self._redis.pipeline()  # MULTI: the record, its counts and its listing entries together
+        self._create(keys=self._keys(job.id, job.task), args=self._args(job), client=pipe)
         self._index.add(pipe, job)
         pipe.execute()
         return job, True
@@ -332,18 +375,12 @@ class RedisJobStore:
         return Job.model_validate_json(raw)
 
     def save(self, job: Job) -> bool:
-        stored = self._redis.set(self.PREFIX + job.id, job.model_dump_json(), xx=True)
-        if stored and job.status.finished:
-            pipe = self._redis.pipeline()
-            self._forget_unfinished(pipe, job.id, job.task)
-            pipe.publish(self.FINISHED_CHANNEL, job.id)
-            pipe.execute()
-        return bool(stored)
+        keys = [*self._keys(job.id, job.task), self.FINISHED_CHANNEL]
+        return bool(self._save(keys=keys, args=self._args(job)))
 
     def transition(self, job: Job, expected_attempts: int) -> bool:
-        finished = "1" if job.status.finished else "0"
-        return bool(self._transition(keys=[self.PREFIX + job.id, self.UNFINISHED, self.FINISHED_CHANNEL],
-                                     args=[job.model_dump_json(), expected_attempts, finished, job.id]))
+        keys = [*self._keys(job.id, job.task), self.FINISHED_CHANNEL]
+        return bool(self._transition(keys=keys, args=self._args(job, expected_attempts)))
 
     def delete(self, job_id: str) -> None:
         job = None
@@ -351,12 +388,17 @@ class RedisJobStore:
             job = self.get(job_id)
         except JobNotFound:
             pass
-        pipe = self._redis.pipeline()
-        pipe.delete(self.PREFIX + job_id)
-        self._forget_unfinished(pipe, job_id, job.task if job is not None else None)
-        self._index.remove(pipe, job_id, job.caller if job is not None else None)
+        self._forget(job_id, job)
+
+    def _forget(self, job_id: str, job: Job | None) -> None:
+        """Deletes the record (if any) and takes the job out of the unfinished counts, whatever its state."""
+        task = job.task if job is not None else self._redis.hget(self.COUNTED_TASK, job_id)
+        keys = self._keys(job_id, task.decode() if isinstance(task, bytes) else task)
         if job is not None and job.idempotency_key is not None:
-            pipe.delete(f"{self.IDEMPOTENCY_PREFIX}{json.dumps([job.caller, job.idempotency_key])}")
+            keys.append(f"{self.IDEMPOTENCY_PREFIX}{json.dumps([job.caller, job.idempotency_key])}")
+        pipe = self._redis.pipeline()  # MULTI: the record, its counts and its listing entries together
+        self._delete(keys=keys, args=[job_id], client=pipe)
+        self._index.remove(pipe, job_id, job.caller if job is not None else None)
         pipe.execute()
 
     def unfinished(self) -> list[Job]:
@@ -365,9 +407,7 @@ class RedisJobStore:
             try:
                 jobs.append(self.get(raw_id.decode()))
             except JobNotFound:
-                pipe = self._redis.pipeline()
-                self._forget_unfinished(pipe, raw_id.decode(), None)
-                pipe.execute()
+                self._forget(raw_id.decode(), None)
         return jobs
 
     def iter_jobs(self) -> Iterator[Job]:

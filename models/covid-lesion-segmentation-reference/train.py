@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import sys
 import time
@@ -35,15 +34,19 @@ for _path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import synthetic_covid as sv  # noqa: E402
+from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
-from workers.pipelines.covid_lesion_segmentation import (  # noqa: E402
-    _resize,
-    model_plane,
-    model_slices,
-    stack_neighbours,
-)
+from workers.imaging.slice_stacks import model_plane, model_slices, resize_plane, stack_neighbours  # noqa: E402
 
 MODEL_ID = "covid-lesion-segmentation-reference"
+_ALTERED = {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically Altered Structure"}
+# DICOM SEG coding of each lesion class (manifest decoding.segments): SNOMED CT where CID 7151 names the concept.
+SEGMENTS = {
+    "ground-glass-opacity": {"label": "ground-glass", "category": _ALTERED, "color_rgb": [255, 200, 0],
+                             "type": {"value": "GGO", "scheme": "99MEDIMG", "meaning": "Ground-glass opacity"}},
+    "consolidation": {"label": "consolidation", "category": _ALTERED, "color_rgb": [255, 64, 32],
+                      "type": {"value": "95436008", "scheme": "SCT", "meaning": "Lung consolidation"}},
+}
 VERSION_DIR = HERE / "1"
 SEED = 2468
 SPLIT_SEEDS = {"train": 40_000_000, "validation": 45_000_000, "test": 50_000_000}  # validation: threshold_sweep.py
@@ -79,7 +82,7 @@ def make_case(split: str, index: int) -> "sv.Case":
 def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None, notes: str = "",
                  offsets_mm: tuple[float, ...] | None = SLICE_OFFSETS_MM, n_scans: int = N_TRAIN_SCANS) -> ModelManifest:
     channels = len(offsets_mm) if offsets_mm else CHANNELS
-    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest() if onnx_path and onnx_path.exists() else "0" * 64
+    sha = file_sha256(onnx_path) if onnx_path and onnx_path.exists() else "0" * 64
     return ModelManifest.model_validate({
         "id": MODEL_ID, "version": 1, "task": "covid-lesion-segmentation",
         "title": "COVID-19 lesion segmentation on chest CT (ground-glass, consolidation), synthetic reference model",
@@ -96,7 +99,7 @@ def manifest_for(onnx_path: Path | None, metrics: dict[str, float] | None = None
         "preprocessing": {"color_order": "GRAY", "target_size": list(SIZE), "window_hu": list(WINDOW_HU),
                           "slice_offsets_mm": list(offsets_mm) if offsets_mm else None, "batch_size": SERVE_BATCH},
         "decoding": {"kind": "segmentation-labels", "activation": "softmax", "positive_classes": [1, 2],
-                     "min_component_voxels": MIN_COMPONENT_VOXELS},
+                     "min_component_voxels": MIN_COMPONENT_VOXELS, "segments": SEGMENTS},
         "class_names": sv.CLASS_NAMES,
         "operating_points": [{"name": "argmax", "threshold": 0.5, "measured_on": "not a threshold: each voxel takes "
                               "its most probable class; Dice and volume errors in metrics and CARD.md"}],
@@ -126,7 +129,7 @@ def build_dataset(n_scans: int, manifest: ModelManifest) -> tuple[np.ndarray, np
     for index in range(n_scans):
         case = make_case("train", index)
         small = model_slices(case.hu, manifest, model_plane(case.hu.shape[1:], case.grid.spacing, manifest))
-        labels = _resize(case.labels, SIZE, order=0)
+        labels = resize_plane(case.labels, SIZE, order=0)
         keep = np.nonzero(case.lung_mask.any(axis=(1, 2)))[0]
         positions = np.arange(case.hu.shape[0]) * case.grid.spacing[2]
         images.append(stack_neighbours(small, keep, channels, positions, offsets).astype(np.float16))

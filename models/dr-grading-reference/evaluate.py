@@ -16,7 +16,6 @@ is read from the manifest; it was chosen on the val split by train.py, never on 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
@@ -31,6 +30,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import synthetic_fundus  # noqa: E402
+from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from split_tensors import split_tensors  # noqa: E402
 
@@ -63,7 +63,7 @@ def load_manifest() -> ModelManifest:
 
 
 def model_sha256() -> str:
-    return hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest()
+    return file_sha256(MODEL_PATH)
 
 
 def onnx_probabilities(images: np.ndarray) -> np.ndarray:

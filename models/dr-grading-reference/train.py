@@ -29,6 +29,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import synthetic_fundus  # noqa: E402
+from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest, Normalization, Preprocessing  # noqa: E402
 from split_tensors import split_tensors  # noqa: E402
 
@@ -214,7 +215,7 @@ def build_manifest(onnx_path: Path, preprocessing: Preprocessing, threshold: flo
             "any diagnostic decision."
         ),
         research_use_only=True,
-        sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        sha256=file_sha256(onnx_path),
         accepts={
             "formats": ["png", "jpeg", "dicom"],
             "modalities": ["OP", "XC", "SC"],
@@ -259,7 +260,7 @@ def recalibrate(use_cache: bool) -> None:
     """Re-choose the referable threshold on val for the existing model, without retraining."""
     onnx_path, manifest_path = VERSION_DIR / "model.onnx", VERSION_DIR / "manifest.json"
     current = ModelManifest.model_validate_json(manifest_path.read_text())
-    if hashlib.sha256(onnx_path.read_bytes()).hexdigest() != current.sha256:
+    if file_sha256(onnx_path) != current.sha256:
         raise RuntimeError(f"{onnx_path} does not match {manifest_path}; retrain instead")
     val_x, val_y = cached_split("val", N_VAL, current.preprocessing, use_cache)
     threshold, sensitivity, specificity = referable_threshold(onnx_probabilities(onnx_path, val_x), val_y)

@@ -24,7 +24,6 @@ as it reproduces the figures, and `--write-intervals` refuses if that code's fig
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
@@ -42,6 +41,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import synthetic_ct as sc  # noqa: E402
+from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from app.schemas.options import LungNoduleDetectionOptions  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
@@ -227,7 +227,7 @@ def load_manifest() -> ModelManifest:
 def evaluate(n: int | None = None, log=None, with_intervals: bool = False) -> dict:
     """The card's figures; with `with_intervals`, also `"intervals"` (their 95 % intervals over the scans)."""
     manifest = load_manifest()
-    if hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest() != manifest.sha256:
+    if file_sha256(MODEL_PATH) != manifest.sha256:
         raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}")
     n = N_TEST if n is None else n
     started = time.time()

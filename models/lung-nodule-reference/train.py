@@ -37,6 +37,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import synthetic_ct as sc  # noqa: E402
+from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from workers.imaging.ct_resample import resample_to_spacing, window  # noqa: E402
 
@@ -224,7 +225,7 @@ def build_manifest(onnx_path: Path, threshold: float, sensitivity: float | None,
             "on synthetic phantoms; not for clinical use or any diagnostic decision."
         ),
         research_use_only=True,
-        sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        sha256=file_sha256(onnx_path),
         accepts={
             "formats": ["dicom"],
             "modalities": ["CT"],

@@ -17,7 +17,6 @@ its manifest and card.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
@@ -32,7 +31,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 import synthetic_us  # noqa: E402
-from app.model_repository import load_model_version  # noqa: E402
+from app.model_repository import file_sha256, load_model_version  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from app.schemas.tirads import RiskBand, band_bounds_from_operating_points, band_for_probability  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
@@ -113,7 +112,7 @@ def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
         "tr4_sensitivity": float(suspicious[labels].mean()),
         "tr4_specificity": float((~suspicious[~labels]).mean()),
         "prevalence": float(labels.mean()),
-        "sha256": hashlib.sha256((VERSION_DIR / "model.onnx").read_bytes()).hexdigest(),
+        "sha256": file_sha256(VERSION_DIR / "model.onnx"),
         "segmentation_sha256": segmenter.manifest.sha256,
     }
     for band in (RiskBand.TR2, RiskBand.TR3, RiskBand.TR5):

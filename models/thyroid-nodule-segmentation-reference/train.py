@@ -36,6 +36,12 @@ from app.schemas.manifest import ModelManifest, Normalization, Preprocessing  # 
 from workers.imaging.ultrasound import find_imaging_region, segmentation_input, to_grey  # noqa: E402
 
 MODEL_ID = "thyroid-nodule-segmentation-reference"
+# DICOM SEG coding of the nodule class (manifest decoding.segments).
+SEGMENTS = {"nodule": {
+    "label": "Thyroid nodule", "color_rgb": [255, 64, 32],
+    "category": {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically Altered Structure"},
+    "type": {"value": "237495005", "scheme": "SCT", "meaning": "Thyroid nodule"},
+}}
 VERSION_DIR = HERE / "1"
 CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 SEED = 4321
@@ -188,7 +194,7 @@ def export(model: UNet, stats: dict) -> ModelManifest:
         "outputs": [{"name": "logits", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 1, *SIZE]}],
         "preprocessing": preprocessing().model_dump(),
         "decoding": {"kind": "segmentation-labels", "activation": "sigmoid", "positive_classes": [0],
-                     "min_component_voxels": 1},
+                     "min_component_voxels": 1, "segments": SEGMENTS},
         "class_names": ["nodule"],
         "operating_points": [{
             "name": "mask", "threshold": 0.5,

@@ -38,3 +38,25 @@ def test_predict_unsuitable_input_explains(tmp_path: Path) -> None:
     )
     assert completed.returncode == 1
     assert json.loads(completed.stdout)["code"] == "unsupported-media-type"
+
+
+def test_models_list_prints_the_model_of_every_registered_task(capsys) -> None:
+    from app.cli import main
+    from app.schemas.tasks import TaskName
+
+    assert main(["models", "list", "--repository", str(REPO_ROOT / "models")]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == {t.value for t in TaskName}
+    assert "dr-grading-reference/1" in lines["dr-grading"]
+    assert "thyroid-malignancy-reference/1" in lines["thyroid-malignancy"]
+
+
+def test_deploy_workers_prints_one_worker_per_served_task(capsys) -> None:
+    from app.cli import main
+
+    assert main(["deploy-workers", "--template", str(REPO_ROOT / "deploy" / "templates" / "worker.yaml"),
+                 "--repository", str(REPO_ROOT / "models")]) == 0
+    out = capsys.readouterr().out
+    for task in ("dr-grading", "lung-nodule-detection", "covid-lesion-segmentation", "thyroid-malignancy"):
+        assert f'args: ["worker", "--queues", "{task}", "--concurrency", "1"]' in out
+    assert "${task}" not in out.split("---", 1)[1]

@@ -111,3 +111,49 @@ def test_compose_time_limits_are_valid_settings() -> None:
     env = compose_config("docker-compose.yml")["services"]["worker"]["environment"]
     Settings(task_soft_time_limit=int(env["MEDIMG_TASK_SOFT_TIME_LIMIT"]),
              task_time_limit=int(env["MEDIMG_TASK_TIME_LIMIT"]))
+
+
+def _instructions(body: str) -> list[str]:
+    """A stage's instructions, one string each (continuation lines joined, comments dropped)."""
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("#")))
+    return [" ".join(line.split()) for line in joined.splitlines() if line.strip()]
+
+
+def test_dockerfile_worker_gpu_differs_from_worker_cpu_only_where_it_must() -> None:
+    """worker-gpu cannot be built here (CUDA base image): it is held to worker-cpu's recipe instead."""
+    targets = stages(DOCKERFILE.read_text())
+    cpu = _instructions(targets["runtime-base"]) + _instructions(targets["worker-cpu"])
+    gpu = _instructions(targets["worker-gpu"])
+    allowed_in_gpu_only = re.compile(r"ARG ORT_GPU_VERSION|RUN apt-get update|NVIDIA_|onnxruntime-gpu|start-period")
+    normalise = {"[cpu,s3]": "[X,s3]", "[gpu,s3]": "[X,s3]"}
+
+    def comparable(lines: list[str]) -> list[str]:
+        out = []
+        for line in lines:
+            for old, new in normalise.items():
+                line = line.replace(old, new)
+            out.append(line)
+        return out
+
+    cpu_only = [line for line in comparable(cpu) if line not in comparable(gpu)]
+    gpu_only = [line for line in comparable(gpu) if line not in comparable(cpu)]
+    # The venv, user and /data come from one apt RUN on the CUDA base (Python is not there otherwise).
+    assert all(re.search(r"RUN groupadd|ENV PYTHONDONTWRITEBYTECODE|HEALTHCHECK|pip install", line) for line in cpu_only), cpu_only
+    assert all(allowed_in_gpu_only.search(line) for line in gpu_only), gpu_only
+
+
+def test_dockerfile_builds_on_a_plain_debian_base_and_from_a_wheelhouse() -> None:
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^RUN (pip|python) ", text, re.MULTILINE), "Debian's python3 has no `python` or `pip`"
+    assert text.count("--mount=type=bind,source=deploy/wheelhouse,target=/wheelhouse") == 4
+    assert (REPO_ROOT / "deploy" / "wheelhouse" / "README.md").exists()  # the folder exists in every checkout
+    assert "!deploy/wheelhouse/" in (REPO_ROOT / ".dockerignore").read_text()
+
+
+def test_compose_rabbitmq_override_gives_gateway_and_workers_the_broker(monkeypatch) -> None:
+    monkeypatch.setenv("MEDIMG_RABBITMQ_PASSWORD", "not-a-real-one")
+    services = compose_config("docker-compose.yml", "docker-compose.rabbitmq.yml")["services"]
+    for name in ("gateway", "worker"):
+        url = services[name]["environment"]["MEDIMG_BROKER_URL"]
+        assert Settings(redis_url=services[name]["environment"]["MEDIMG_REDIS_URL"], broker_url=url).broker_url
+        assert url.startswith("amqp://") and "rabbitmq" in services[name]["depends_on"]

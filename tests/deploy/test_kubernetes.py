@@ -26,7 +26,7 @@ REDIS_TRIGGER_KEYS = {"address", "host", "port", "databaseIndex", "listName", "l
 NGINX_SIZE = {"k": 1024, "m": 1024**2, "g": 1024**3}
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu"])
+@pytest.fixture(scope="module", params=["cpu", "gpu", "cpu-rabbitmq"])
 def rendered(request) -> tuple[str, list[dict]]:
     return request.param, kustomize_build(OVERLAYS / request.param)
 
@@ -161,3 +161,28 @@ def _served_models():
 
 def test_served_tasks_known() -> None:
     assert {m.manifest.task for m in _served_models()} <= set(TaskName)
+
+
+def test_workers_manifest_is_rendered_from_the_template() -> None:
+    """deploy/base/workers.yaml is `medimg deploy-workers` output: one template, one block per served task."""
+    from app.deploy_manifests import render_workers, served_tasks
+    from app.model_repository import ModelRepository
+
+    expected = render_workers(REPO_ROOT / "deploy" / "templates" / "worker.yaml",
+                              served_tasks(ModelRepository(REPO_ROOT / "models", {}, {})))
+    committed = (REPO_ROOT / "deploy" / "base" / "workers.yaml").read_text()
+    assert committed == expected, ("deploy/base/workers.yaml is stale: run "
+                                   "`medimg deploy-workers --repository models > deploy/base/workers.yaml`")
+
+
+def test_rabbitmq_component_gives_every_deployment_the_broker_url(rendered) -> None:
+    name, docs = rendered
+    if name != "cpu-rabbitmq":
+        pytest.skip("the RabbitMQ component is in the cpu-rabbitmq overlay only")
+    assert "rabbitmq" in by_kind(docs, "StatefulSet") and "rabbitmq" in by_kind(docs, "NetworkPolicy")
+    for deployment in by_kind(docs, "Deployment").values():
+        sources = [ref.get("secretRef", {}).get("name") for ref in containers(deployment)[0]["envFrom"]]
+        assert "medimg-broker" in sources, deployment["metadata"]["name"]
+    [secret] = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "medimg-broker"]
+    assert secret["metadata"]["namespace"] == "medimg"
+    assert Settings(redis_url="redis://r:6379/0", broker_url=secret["stringData"]["MEDIMG_BROKER_URL"]).broker_url

@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from app.model_repository import file_sha256
 from app.schemas.manifest import ModelManifest, Normalization, Preprocessing
 from tests.utils.reference_models import load_reference_module, reference_model_dir
 from workers.imaging.fundus import crop_to_retina, preprocess_fundus
@@ -48,7 +49,7 @@ def _disc_centre(image: np.ndarray) -> tuple[float, float]:
 
 
 def test_manifest_validates_and_sha256_matches_model(manifest: ModelManifest) -> None:
-    digest = hashlib.sha256((VERSION_DIR / "model.onnx").read_bytes()).hexdigest()
+    digest = file_sha256(VERSION_DIR / "model.onnx")
     assert manifest.sha256 == digest
     assert manifest.id == MODEL_ID and manifest.version == 1
     assert manifest.research_use_only is True

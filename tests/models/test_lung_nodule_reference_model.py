@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import pydicom
 import pytest
 
+from app.model_repository import file_sha256
 from app.schemas.manifest import ModelManifest
 from tests.utils.ct import synthetic_ct
 from tests.utils.reference_models import load_reference_module, reference_model_dir
@@ -25,7 +25,7 @@ def manifest() -> ModelManifest:
 
 
 def test_manifest_validates_and_sha256_matches_model(manifest: ModelManifest) -> None:
-    assert manifest.sha256 == hashlib.sha256((VERSION_DIR / "model.onnx").read_bytes()).hexdigest()
+    assert manifest.sha256 == file_sha256(VERSION_DIR / "model.onnx")
     assert manifest.id == MODEL_ID and manifest.task == "lung-nodule-detection"
     assert manifest.research_use_only is True
     assert manifest.accepts.volume is True and manifest.accepts.modalities == ["CT"]

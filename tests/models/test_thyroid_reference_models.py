@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from app.model_repository import file_sha256
 from app.schemas.manifest import ModelManifest
 from app.schemas.tirads import RiskBand, band_bounds_from_operating_points
 from tests.utils.reference_models import load_reference_module, reference_model_dir
@@ -26,7 +27,7 @@ def _manifest(model_id: str) -> ModelManifest:
 def test_manifest_validates_and_sha256_matches_model(model_id: str) -> None:
     manifest = _manifest(model_id)
     onnx_path = reference_model_dir(model_id) / "1" / "model.onnx"
-    assert manifest.sha256 == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert manifest.sha256 == file_sha256(onnx_path)
     assert onnx_path.stat().st_size <= 3_000_000
     assert manifest.task.value == "thyroid-malignancy" and manifest.research_use_only is True
     assert set(manifest.accepts.formats) == {"png", "jpeg", "dicom"}

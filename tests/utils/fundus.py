@@ -34,6 +34,22 @@ def make_fundus(seed: int = 0, grade: int | None = None, size: int | None = None
     return Fundus(rgb=item.rgb, grade=item.grade)
 
 
+def lesions_in_one_quadrant(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A healthy eye with the lesions of the same eye at grade 3 pasted into its upper-right quadrant only:
+    the photo, and the mask of the pixels the lesions changed."""
+    synthetic = load_reference_module("dr-grading-reference", "synthetic_fundus")
+    # One seed renders the same eye at every grade; only the lesions differ.
+    healthy = synthetic.generate_fundus(np.random.default_rng(seed), grade=0, size=448).rgb
+    severe = synthetic.generate_fundus(np.random.default_rng(seed), grade=3, size=448).rgb
+    lesion = np.abs(severe.astype(int) - healthy.astype(int)).max(axis=-1) > 20
+    rows, cols = lesion.shape
+    lesion[rows // 2:] = False
+    lesion[:, :cols // 2] = False
+    photo = healthy.copy()
+    photo[lesion] = severe[lesion]
+    return photo, lesion
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
@@ -116,3 +132,11 @@ def dicom_mr_volume_bytes(frames: int = 4, size: int = 256) -> bytes:
     ds.PixelRepresentation = 0
     ds.PixelData = np.zeros((frames, size, size), dtype=np.uint16).tobytes()
     return _to_bytes(ds)
+
+
+def big_png(seed: int = 3, side: int = 6000) -> bytes:
+    """A photograph large enough to keep its job running for seconds, to be caught in the act (fault tests).
+    PNG, because a JPEG this size is decoded at 1/8 scale for a 224-px model in milliseconds."""
+    buffer = io.BytesIO()
+    Image.fromarray(make_fundus(seed).rgb).resize((side, side)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

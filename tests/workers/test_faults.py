@@ -1,11 +1,10 @@
 """No job lost, none run to a second result: a SIGKILLed worker, a Redis restart, a gateway restart,
-and an input that kills its worker every time — each with real processes.
+and an input that kills its worker every time — each with real processes, on Redis and on RabbitMQ.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -17,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from PIL import Image
 
+from app.schemas.tasks import TaskName
+from app.storage.jobs import RedisJobStore
 from tests.utils.api import submit_job, wait_job
-from tests.utils.fundus import jpeg_bytes, make_fundus, png_bytes
+from tests.utils.fundus import big_png, jpeg_bytes, make_fundus, png_bytes
 from tests.utils.services import RedisServer, Service, service_env
 
 JOBS_IN_FLIGHT = 50
@@ -73,6 +73,14 @@ def _assert_all_done_once(service: Service, ids: list[str]) -> None:
     assert all(counts[job_id] <= 1 for job_id in ids), {k: v for k, v in counts.items() if v > 1}
 
 
+def _assert_counts_drained(server: RedisServer) -> None:
+    """The per-task count KEDA reads (LLEN) is back to 0 once every job ended, through real workers."""
+    client = redis.Redis.from_url(server.url)
+    counts = {task.value: client.llen(RedisJobStore.unfinished_list(task)) for task in TaskName}
+    client.close()
+    assert set(counts.values()) == {0}, counts  # (a list emptied by its last LPOP is gone: LLEN says 0)
+
+
 def _wait_for(condition, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -106,6 +114,61 @@ def test_worker_sigkilled_mid_run_loses_no_job(stack) -> None:
     service.start_worker(concurrency=2)
 
     _assert_all_done_once(service, ids)
+    _assert_counts_drained(server)
+
+
+def _job_doc(client: redis.Redis, job_id: str) -> dict:
+    return json.loads(client.get(f"medimg:job:{job_id}"))
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_whole_worker_killed_mid_job_resumes_elsewhere_within_60s(broker: str, tmp_path: Path, request) -> None:
+    """The default time limits stay (Redis's visibility timeout: 1,200 s): only the heartbeat sweep can be
+    this quick. The heartbeat is 1 s here (3 s TTL); a deployment's 10 s makes it about ten times longer."""
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis").start()
+    env = service_env(tmp_path / "data", server.url)
+    if broker == "rabbitmq":
+        env["MEDIMG_BROKER_URL"] = request.getfixturevalue("rabbitmq_vhost").url
+    service = Service(tmp_path / "data", env)
+    client = redis.Redis.from_url(server.url)
+    try:
+        for _ in range(2):
+            service.start_worker(queues="dr-grading")
+        service.start_gateway()
+        _wait_for(lambda: len(_workers_beating(client)) == 2, 120)
+        job_id = submit_job(service, "dr-grading", [("big.png", big_png())]).json()["id"]
+        _wait_for(lambda: _job_doc(client, job_id)["status"] == "running", 60)
+        holder = _job_doc(client, job_id)["worker"]
+        killed = next(w for w in service.workers if _parent_of(int(holder.rsplit(":", 1)[1])) == w.process.pid)
+
+        killed_at = time.monotonic()
+        killed.stop(signal.SIGKILL)  # the process group: Celery's parent and its pool, as a container kill
+        assert _job_doc(client, job_id)["attempts"] == 1, "the kill must land mid-job"
+        _wait_for(lambda: _job_doc(client, job_id)["attempts"] == 2, 60)
+        resumed_after = time.monotonic() - killed_at
+        assert _job_doc(client, job_id)["worker"] != holder
+
+        job = wait_job(service, job_id, timeout=max(1.0, 60 - (time.monotonic() - killed_at)))
+        assert job["status"] == "succeeded", job["error"]
+        assert time.monotonic() - killed_at < 60
+        _wait_for(lambda: _succeeded_lines(service)[job_id] >= 1, 10)  # logged just after it was recorded
+        assert _succeeded_lines(service)[job_id] == 1
+        _assert_counts_drained(server)
+        print(f"{broker}: kill -> running on another worker in {resumed_after:.1f} s")  # README's figure (-s)
+    finally:
+        service.stop()
+        client.close()
+        server.stop()
+
+
+def _workers_beating(client: redis.Redis) -> list[bytes]:
+    return list(client.scan_iter(match="medimg:worker-heartbeat:*"))
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def test_redis_restart_mid_run_loses_no_job(stack) -> None:
@@ -117,6 +180,7 @@ def test_redis_restart_mid_run_loses_no_job(stack) -> None:
     assert server.process is None
     server.start()
     _assert_all_done_once(service, ids)
+    _assert_counts_drained(server)
     # The gateway went on answering through the restart and still does.
     assert submit_job(service, "dr-grading", [("a.png", png_bytes(make_fundus(1).rgb))]).status_code == 202
 
@@ -144,12 +208,8 @@ def _children(pid: int) -> list[int]:
 def test_input_that_kills_its_worker_every_time_fails_after_cap(stack) -> None:
     service, server = stack
     client = redis.Redis.from_url(server.url)
-    # A large photograph keeps the job running long enough to be caught in the act each time. PNG, because
-    # a JPEG this size is decoded at 1/8 scale for a 224-px model and done in a few milliseconds.
-    big = Image.fromarray(make_fundus(3).rgb).resize((6000, 6000))
-    buffer = io.BytesIO()
-    big.save(buffer, format="PNG", compress_level=1)
-    job_id = submit_job(service, "dr-grading", [("big.png", buffer.getvalue())]).json()["id"]
+    # A large photograph keeps the job running long enough to be caught in the act each time.
+    job_id = submit_job(service, "dr-grading", [("big.png", big_png())]).json()["id"]
 
     parent = service.workers[0].process.pid
     for attempt in (1, 2, 3):
@@ -169,3 +229,4 @@ def test_input_that_kills_its_worker_every_time_fails_after_cap(stack) -> None:
     # The queue keeps moving: the next job runs normally.
     after = wait_job(service, submit_job(service, "dr-grading", [("a.jpg", jpeg_bytes(make_fundus(4).rgb))]).json()["id"])
     assert after["status"] == "succeeded"
+    _assert_counts_drained(server)  # the max-deliveries failure left the count too

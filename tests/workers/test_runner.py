@@ -28,7 +28,7 @@ def test_run_job_succeeds_and_records_stages(runtime: WorkerRuntime, photo: byte
     finished = run_job(job.id, runtime)
     assert finished.status is JobStatus.SUCCEEDED
     assert finished.attempts == 1
-    assert set(finished.stage_seconds) == {"load", "preprocess", "infer", "decode", "outputs"}
+    assert set(finished.stage_seconds) == {"load", "quality", "preprocess", "infer", "uncertainty", "decode", "outputs"}
     assert runtime.jobs.get(job.id).result == finished.result
     assert runtime.blobs.exists(finished.artifacts[0].key)
 

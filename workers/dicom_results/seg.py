@@ -14,40 +14,40 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from app.schemas.jobs import ModelRef
+from app.schemas.manifest import CodedConcept, SegmentCoding
 from workers.dicom_results.common import (
     MANUFACTURER,
-    ResultNotWritten,
+    PRIVATE_SCHEME,
     SEG_SERIES_NUMBER,
+    ResultNotWritten,
     contributing_equipment,
     declare_private_scheme,
-    private_code,
     derived_uid,
     seg_algorithm,
 )
 
-# Segment label -> (category, property type): SNOMED CT where CID 7150/7151 name the concept, else our scheme.
-COVID_SEGMENTS: dict[str, tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]] = {
-    "ground-glass": (hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
-                     private_code("GGO", "Ground-glass opacity")),
-    "consolidation": (hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
-                      hd.sr.CodedConcept("95436008", "SCT", "Lung consolidation")),
-    "lungs": (hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure"),
-              hd.sr.CodedConcept("39607008", "SCT", "Lung")),
-}
+
+def _concept(code: CodedConcept) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
-def _segment(number: int, label: str, category: hd.sr.CodedConcept, prop: hd.sr.CodedConcept,
-             model: ModelRef, tracking_uid: str) -> hd.seg.SegmentDescription:
+def _segment(number: int, coding: SegmentCoding, model: ModelRef, tracking_uid: str) -> hd.seg.SegmentDescription:
+    """A segment coded as the model's manifest says (decoding.segments), colour included when it gives one."""
     return hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=label,
-        segmented_property_category=category,
-        segmented_property_type=prop,
+        segment_label=coding.label,
+        segmented_property_category=_concept(coding.category),
+        segmented_property_type=_concept(coding.type),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=seg_algorithm(model),
         tracking_uid=tracking_uid,
-        tracking_id=label,
+        tracking_id=coding.label,
+        display_color=None if coding.color_rgb is None else hd.color.CIELabColor.from_rgb(*coding.color_rgb),
     )
+
+
+def _uses_private_scheme(codings: Sequence[SegmentCoding]) -> bool:
+    return any(code.scheme == PRIVATE_SCHEME for c in codings for code in (c.category, c.type))
 
 
 # Frames per slab in _Segmentation's overlap check: 16 frames of 512 x 512 are 32 MB of int64 sums.
@@ -107,9 +107,10 @@ def _segmentation(sources: Sequence[Dataset], pixels: np.ndarray, segments: list
     return seg
 
 
-def thyroid_nodule_seg(source: Dataset, mask: np.ndarray, frame: int, model: ModelRef,
+def thyroid_nodule_seg(source: Dataset, mask: np.ndarray, frame: int, coding: SegmentCoding, model: ModelRef,
                        job_id: str) -> hd.seg.Segmentation:
-    """The nodule on frame `frame` (0-based) of one US instance; a multi-frame source gets only that frame."""
+    """The nodule on frame `frame` (0-based) of one US instance; a multi-frame source gets only that frame.
+    `coding` is the segmentation model's manifest coding of its nodule class."""
     rows, columns = int(source.Rows), int(source.Columns)
     if mask.shape != (rows, columns):
         raise ValueError(f"the mask is {mask.shape}, the source frame {(rows, columns)}")
@@ -128,33 +129,36 @@ def thyroid_nodule_seg(source: Dataset, mask: np.ndarray, frame: int, model: Mod
         del source.PixelSpacing
     pixels = np.zeros((n_frames, rows, columns), dtype=bool)
     pixels[frame] = mask.astype(bool)
-    segment = _segment(1, "Thyroid nodule", hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
-                       hd.sr.CodedConcept("237495005", "SCT", "Thyroid nodule"), model,
-                       derived_uid(job_id, "finding", "thyroid-nodule"))
-    return _segmentation([source], pixels if n_frames > 1 else pixels[0], [segment], model, job_id,
-                         "Thyroid nodule segmentation")
+    segment = _segment(1, coding, model, derived_uid(job_id, "finding", "thyroid-nodule"))
+    seg = _segmentation([source], pixels if n_frames > 1 else pixels[0], [segment], model, job_id,
+                        "Thyroid nodule segmentation")
+    if _uses_private_scheme([coding]):
+        declare_private_scheme(seg)
+    return seg
 
 
-def covid_lesion_seg(sources: Sequence[Dataset], masks: Mapping[str, np.ndarray], model: ModelRef,
-                     job_id: str) -> hd.seg.Segmentation:
+def covid_lesion_seg(sources: Sequence[Dataset], masks: Mapping[str, np.ndarray],
+                     codings: Mapping[str, SegmentCoding], model: ModelRef, job_id: str) -> hd.seg.Segmentation:
     """Ground-glass, consolidation and lungs on a single-frame CT series.
 
-    `sources` are the slices in the order of the masks' first axis; `masks` maps a label of COVID_SEGMENTS to a
-    boolean (slices, rows, columns) array, each read once (it may be made on reading). Slices where every segment
-    is empty are omitted.
+    `sources` are the slices in the order of the masks' first axis; `masks` maps a name to a boolean (slices, rows,
+    columns) array, each read once (it may be made on reading); `codings` says how each name is written (segment
+    label, category, type, colour). Slices where every segment is empty are omitted.
     """
-    unknown = set(masks) - set(COVID_SEGMENTS)
-    if unknown:
-        raise ValueError(f"unknown COVID segment label(s) {sorted(unknown)}; known: {sorted(COVID_SEGMENTS)}")
-    labels = [label for label in COVID_SEGMENTS if label in masks]
+    uncoded = sorted(set(masks) - set(codings))
+    if uncoded:
+        raise ResultNotWritten(f"No DICOM SEG: no segment coding for {uncoded} (the model manifest's "
+                               "decoding.segments names the classes to write)")
+    names = list(masks)
     shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
-    pixels = _stack_segments(masks, labels, shape)
+    pixels = _stack_segments(masks, names, shape)
     segments = [
-        _segment(number, label, *COVID_SEGMENTS[label], model, derived_uid(job_id, "segment", label))
-        for number, label in enumerate(labels, start=1)
+        _segment(number, codings[name], model, derived_uid(job_id, "segment", codings[name].label))
+        for number, name in enumerate(names, start=1)
     ]
     seg = _segmentation(sources, pixels, segments, model, job_id, "COVID-19 lesion segmentation")
-    declare_private_scheme(seg)
+    if _uses_private_scheme([codings[name] for name in names]):
+        declare_private_scheme(seg)
     return seg
 
 

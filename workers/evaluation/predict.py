@@ -85,7 +85,7 @@ def predict_cases(settings: Settings, task: TaskName, cases: list[Case], manifes
 
 
 def _start(settings_json: dict, task: str, processes: int) -> None:
-    from workers.evaluation.tasks import EVALUATIONS
+    from workers.evaluation.tasks import evaluation_for
     from workers.runtime import WorkerRuntime
 
     scratch = Path(tempfile.mkdtemp(prefix="medimg-eval-"))
@@ -94,7 +94,7 @@ def _start(settings_json: dict, task: str, processes: int) -> None:
     settings = Settings.model_validate({**settings_json, "data_dir": str(scratch), "redis_url": None,
                                         "blob_url": None, "inference_threads": threads, "batch_max_rows": 1,
                                         "shadow_models": {}, "webhook_secret": None})
-    _state.update(runtime=WorkerRuntime.create(settings), evaluation=EVALUATIONS[TaskName(task)],
+    _state.update(runtime=WorkerRuntime.create(settings), evaluation=evaluation_for(task),
                   settings=settings, task=TaskName(task))
 
 
@@ -123,7 +123,8 @@ def _outcome(case: Case, job: Job, artifacts: dict[str, bytes], evaluation, out:
         return {"status": "failed", "error": job.error.model_dump() if job.error else None}
     quality = (job.result or {}).get("quality")
     if isinstance(quality, dict) and quality.get("gradable") is False:  # quality gate (issue 20), when present
-        return {"status": "ungradable", "error": {"code": "ungradable", "detail": "; ".join(quality.get("reasons", []))}}
+        reasons = "; ".join(f"{r['code']}: {r['detail']}" for r in quality.get("reasons", []))
+        return {"status": "ungradable", "error": {"code": "ungradable", "detail": reasons}}
     try:
         prediction = evaluation.record(case, job, artifacts, out / PREDICTIONS_DIR)
     except LabelError as exc:  # a reference that does not fit the prediction (another grid, another size)

@@ -13,7 +13,7 @@ from workers.evaluation.intervals import BootstrapSettings
 from workers.evaluation.operating_point import OperatingPointRule, choose_operating_point, write_site_config
 from workers.evaluation.predict import predict_cases
 from workers.evaluation.report import write_outputs
-from workers.evaluation.tasks import EVALUATIONS
+from workers.evaluation.tasks import evaluation_for
 
 BOOTSTRAP_UNITS = {TaskName.LUNG_NODULE_DETECTION: "scans"}
 
@@ -32,7 +32,7 @@ class EvalRequest:
 
 
 def evaluate(settings: Settings, request: EvalRequest) -> dict:
-    evaluation = EVALUATIONS[request.task]
+    evaluation = evaluation_for(request.task)
     manifest = make_model_repository(settings).for_task(request.task).manifest
     cases = evaluation.read_cases(request.labels)
     records = predict_cases(settings, request.task, cases, manifest, request.out, request.processes,

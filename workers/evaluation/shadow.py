@@ -34,10 +34,17 @@ def shadow_jobs(settings: Settings, task: TaskName, since: str | None = None) ->
     for job in make_job_store(settings).iter_jobs():
         if job.task != task or job.status != JobStatus.SUCCEEDED or job.shadow is None or job.shadow.result is None:
             continue
+        if _ungradable(job.result) or _ungradable(job.shadow.result):  # nothing to compare: the gate refused it
+            continue
         if start is not None and job.created_at < (start if start.tzinfo else start.replace(tzinfo=job.created_at.tzinfo)):
             continue
         jobs.append(job)
     return sorted(jobs, key=lambda j: j.created_at)
+
+
+def _ungradable(result: dict | None) -> bool:
+    quality = (result or {}).get("quality")
+    return isinstance(quality, dict) and quality.get("gradable") is False
 
 
 def shadow_report(settings: Settings, task: TaskName, out: Path, since: str | None = None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.intake.ct_headers import VolumeGeometry
+from app.imaging.ct_geometry import VolumeGeometry
 
 CHUNK_SLICES = 16
 # Gaussian sigma (in input voxels) per unit of downsampling factor, against aliasing.

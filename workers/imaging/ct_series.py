@@ -1,6 +1,6 @@
 """Assemble a CT series into one volume in Hounsfield units, with its voxel-to-patient geometry.
 
-Reusable by every CT task. Headers are read and checked by `app.intake.ct_headers` (the same code intake
+Reusable by every CT task. Headers are read and checked by `app.imaging.ct_geometry` (the same code intake
 ran, so a series that passed intake is assembled the same way here); pixels are then decoded in a thread
 pool straight into one preallocated float32 volume, each slice converted with its own rescale slope and
 intercept, so peak memory stays near one copy of the volume plus one slice per thread.
@@ -24,7 +24,7 @@ import pydicom
 import pydicom.pixels
 
 from app.errors import BadInputError, UnsuitableInput
-from app.intake.ct_headers import (
+from app.imaging.ct_geometry import (
     SliceHeader,
     VolumeGeometry,
     group_series,

@@ -36,6 +36,16 @@ def crop_to_retina(rgb: np.ndarray) -> np.ndarray:
     return rgb if box is None else np.asarray(image.crop(box))
 
 
+def retina_square(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The crop box the model's preprocessing uses: the square around the retina disc (None: no retina)."""
+    return _retina_square(image)
+
+
+def retina_mask(image: Image.Image) -> np.ndarray | None:
+    """Boolean retina mask on a copy about 128 px on its long side (None: no retina visible)."""
+    return _retina_mask(image)
+
+
 def _retina_square(image: Image.Image) -> tuple[int, int, int, int] | None:
     """The square (left, top, right, bottom) centred on the retina disc, reaching outside the photo where the
     disc is cut (PIL's crop pads that part black); None when no retina is visible."""

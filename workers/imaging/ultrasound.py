@@ -17,8 +17,13 @@ from typing import Literal
 import numpy as np
 import pydicom
 from PIL import Image
+from scipy import ndimage
+from scipy.spatial import ConvexHull
 
 from app.schemas.manifest import Preprocessing
+
+EIGHT_CONNECTED = np.ones((3, 3), bool)
+FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 Box = tuple[int, int, int, int]
 SpacingSource = Literal["ultrasound-regions", "pixel-spacing", "options", "none"]
@@ -206,50 +211,14 @@ def mask_from_probabilities(probabilities: np.ndarray, region: Box, frame_shape:
 
 
 def connected_component(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
-    """The 8-connected component of `mask` that holds `seed` (grown by repeated dilation inside the mask)."""
-    ys, xs = np.nonzero(mask)
-    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    sub = mask[top:bottom, left:right]
-    grown = np.zeros_like(sub)
-    grown[seed[0] - top, seed[1] - left] = True
-    while True:
-        dilated = _dilate(grown) & sub
-        if np.array_equal(dilated, grown):
-            break
-        grown = dilated
-    out = np.zeros_like(mask)
-    out[top:bottom, left:right] = grown
-    return out
+    """The 8-connected component of `mask` that holds `seed`."""
+    labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    return labels == labels[seed]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill background enclosed by the mask (background not 4-connected to the bounding box's border)."""
-    if not mask.any():
-        return mask
-    padded = np.pad(mask, 1)
-    outside = np.zeros_like(padded)
-    outside[0, :] = outside[-1, :] = outside[:, 0] = outside[:, -1] = True
-    outside &= ~padded
-    while True:
-        grown = _dilate(outside, diagonal=False) & ~padded
-        if np.array_equal(grown, outside):
-            break
-        outside = grown
-    return ~outside[1:-1, 1:-1]
-
-
-def _dilate(mask: np.ndarray, diagonal: bool = True) -> np.ndarray:
-    out = mask.copy()
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    out[:, 1:] |= mask[:, :-1]
-    out[:, :-1] |= mask[:, 1:]
-    if diagonal:
-        out[1:, 1:] |= mask[:-1, :-1]
-        out[1:, :-1] |= mask[:-1, 1:]
-        out[:-1, 1:] |= mask[1:, :-1]
-        out[:-1, :-1] |= mask[1:, 1:]
-    return out
+    """Fill background enclosed by the mask (background not 4-connected to the frame's border)."""
+    return ndimage.binary_fill_holes(mask)
 
 
 def bounding_box(mask: np.ndarray) -> Box:
@@ -314,40 +283,14 @@ def max_diameter_px(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0))
     corners_y = np.concatenate([ys, ys, ys + 1, ys + 1]).astype(np.float64) * spacing[0]
     corners_x = np.concatenate([xs, xs + 1, xs, xs + 1]).astype(np.float64) * spacing[1]
     points = np.unique(np.stack([corners_y, corners_x], axis=1), axis=0)
-    points = _convex_hull(points)
+    points = points[ConvexHull(points).vertices]  # the farthest pair lies on the hull: fewer pairs to measure
     diff = points[:, None, :] - points[None, :, :]
     return float(np.sqrt((diff**2).sum(-1)).max())
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:
-    """Mask pixels with a 4-neighbour outside the mask: the one-pixel outline."""
-    return mask & ~_erode(mask)
-
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    return ~_dilate(~np.pad(mask, 1), diagonal=False)[1:-1, 1:-1]
-
-
-def _convex_hull(points: np.ndarray) -> np.ndarray:
-    """Andrew's monotone chain; `points` sorted unique (N, 2)."""
-    if len(points) <= 3:
-        return points
-    pts = points[np.lexsort((points[:, 1], points[:, 0]))]
-
-    def half(sequence):
-        hull: list[np.ndarray] = []
-        for p in sequence:
-            while len(hull) >= 2 and _cross(hull[-1] - hull[-2], p - hull[-2]) <= 0:
-                hull.pop()
-            hull.append(p)
-        return hull
-
-    lower, upper = half(pts), half(pts[::-1])
-    return np.array(lower[:-1] + upper[:-1])
-
-
-def _cross(u: np.ndarray, v: np.ndarray) -> float:
-    return float(u[0] * v[1] - u[1] * v[0])
+    """Mask pixels with a 4-neighbour outside the mask (or on the frame's edge): the one-pixel outline."""
+    return mask & ~ndimage.binary_erosion(mask, structure=FOUR_CONNECTED, border_value=0)
 
 
 def is_taller_than_wide(mask: np.ndarray, spacing: tuple[float, float] | None) -> bool:

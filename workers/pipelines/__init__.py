@@ -1,15 +1,17 @@
-"""One pipeline per task: load → preprocess → infer → decode → outputs."""
+"""One pipeline per task: load → preprocess → infer → decode → outputs.
 
-from app.schemas.tasks import TaskName
+Which pipeline serves a task is the task's registration (app/plugins): `pipeline_for` imports it on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from app.plugins import task_plugin
 from workers.pipelines.base import Pipeline
-from workers.pipelines.covid_lesion_segmentation import CovidLesionSegmentationPipeline
-from workers.pipelines.dr_grading import DRGradingPipeline
-from workers.pipelines.lung_nodule_detection import LungNoduleDetectionPipeline
-from workers.pipelines.thyroid_malignancy import ThyroidMalignancyPipeline
 
-PIPELINES: dict[TaskName, Pipeline] = {
-    TaskName.DR_GRADING: DRGradingPipeline(),
-    TaskName.LUNG_NODULE_DETECTION: LungNoduleDetectionPipeline(),
-    TaskName.THYROID_MALIGNANCY: ThyroidMalignancyPipeline(),
-    TaskName.COVID_LESION_SEGMENTATION: CovidLesionSegmentationPipeline(),
-}
+
+@functools.cache
+def pipeline_for(task: str) -> Pipeline:
+    """The task's pipeline object, made once per process (pipelines keep no per-job state)."""
+    return task_plugin(task).load_pipeline()

@@ -12,8 +12,9 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel
 
+from app.schemas.manifest import ModelManifest, SegmentCoding
 from app.schemas.options import TaskOptions
-from app.schemas.tasks import TaskName
+from app.schemas.quality import Quality, UngradableResult
 from app.storage.blobs import BlobStore
 from app.storage.jobs import JobStore
 from workers.onnx import LoadedModel
@@ -29,8 +30,7 @@ class JobInput:
 class JobContext:
     """Who runs the job and the stores, for a pipeline that reads earlier jobs' artifacts (e.g. a caller's ROI).
 
-    Passed as `context=` only to pipelines whose class sets `uses_job_context = True`; others keep the
-    four-argument `run`.
+    The runner always passes it as `context=`; a pipeline run on its own (tests, evaluation) may get None.
     """
 
     job_id: str
@@ -54,6 +54,15 @@ class PipelineOutput:
     # each slice, for the DICOM SEG written after the pipeline.
     masks: Mapping[str, np.ndarray] = field(default_factory=dict)
     mask_sop_instance_uids: list[str] = field(default_factory=list)
+    # How the SEG writes each mask (by the same name): the model's classes from its manifest's
+    # decoding.segments, anything else the pipeline segments itself from the pipeline.
+    segments: Mapping[str, SegmentCoding] = field(default_factory=dict)
+
+
+def ungradable(quality: Quality, manifest: ModelManifest) -> PipelineOutput:
+    """The output for an input the task's quality gate refused: the job succeeds with the reasons, no grade."""
+    return PipelineOutput(result=UngradableResult(task=manifest.task, quality=quality,
+                                                  research_use_only=manifest.research_use_only))
 
 
 @dataclass
@@ -75,9 +84,10 @@ class StageTimer:
 
 
 class Pipeline(Protocol):
-    task: TaskName
+    task: str  # the TaskName (a str) it serves
     stages: tuple[str, ...]
 
     def run(
-        self, inputs: list[JobInput], options: TaskOptions, model: LoadedModel, stages: StageTimer
+        self, inputs: list[JobInput], options: TaskOptions, model: LoadedModel, stages: StageTimer,
+        context: JobContext | None = None,
     ) -> PipelineOutput: ...

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.errors import ModelError
-from app.schemas.manifest import ModelManifest
+from app.schemas.manifest import CodedConcept, ModelManifest, SegmentCoding
 from app.schemas.options import CovidLesionSegmentationOptions
 from app.schemas.results import (
     CovidLesionSegmentationResult,
@@ -31,45 +31,71 @@ from app.schemas.results import (
     LungVolumes,
     ZoneInvolvement,
 )
+from app.schemas.quality import Quality, SegmentationUncertainty
 from app.schemas.tasks import TaskName
+from workers import uncertainty
 from workers.decoding import activate
 from workers.imaging.ct_display import display_slices, lung_window
 from workers.imaging.ct_series import CTVolume, load_ct_series
+from workers.imaging.slice_stacks import model_plane, model_slices, resize_plane, stack_neighbours
 from workers.imaging.lungs import LungMask, component_sizes, label_compact, patient_x, segment_lungs
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
+from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer, ungradable
+from workers.quality.ct import check_ct
 from workers.sliding_window import sliding_window
 
 BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
+LUNGS = "lungs"
+LUNGS_SEGMENT = SegmentCoding(
+    label="lungs", category=CodedConcept(value="123037004", scheme="SCT", meaning="Anatomical Structure"),
+    type=CodedConcept(value="39607008", scheme="SCT", meaning="Lung"), color_rgb=(80, 160, 255),
+)
 DEFAULT_BATCH = 8
 OVERLAY_COLOURS = {GGO: (255, 200, 0), CONSOLIDATION: (230, 30, 30)}
 OVERLAY_ALPHA = 0.45
 MASK_GREY = {GGO: 128, CONSOLIDATION: 255}
 NIFTI_NAME = "lesions.nii.gz"
 SLICES_NAME = "slices.json"
+UNCERTAINTY_NIFTI_NAME = "uncertainty.nii.gz"
+UNCERTAINTY_PNG_NAME = "uncertainty.png"
+UNCERTAIN_COLOUR = (0, 230, 255)
 
 
 class CovidLesionSegmentationPipeline:
     task = TaskName.COVID_LESION_SEGMENTATION
-    stages = ("load", "lungs", "infer", "decode", "outputs")
+    stages = ("load", "quality", "lungs", "infer", "uncertainty", "decode", "outputs")
 
     def run(self, inputs: list[JobInput], options: CovidLesionSegmentationOptions, model: LoadedModel,
-            stages: StageTimer) -> PipelineOutput:
+            stages: StageTimer, context: JobContext | None = None) -> PipelineOutput:
         manifest = model.manifest
         with stages("load"):
             ct = load_ct_series([i.path for i in inputs if i.format == "dicom"], options.series_instance_uid,
                                 manifest.accepts.modalities or ("CT",), task=f"task {self.task.value!r}")
+        with stages("quality"):
+            quality = check_ct(ct.hu, ct.geometry, manifest.quality.ct)
+        if not quality.gradable:
+            return ungradable(quality, manifest)
         with stages("lungs"):
             lungs = segment_lungs(ct.hu, ct.affine, ct.spacing_mm)
         with stages("infer"):
             raw = predict_labels(ct.hu, ct.spacing_mm, manifest, onnx_runner(model), ct.geometry.slice_positions_mm)
+        disagreement, augmentations = None, []
+        if uncertainty.wanted(options.uncertainty, manifest.uncertainty, volume=True):
+            with stages("uncertainty"):
+                disagreement, augmentations = lesion_disagreement(ct, raw, manifest, onnx_runner(model))
         with stages("decode"):
             labels, lungs = decode_labels(raw, lungs, ct.affine, manifest)  # in place: `raw` is `labels` now
-            result = build_result(ct, labels, lungs, manifest)
+            result = build_result(ct, labels, lungs, manifest, quality)
+            if disagreement is not None:
+                result.uncertainty = uncertainty.segmentation(
+                    disagreement, int(np.count_nonzero(labels)), float(np.prod(ct.spacing_mm)) / 1000.0, augmentations)
         with stages("outputs"):
             artifacts = write_artifacts(ct, labels, result.affected_slices)
-        return PipelineOutput(result=result, artifacts=artifacts, masks=SegmentMasks(labels, lungs),
-                              mask_sop_instance_uids=list(ct.sop_instance_uids))
+            if disagreement is not None:
+                artifacts += uncertainty_artifacts(ct, labels, disagreement, len(augmentations) - 1)
+        masks = SegmentMasks(labels, lungs, manifest)
+        return PipelineOutput(result=result, artifacts=artifacts, masks=masks,
+                              mask_sop_instance_uids=list(ct.sop_instance_uids), segments=masks.codings(manifest))
 
 
 class SegmentMasks(Mapping[str, np.ndarray]):
@@ -79,12 +105,17 @@ class SegmentMasks(Mapping[str, np.ndarray]):
     label volumes only, not three more full-size masks beside them.
     """
 
-    def __init__(self, labels: np.ndarray, lungs: LungMask) -> None:
+    def __init__(self, labels: np.ndarray, lungs: LungMask, manifest: ModelManifest) -> None:
         self._make: dict[str, Callable[[], np.ndarray]] = {
-            "ground-glass": lambda: labels == GGO,
-            "consolidation": lambda: labels == CONSOLIDATION,
-            "lungs": lambda: lungs.both,
+            manifest.class_names[GGO]: lambda: labels == GGO,
+            manifest.class_names[CONSOLIDATION]: lambda: labels == CONSOLIDATION,
+            LUNGS: lambda: lungs.both,
         }
+
+    def codings(self, manifest: ModelManifest) -> dict[str, SegmentCoding]:
+        """The model's classes as its manifest codes them; the lungs (segmented here, not by the model) as ours."""
+        coded = {**(manifest.decoding.segments or {}), LUNGS: LUNGS_SEGMENT}
+        return {name: coded[name] for name in self._make if name in coded}
 
     def __getitem__(self, label: str) -> np.ndarray:
         return self._make[label]()
@@ -106,73 +137,6 @@ def onnx_runner(model: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
         return model.run({input_name: batch})[output_name]
 
     return run
-
-
-def _resize(array: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndarray:
-    """Resize the last two axes to `size` (pixel areas aligned, as an image resize)."""
-    from scipy import ndimage
-
-    if tuple(array.shape[-2:]) == tuple(size):
-        return array
-    factors = (1.0,) * (array.ndim - 2) + (size[0] / array.shape[-2], size[1] / array.shape[-1])
-    out = ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True, prefilter=False)
-    if out.shape[-2:] != tuple(size):  # rounding in zoom: pad or crop by at most one pixel
-        fixed = np.zeros(array.shape[:-2] + tuple(size), out.dtype)
-        h, w = min(size[0], out.shape[-2]), min(size[1], out.shape[-1])
-        fixed[..., :h, :w] = out[..., :h, :w]
-        out = fixed
-    return out
-
-
-def model_plane(shape: tuple[int, int], spacing_mm: tuple[float, float, float],
-                manifest: ModelManifest) -> tuple[int, int]:
-    """The rows and columns each slice is resized to for the model.
-
-    With `target_spacing_mm`, the slice keeps its field of view at the model's pixel spacing (its y and x; a
-    slice-wise model reads the series' own slices, so z is not resampled); otherwise `target_size`.
-    `spacing_mm` is the series' (column, row, slice) spacing.
-    """
-    spec = manifest.preprocessing
-    if spec.target_spacing_mm is not None:
-        _, row_mm, column_mm = spec.target_spacing_mm
-        return (max(1, round(shape[0] * spacing_mm[1] / row_mm)), max(1, round(shape[1] * spacing_mm[0] / column_mm)))
-    if spec.target_size is None:
-        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.target_size or target_spacing_mm")
-    return tuple(spec.target_size)
-
-
-def model_slices(hu: np.ndarray, manifest: ModelManifest, plane: tuple[int, int]) -> np.ndarray:
-    """Every slice windowed to [0, 1] and resized in-plane to `plane`: float32 (slices, *plane)."""
-    spec = manifest.preprocessing
-    if spec.window_hu is None:
-        raise ModelError(f"{manifest.id}: the manifest needs preprocessing.window_hu")
-    low, high = spec.window_hu
-    out = np.empty((hu.shape[0], *plane), np.float32)
-    for index in range(hu.shape[0]):
-        windowed = np.clip((hu[index] - low) / (high - low), 0.0, 1.0)
-        out[index] = _resize(windowed, plane)
-    return out
-
-
-def stack_neighbours(slices: np.ndarray, indices: np.ndarray, channels: int, positions_mm: np.ndarray | None = None,
-                     offsets_mm: list[float] | None = None) -> np.ndarray:
-    """(len(indices), channels, H, W): each slice with its neighbours along the series.
-
-    Without `offsets_mm`, the adjacent slices (the end slices repeated). With them, the planes that far along
-    the slice normal, each interpolated linearly between the two slices around it from the slices' true
-    positions (`positions_mm`, increasing), so that a channel means the same distance whatever the spacing.
-    """
-    if offsets_mm is None:
-        half = channels // 2
-        offsets = np.arange(-half, half + 1)
-        picks = np.clip(indices[:, None] + offsets[None, :], 0, slices.shape[0] - 1)
-        return slices[picks]
-    wanted = positions_mm[indices][:, None] + np.asarray(offsets_mm, np.float64)[None, :]
-    fractional = np.interp(wanted, positions_mm, np.arange(len(positions_mm)))  # clamped to the end slices
-    below = np.floor(fractional).astype(np.intp)
-    above = np.minimum(below + 1, slices.shape[0] - 1)
-    weight = (fractional - below)[..., None, None].astype(np.float32)
-    return slices[below] * (1 - weight) + slices[above] * weight
 
 
 def predict_labels(hu: np.ndarray, spacing_mm: tuple[float, float, float], manifest: ModelManifest,
@@ -218,7 +182,7 @@ def slice_probabilities(hu: np.ndarray, spacing_mm: tuple[float, float, float], 
         stacked = stack_neighbours(small, indices, channels, positions_mm, spec.slice_offsets_mm)
         probability = sliding_window(stacked, patch, spec.patch_overlap or 0.0, predict, batch_size)
         for offset, index in enumerate(indices):
-            yield int(index), _resize(probability[offset], hu.shape[1:])
+            yield int(index), resize_plane(probability[offset], hu.shape[1:])
 
 
 def decode_labels(raw: np.ndarray, lungs: LungMask, affine: np.ndarray,
@@ -385,8 +349,8 @@ class _VoxelCounts:
             self.lesion_in_lung[side] += int(np.count_nonzero(in_side & lesion))
 
 
-def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
-                 manifest: ModelManifest) -> CovidLesionSegmentationResult:
+def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask, manifest: ModelManifest,
+                 quality: Quality | None = None) -> CovidLesionSegmentationResult:
     voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
     counts = _VoxelCounts.of(labels, lungs)
     right, left = LungMask.RIGHT, LungMask.LEFT
@@ -408,6 +372,7 @@ def build_result(ct: CTVolume, labels: np.ndarray, lungs: LungMask,
         n_slices=ct.geometry.n_slices,
         definitions=DEFINITIONS,
         warnings=list(ct.warnings),
+        quality=quality,
         research_use_only=manifest.research_use_only,
     )
 
@@ -454,12 +419,16 @@ def mask_png(label_slice: np.ndarray) -> bytes:
 
 def overlay_png(hu_slice: np.ndarray, label_slice: np.ndarray) -> bytes:
     """The slice in a lung window, ground-glass in amber and consolidation in red; source rows x columns."""
+    return _png(overlay_rgb(hu_slice, label_slice))
+
+
+def overlay_rgb(hu_slice: np.ndarray, label_slice: np.ndarray) -> np.ndarray:
     grey = lung_window(hu_slice)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     for label, colour in OVERLAY_COLOURS.items():
         where = label_slice == label
         rgb[where] = (1 - OVERLAY_ALPHA) * rgb[where] + OVERLAY_ALPHA * np.asarray(colour, np.float32)
-    return _png(np.clip(rgb, 0, 255).astype(np.uint8))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def slice_artifact_names(index: int) -> tuple[str, str]:
@@ -483,6 +452,43 @@ def write_artifacts(ct: CTVolume, labels: np.ndarray, affected: list[int]) -> li
     artifacts.append(ArtifactOutput(SLICES_NAME, "application/json", json.dumps(document, indent=1).encode()))
     artifacts += [ArtifactOutput(name, "image/png", png) for name, png in display_slices(ct.hu)]
     return artifacts
+
+
+def lesion_disagreement(ct: CTVolume, raw: np.ndarray, manifest: ModelManifest,
+                        run: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """uint8 per voxel: how many flipped copies of the series call lesion where the original did not, or the
+    reverse; and the augmentation names, the original first. Compared before decoding, on the model's calls."""
+    lesion = raw > 0
+    disagreement = np.zeros(raw.shape, np.uint8)
+    names = uncertainty.volume_augmentations(manifest.uncertainty)
+    for name in names:
+        flipped = predict_labels(uncertainty.unflip(ct.hu, name), ct.spacing_mm, manifest, run,
+                                 ct.geometry.slice_positions_mm)
+        disagreement += lesion != (uncertainty.unflip(flipped, name) > 0)
+    return disagreement, [uncertainty.ORIGINAL, *names]
+
+
+def uncertainty_artifacts(ct: CTVolume, labels: np.ndarray, disagreement: np.ndarray,
+                          runs: int) -> list[ArtifactOutput]:
+    """uncertainty.nii.gz: the share of augmentations disagreeing per voxel, on the series' grid (uint8 counts
+    with a scale slope of 1/runs); uncertainty.png: the slice with the most disagreement, lesions in the lung
+    window's overlay colours and uncertain voxels in cyan."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(disagreement.transpose(2, 1, 0), nifti_affine(ct.affine))
+    image.header.set_xyzt_units("mm")
+    image.header.set_slope_inter(1.0 / max(runs, 1), 0.0)
+    image.header["descrip"] = b"share of augmentations whose lesion call differs"
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6) as stream:
+        image.to_stream(stream)
+    index = int(np.argmax(np.count_nonzero(disagreement, axis=(1, 2))))
+    picture = overlay_rgb(ct.hu[index], labels[index])
+    picture[disagreement[index] > 0] = UNCERTAIN_COLOUR
+    return [ArtifactOutput(UNCERTAINTY_NIFTI_NAME, "application/gzip", buffer.getvalue()),
+            ArtifactOutput(UNCERTAINTY_PNG_NAME, "image/png", _png(picture))]
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Pulmonary nodule detection on one CT series: findings in patient millimetres.
 
 load (CT series → HU volume + geometry) → preprocess (resample to the manifest's spacing, HU window) →
-infer (sliding window, batched patches) → decode (connected components of the probability map, 3D NMS)
-→ outputs (findings mapped back to voxel and patient coordinates; an overlay PNG per finding; a display PNG
-per slice for the review page).
+infer (sliding window, batched patches) → decode (connected components of the probability map, or the boxes
+of a `box-detection` model; 3D NMS in mm across patches) → outputs (findings mapped back to voxel and patient
+coordinates; an overlay PNG per finding; a display PNG per slice for the review page).
 Every number that shapes the result comes from the manifest.
 """
 
@@ -19,15 +19,18 @@ import numpy as np
 from app.errors import ModelError
 from app.schemas.manifest import ModelManifest
 from app.schemas.options import LungNoduleDetectionOptions
+from app.schemas.quality import DetectionUncertainty, Quality
 from app.schemas.results import KeySlice, LungNoduleDetectionResult, NoduleFinding, OperatingPointUsed
 from app.schemas.tasks import TaskName
-from workers.decoding import activate
+from workers import uncertainty
+from workers.decoding import Boxes, activate, decode_boxes
 from workers.imaging.ct_resample import ResampledVolume, resample_to_spacing, window
 from workers.imaging.ct_display import display_slices, lung_window
 from workers.imaging.ct_series import CTVolume, load_ct_series
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobInput, PipelineOutput, StageTimer
-from workers.sliding_window import sliding_window
+from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer, ungradable
+from workers.quality.ct import check_ct
+from workers.sliding_window import pad_to, patch_corners, sliding_window
 
 PATCH_BATCH = 2
 OVERLAY_MIN_SIDE = 512
@@ -40,28 +43,45 @@ class Candidate:
     score: float
     centre: tuple[float, float, float]
     diameter_mm: float
-    low: tuple[int, int, int]  # voxel bounding box of the component, inclusive
-    high: tuple[int, int, int]
+    low: tuple[float, float, float]  # voxel bounding box, inclusive (voxel-centre indices)
+    high: tuple[float, float, float]
 
 
 class LungNoduleDetectionPipeline:
     task = TaskName.LUNG_NODULE_DETECTION
-    stages = ("load", "preprocess", "infer", "decode", "outputs")
+    stages = ("load", "quality", "preprocess", "infer", "uncertainty", "decode", "outputs")
 
     def run(self, inputs: list[JobInput], options: LungNoduleDetectionOptions, model: LoadedModel,
-            stages: StageTimer) -> PipelineOutput:
+            stages: StageTimer, context: JobContext | None = None) -> PipelineOutput:
         manifest = model.manifest
         with stages("load"):
             ct = load_ct_series([i.path for i in inputs if i.format == "dicom"], options.series_instance_uid,
                                 manifest.accepts.modalities or ("CT",), task=f"task {self.task.value!r}")
+        with stages("quality"):
+            quality = check_ct(ct.hu, ct.geometry, manifest.quality.ct)
+        if not quality.gradable:
+            return ungradable(quality, manifest)
         with stages("preprocess"):
             resampled = preprocess(ct, manifest)
+        boxes = manifest.decoding.kind == "box-detection"
         with stages("infer"):
-            probability = sliding_window_probability(resampled.volume, manifest, onnx_runner(model))
+            if boxes:
+                found = sliding_window_boxes(resampled.volume, manifest, model)
+            else:
+                probability = sliding_window_probability(resampled.volume, manifest, onnx_runner(model))
+        augmented: dict[str, np.ndarray] = {}
+        # Test-time augmentation re-runs the probability map; a box-detection model has none to re-run.
+        if not boxes and uncertainty.wanted(options.uncertainty, manifest.uncertainty, volume=True):
+            with stages("uncertainty"):
+                augmented = augmented_probabilities(resampled.volume, manifest, onnx_runner(model))
         with stages("decode"):
-            candidates = decode_components(probability, resampled.spacing_mm, manifest)
-            del probability
-            result = build_result(candidates, ct, resampled, manifest, options)
+            if boxes:
+                candidates = candidates_from_boxes(found, resampled.spacing_mm, manifest)
+            else:
+                candidates = decode_components(probability, resampled.spacing_mm, manifest)
+                del probability
+            result = build_result(candidates, ct, resampled, manifest, options, quality,
+                                  score_spreads(candidates, augmented, manifest) if augmented else None)
         with stages("outputs"):
             artifacts = [nodule_overlay(ct, finding) for finding in result.nodules]
             artifacts += [ArtifactOutput(name, "image/png", png) for name, png in display_slices(ct.hu)]
@@ -106,6 +126,29 @@ def sliding_window_probability(volume: np.ndarray, manifest: ModelManifest,
     return probability[0, 0]
 
 
+def augmented_probabilities(volume: np.ndarray, manifest: ModelManifest,
+                            run: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+    """The probability map of each flipped copy of the volume, flipped back (volumes take the flips only)."""
+    maps = {}
+    for name in uncertainty.volume_augmentations(manifest.uncertainty):
+        flipped = np.ascontiguousarray(uncertainty.unflip(volume, name))
+        maps[name] = uncertainty.unflip(sliding_window_probability(flipped, manifest, run), name)
+    return maps
+
+
+def score_spreads(candidates: list[Candidate], maps: dict[str, np.ndarray],
+                  manifest: ModelManifest) -> DetectionUncertainty:
+    """Each candidate's score (its peak) beside the peak of each augmented map within its box; ids follow
+    `build_result`, which keeps the candidates at or above the threshold in this order."""
+    spreads = []
+    for candidate in candidates:
+        box = tuple(slice(lo, hi + 1) for lo, hi in zip(candidate.low, candidate.high, strict=True))
+        scores = [candidate.score, *(float(m[box].max()) for m in maps.values())]
+        spreads.append(uncertainty.finding_spread(len(spreads) + 1, scores, manifest.uncertainty))
+    return DetectionUncertainty(augmentations=[uncertainty.ORIGINAL, *maps], findings=spreads,
+                                low_confidence_spread=manifest.uncertainty.low_confidence_spread)
+
+
 def decode_components(probability: np.ndarray, spacing_zyx: tuple[float, float, float],
                       manifest: ModelManifest) -> list[Candidate]:
     """Connected components above the candidate threshold; then 3D non-maximum suppression."""
@@ -144,6 +187,47 @@ def decode_components(probability: np.ndarray, spacing_zyx: tuple[float, float, 
     return non_maximum_suppression(candidates, spacing_zyx, decoding.nms_radius_mm or 0.0)
 
 
+def sliding_window_boxes(volume: np.ndarray, manifest: ModelManifest, model: LoadedModel) -> Boxes:
+    """A box-detection model's boxes over the whole volume, one patch per run (box outputs have no batch
+    axis), each shifted by its patch's corner into the volume's voxel grid and clipped to the volume."""
+    spec = manifest.preprocessing
+    patch = tuple(int(v) for v in (spec.patch_size or manifest.inputs[0].shape[2:]))
+    padded_shape, corners = patch_corners(volume.shape, patch, spec.patch_overlap or 0.0)
+    padded = pad_to(volume[np.newaxis, np.newaxis], padded_shape, 0.0)  # 0: the HU window's floor, air
+    parts = []
+    for corner in corners:
+        region = (slice(None), slice(None)) + tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
+        outputs = model.run({manifest.inputs[0].name: np.ascontiguousarray(padded[region], dtype=np.float32)})
+        parts.append(decode_boxes(outputs, manifest).shifted(corner))
+    limit = np.asarray(volume.shape, dtype=np.float64)
+    return Boxes(
+        low=np.clip(np.concatenate([p.low for p in parts]), 0, limit),
+        high=np.clip(np.concatenate([p.high for p in parts]), 0, limit),
+        scores=np.concatenate([p.scores for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+    )
+
+
+def candidates_from_boxes(boxes: Boxes, spacing_zyx: tuple[float, float, float],
+                          manifest: ModelManifest) -> list[Candidate]:
+    """Each box [low, high) becomes a finding centred in it, its diameter that of the sphere with the volume of
+    the box's inscribed ellipsoid; then 3D NMS in millimetres, across patches."""
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    candidates = []
+    for low, high, score in zip(boxes.low, boxes.high, boxes.scores, strict=True):
+        extent_mm = (high - low) * spacing
+        if np.any(extent_mm <= 0):
+            continue
+        candidates.append(Candidate(
+            score=float(score),
+            centre=tuple(float(v) for v in (low + high - 1) / 2),  # type: ignore[arg-type]
+            diameter_mm=float(np.prod(extent_mm) ** (1.0 / 3.0)),
+            low=tuple(float(v) for v in low),  # type: ignore[arg-type]
+            high=tuple(float(v) for v in high - 1),  # type: ignore[arg-type]
+        ))
+    return non_maximum_suppression(candidates, spacing_zyx, manifest.decoding.nms_radius_mm or 0.0)
+
+
 def non_maximum_suppression(candidates: list[Candidate], spacing_zyx: tuple[float, float, float],
                             radius_mm: float) -> list[Candidate]:
     """Best first; a candidate whose centre lies within `radius_mm` (or a kept finding's radius) of a kept
@@ -167,13 +251,17 @@ def score_threshold(manifest: ModelManifest, options: LungNoduleDetectionOptions
 
 
 def build_result(candidates: list[Candidate], ct: CTVolume, resampled: ResampledVolume, manifest: ModelManifest,
-                 options: LungNoduleDetectionOptions) -> LungNoduleDetectionResult:
+                 options: LungNoduleDetectionOptions, quality: Quality | None = None,
+                 spreads: DetectionUncertainty | None = None) -> LungNoduleDetectionResult:
     used = score_threshold(manifest, options)
     geometry = ct.geometry
     findings = []
-    for candidate in candidates:
+    kept_spreads = []
+    for candidate, spread in zip(candidates, spreads.findings if spreads else [None] * len(candidates), strict=True):
         if candidate.score < used.threshold:
             continue
+        if spread is not None:
+            kept_spreads.append(spread.model_copy(update={"id": len(findings) + 1}))
         column, row, slice_index = resampled.to_input_voxel(*candidate.centre, geometry)
         centre_mm = geometry.voxel_to_patient(column, row, slice_index)
         corners = [
@@ -203,6 +291,8 @@ def build_result(candidates: list[Candidate], ct: CTVolume, resampled: Resampled
         n_slices=geometry.n_slices,
         operating_point=used,
         warnings=list(ct.warnings),
+        quality=quality,
+        uncertainty=spreads.model_copy(update={"findings": kept_spreads}) if spreads else None,
         research_use_only=manifest.research_use_only,
     )
 

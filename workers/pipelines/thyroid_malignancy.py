@@ -15,18 +15,21 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import BadInputError, JobNotFound, ModelError
-from app.schemas.manifest import ModelManifest
+from app.schemas.manifest import ModelManifest, SegmentCoding
 from app.schemas.options import RoiBox, RoiMaskArtifact, ThyroidMalignancyOptions
+from app.schemas.quality import ClassificationUncertainty, Quality
 from app.schemas.results import ThyroidMalignancyResult, ThyroidNodule
 from app.schemas.tasks import TaskName
 from app.schemas.tirads import band_bounds_from_operating_points, band_for_probability, recommend
 from app.storage.blobs import BlobNotFound
-from workers.decoding import activate, operating_point_used, positive_probability
+from workers import saliency, uncertainty
+from workers.decoding import activate, calibrated, operating_point_used
 from workers.imaging.photo import load_photo
 from workers.imaging.ultrasound import (
     Box,
     Spacing,
     bounding_box,
+    classifier_crop_box,
     classifier_input,
     ellipse_in_box,
     find_imaging_region,
@@ -41,7 +44,8 @@ from workers.imaging.ultrasound import (
     to_grey,
 )
 from workers.onnx import LoadedModel
-from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer
+from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer, ungradable
+from workers.quality.ultrasound import check_frame, check_nodule
 
 MASK_ARTIFACT = "nodule-mask.png"
 OVERLAY_ARTIFACT = "overlay.png"
@@ -63,8 +67,7 @@ class OutlinedNodule:
 
 class ThyroidMalignancyPipeline:
     task = TaskName.THYROID_MALIGNANCY
-    stages = ("load", "preprocess", "segment", "classify", "decode", "outputs")
-    uses_job_context = True
+    stages = ("load", "preprocess", "quality", "segment", "classify", "uncertainty", "decode", "saliency", "outputs")
 
     def run(
         self,
@@ -80,18 +83,36 @@ class ThyroidMalignancyPipeline:
             frame = load_frame(inputs[0], options.frame)
         with stages("preprocess"):
             prepared = prepare_frame(frame, inputs[0], options.pixel_spacing_mm)
+        limits = model.manifest.quality.ultrasound
+        with stages("quality"):
+            quality = check_frame(prepared.grey, prepared.region, prepared.spacing.mm, limits)
+        if not quality.gradable:
+            return ungradable(quality, model.manifest)
         with stages("segment"):
             if options.roi is not None:
                 nodule = nodule_from_roi(options.roi, prepared.grey.shape, context)
             else:
                 nodule = segment_nodule(prepared, segmentation_model(model))
+        with stages("quality"):
+            quality = check_nodule(nodule.mask, prepared.region, quality, limits)
+        if not quality.gradable:
+            return ungradable(quality, model.manifest)
         with stages("classify"):
             probability = classify_nodule(prepared.grey, nodule.mask, model)
+        spread = None
+        if uncertainty.wanted(options.uncertainty, model.manifest.uncertainty):
+            with stages("uncertainty"):
+                spread = augmented_spread(prepared.grey, nodule.mask, probability, model, options.operating_point)
         with stages("decode"):
-            result = build_result(probability, nodule, prepared.spacing, model.manifest, options.operating_point)
+            result = build_result(probability, nodule, prepared.spacing, model.manifest, options.operating_point,
+                                  quality, spread)
+        artifacts = []
+        if options.explain:
+            with stages("saliency"):
+                artifacts.append(saliency_overlay(prepared, nodule.mask, model))
         with stages("outputs"):
-            artifacts = [mask_png(nodule.mask), overlay_png(prepared.frame, nodule.mask)]
-        return PipelineOutput(result=result, artifacts=artifacts)
+            artifacts[:0] = [mask_png(nodule.mask), overlay_png(prepared.frame, nodule.mask)]
+        return PipelineOutput(result=result, artifacts=artifacts, segments=nodule_coding(model))
 
 
 def load_frame(job_input: JobInput, frame: int | None) -> np.ndarray:
@@ -120,6 +141,16 @@ def segmentation_model(model: LoadedModel) -> LoadedModel:
     if segmenter.manifest.decoding.kind != "segmentation-labels":
         raise ModelError(f"{segmenter.manifest.id} is not a segmentation model (decoding {segmenter.manifest.decoding.kind})")
     return segmenter
+
+
+def nodule_coding(model: LoadedModel) -> dict[str, SegmentCoding]:
+    """How the SEG writes the nodule mask (MASK_ARTIFACT): as the segmentation model's manifest codes its class,
+    whoever outlined this nodule (the model, or the caller's ROI: the same structure)."""
+    if not model.manifest.requires:
+        return {}
+    segmenter = model.required(model.manifest.requires[0]).manifest
+    coding = (segmenter.decoding.segments or {}).get(segmenter.class_names[0])
+    return {MASK_ARTIFACT: coding} if coding is not None else {}
 
 
 def segment_nodule(prepared: PreparedFrame, segmenter: LoadedModel) -> OutlinedNodule:
@@ -186,14 +217,47 @@ def read_mask_artifact(roi: RoiMaskArtifact, context: JobContext | None) -> np.n
 
 
 def classify_nodule(grey: np.ndarray, mask: np.ndarray, model: LoadedModel) -> float:
+    tensor = classifier_input(grey, mask, model.manifest.preprocessing)
+    return float(malignancy_scores(model)(tensor[np.newaxis])[0])
+
+
+def malignancy_scores(model: LoadedModel):
+    """(B, 2, S, S) classifier inputs → (B,) malignancy probabilities, as decode reads them."""
     manifest = model.manifest
-    tensor = classifier_input(grey, mask, manifest.preprocessing)
-    logits = model.run({manifest.inputs[0].name: tensor[np.newaxis]})[manifest.outputs[0].name][0]
-    return positive_probability(activate(logits, manifest.decoding), manifest.decoding)
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        logits = model.run({manifest.inputs[0].name: batch})[manifest.outputs[0].name]
+        probabilities = activate(calibrated(logits, manifest.calibration), manifest.decoding)
+        return np.clip(probabilities[:, manifest.decoding.positive_classes].sum(axis=1), 0.0, 1.0)
+
+    return score
 
 
-def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing,
-                 manifest: ModelManifest, operating_point: str | None = None) -> ThyroidMalignancyResult:
+def augmented_spread(grey: np.ndarray, mask: np.ndarray, probability: float, model: LoadedModel,
+                     operating_point: str | None = None) -> ClassificationUncertainty:
+    """The malignancy probability of the frame and mask under the manifest's augmentations, in one batch."""
+    manifest, settings = model.manifest, model.manifest.uncertainty
+    batch = np.stack([classifier_input(uncertainty.augment(grey, name, settings),
+                                       uncertainty.augment(mask, name, settings, mask=True), manifest.preprocessing)
+                      for name in settings.augmentations])
+    scores = [probability, *malignancy_scores(model)(batch)]
+    threshold = operating_point_used(manifest, operating_point).threshold
+    return uncertainty.classification(scores, uncertainty.names(settings), threshold, settings)
+
+
+def saliency_overlay(prepared: PreparedFrame, mask: np.ndarray, model: LoadedModel) -> ArtifactOutput:
+    """Occlusion of the image channel only (the nodule outline stays), placed back on the frame's grid."""
+    tensor = classifier_input(prepared.grey, mask, model.manifest.preprocessing)
+    heat, _ = saliency.occlusion_map(tensor, saliency.log_odds(malignancy_scores(model)), model.manifest.saliency,
+                                     channels=(0,))
+    source_heat = saliency.to_source_grid(heat, classifier_crop_box(mask), prepared.grey.shape)
+    return ArtifactOutput(name=saliency.OVERLAY_NAME, media_type="image/png",
+                          data=saliency.overlay_png(prepared.frame, source_heat))
+
+
+def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing, manifest: ModelManifest,
+                 operating_point: str | None = None, quality: Quality | None = None,
+                 spread: ClassificationUncertainty | None = None) -> ThyroidMalignancyResult:
     band = band_for_probability(probability, band_bounds_from_operating_points(manifest.operating_points))
     diameter = None if spacing.mm is None else round(max_diameter_px(nodule.mask, spacing.mm), 2)
     return ThyroidMalignancyResult(
@@ -210,6 +274,8 @@ def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing,
         operating_point=operating_point_used(manifest, operating_point),
         pixel_spacing_mm=spacing.mm,
         spacing_source=spacing.source,
+        quality=quality,
+        uncertainty=spread,
         research_use_only=manifest.research_use_only,
     )
 

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import DispatcherDep, RepositoryDep
 from app.api.problems import problem_response
+from app.schemas.tasks import TaskName
 
 router = APIRouter(tags=["health"])
 
@@ -20,6 +21,9 @@ async def healthz() -> dict[str, str]:
             responses={503: {"description": "Not ready; `detail` says why"}})
 async def readyz(request: Request, dispatcher: DispatcherDep, repository: RepositoryDep) -> Response:
     readiness = await run_in_threadpool(dispatcher.readiness)
+    # Every registered task, and the model that serves it here (null: installed, but no model for it).
+    served = {m.manifest.task.value: f"{m.manifest.id}/{m.manifest.version}" for m in repository.served()}
+    readiness.checks["tasks"] = {task.value: served.get(task.value) for task in TaskName}
     if request.app.state.settings.export_destinations:  # informative: a PACS being down does not stop intake
         readiness.checks["export_destinations"] = request.app.state.export_scheduler.reachability()
     if repository.errors:

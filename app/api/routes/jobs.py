@@ -71,9 +71,9 @@ Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
         415: PROBLEM | {"description": "A file is neither DICOM, PNG, JPEG nor a ZIP of DICOM"},
         401: PROBLEM | {"description": "API key missing or not recognised"},
         403: PROBLEM | {"description": "The key lacks the submit scope, or may not use an `export_to` destination"},
-        422: PROBLEM | {"description": "Invalid options, or input that cannot serve the task"},
+        422: PROBLEM | {"description": "Invalid options, input that cannot serve the task, or no model for the task"},
         429: PROBLEM | {"description": "Rate limit exceeded; see Retry-After"},
-        503: PROBLEM | {"description": "No model for the task, or the queue is unreachable"},
+        503: PROBLEM | {"description": "The queue is unreachable"},
     },
 )
 async def create_job(

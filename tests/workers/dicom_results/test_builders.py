@@ -1,4 +1,6 @@
-"""SEG and SR builders on real DICOM sources: dciodvfy-clean, and highdicom reads back what was written."""
+"""SEG and SR builders on real DICOM sources: highdicom reads back what was written, and dciodvfy finds no error.
+
+The content tests run everywhere; only the conformance tests at the end skip when dicom3tools is missing."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
+from app.model_repository import ModelRepository
 from app.schemas.jobs import ModelRef
 from app.schemas.results import (
     DRGradingResult,
@@ -21,16 +24,21 @@ from app.schemas.results import (
     ThyroidNodule,
 )
 from app.schemas.tirads import RiskBand, recommend
+from tests.utils.ct import ramp_volume, small_grid, write_series
+from tests.utils.dicom_validation import dciodvfy_errors
+from tests.utils.fundus import dicom_fundus_bytes, make_fundus
+from tests.utils.reference_models import REPO_ROOT
+from tests.utils.ultrasound import dicom_us_bytes, make_frame
 from workers.dicom_results.common import ResultNotWritten, device_uid, encode, read_sources
 from workers.dicom_results.seg import covid_lesion_seg, thyroid_nodule_seg
 from workers.dicom_results.sr import dr_grading_sr, lung_nodule_sr, thyroid_malignancy_sr
 from workers.imaging.ct_series import read_ct_geometry
-from tests.utils.ct import ramp_volume, small_grid, write_series
-from tests.utils.dicom_validation import dciodvfy_errors
-from tests.utils.fundus import dicom_fundus_bytes, make_fundus
-from tests.utils.ultrasound import dicom_us_bytes, make_frame
+from workers.pipelines.covid_lesion_segmentation import LUNGS_SEGMENT
 
 MODEL = ModelRef(id="some-model", version=3, sha256="ab" * 32, research_use_only=True)
+COVID_MANIFEST = ModelRepository(REPO_ROOT / "models").get("covid-lesion-segmentation-reference").manifest
+NODULE_CODING = ModelRepository(REPO_ROOT / "models").get(
+    "thyroid-nodule-segmentation-reference").manifest.decoding.segments["nodule"]
 POINT = OperatingPointUsed(name="default", threshold=0.5)
 
 
@@ -65,16 +73,18 @@ def test_device_uid_changes_with_the_model_only() -> None:
     assert device_uid(MODEL) != device_uid(MODEL.model_copy(update={"sha256": "cd" * 32}))
 
 
-def test_thyroid_nodule_seg_is_valid_and_references_the_frame(tmp_path) -> None:
+def _thyroid_seg(tmp_path):
     item = make_frame(1)
     path = tmp_path / "us.dcm"
     path.write_bytes(dicom_us_bytes(item.frame))
     source = read_sources([path])[0]
     mask = item.mask.astype(bool)
+    return encode(thyroid_nodule_seg(source, mask, 0, NODULE_CODING, MODEL, "job-1")), source, mask
 
-    data = encode(thyroid_nodule_seg(source, mask, 0, MODEL, "job-1"))
 
-    assert dciodvfy_errors(data, tmp_path) == []
+def test_thyroid_nodule_seg_references_the_frame_with_the_manifest_coding(tmp_path) -> None:
+    data, source, mask = _thyroid_seg(tmp_path)
+
     seg = hd.seg.segread(io.BytesIO(data))
     _assert_identified(seg, source)
     assert seg.SegmentationType == "BINARY"
@@ -84,6 +94,8 @@ def test_thyroid_nodule_seg_is_valid_and_references_the_frame(tmp_path) -> None:
     assert frame_ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
     description = seg.get_segment_description(1)
     assert description.segmented_property_type == hd.sr.CodedConcept("237495005", "SCT", "Thyroid nodule")
+    assert description.segment_label == NODULE_CODING.label
+    assert "RecommendedDisplayCIELabValue" in description
     assert description.algorithm_identification[0].AlgorithmName == MODEL.id
     assert description.algorithm_identification[0].AlgorithmVersion == "3"
     np.testing.assert_array_equal(seg.pixel_array.astype(bool), mask)
@@ -94,10 +106,10 @@ def test_thyroid_nodule_seg_of_a_multiframe_us_is_not_written(tmp_path) -> None:
     path = tmp_path / "us.dcm"
     path.write_bytes(dicom_us_bytes([item.frame, item.frame]))
     with pytest.raises(ResultNotWritten, match="multi-frame"):
-        thyroid_nodule_seg(read_sources([path])[0], item.mask.astype(bool), 1, MODEL, "job-1")
+        thyroid_nodule_seg(read_sources([path])[0], item.mask.astype(bool), 1, NODULE_CODING, MODEL, "job-1")
 
 
-def test_covid_lesion_seg_omits_empty_slices(ct_series, tmp_path) -> None:
+def _covid_seg(ct_series):
     paths, geometry = ct_series
     sources = {ds.SOPInstanceUID: ds for ds in read_sources(paths)}
     ordered = [sources[uid] for uid in geometry.sop_instance_uids]
@@ -109,15 +121,23 @@ def test_covid_lesion_seg_omits_empty_slices(ct_series, tmp_path) -> None:
     consolidation = np.zeros(shape, bool)
     consolidation[3, 20:24, 20:30] = True
 
-    seg_ds = covid_lesion_seg(ordered, {"lungs": lungs, "ground-glass": ggo, "consolidation": consolidation},
-                              MODEL, "job-2")
-    data = encode(seg_ds)
+    codings = {**COVID_MANIFEST.decoding.segments, "lungs": LUNGS_SEGMENT}
+    seg_ds = covid_lesion_seg(ordered, {"lungs": lungs, "ground-glass-opacity": ggo, "consolidation": consolidation},
+                              codings, MODEL, "job-2")
+    return encode(seg_ds), ordered, lungs, ggo, consolidation
 
-    assert dciodvfy_errors(data, tmp_path) == []
+
+def test_covid_lesion_seg_omits_empty_slices_and_codes_segments_from_the_manifest(ct_series) -> None:
+    data, ordered, lungs, ggo, consolidation = _covid_seg(ct_series)
+
     seg = hd.seg.segread(io.BytesIO(data))
     _assert_identified(seg, ordered[0])
     labels = {seg.get_segment_description(n).segment_label: n for n in seg.segment_numbers}
     assert set(labels) == {"ground-glass", "consolidation", "lungs"}
+    ggo_coding = COVID_MANIFEST.decoding.segments["ground-glass-opacity"]
+    assert seg.get_segment_description(labels["ground-glass"]).segmented_property_type == hd.sr.CodedConcept(
+        ggo_coding.type.value, ggo_coding.type.scheme, ggo_coding.type.meaning)
+    assert seg.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99MEDIMG"
     assert seg.NumberOfFrames == 4 + 1 + 1  # non-empty (slice, segment) frames only
     for label, mask in (("lungs", lungs), ("ground-glass", ggo), ("consolidation", consolidation)):
         pixels = seg.get_pixels_by_source_instance(
@@ -142,7 +162,7 @@ def _nodule(geometry, nodule_id: int, voxel_low, voxel_high, score: float) -> No
     )
 
 
-def test_lung_nodule_sr_has_a_box_centre_diameter_and_score_per_nodule(ct_series, tmp_path) -> None:
+def _lung_sr(ct_series):
     paths, geometry = ct_series
     sources = {ds.SOPInstanceUID: ds for ds in read_sources(paths)}
     result = LungNoduleDetectionResult(
@@ -151,9 +171,12 @@ def test_lung_nodule_sr_has_a_box_centre_diameter_and_score_per_nodule(ct_series
         spacing_mm=geometry.spacing_mm, n_slices=geometry.n_slices, operating_point=POINT, research_use_only=True,
     )
 
-    data = encode(lung_nodule_sr(result, sources, MODEL, "job-3"))
+    return encode(lung_nodule_sr(result, sources, MODEL, "job-3")), sources, result
 
-    assert dciodvfy_errors(data, tmp_path) == []
+
+def test_lung_nodule_sr_has_a_box_centre_diameter_and_score_per_nodule(ct_series) -> None:
+    data, sources, result = _lung_sr(ct_series)
+
     sr = hd.sr.Comprehensive3DSR.from_dataset(_reread(data))
     _assert_identified(sr, next(iter(sources.values())))
     groups = sr.content.get_planar_roi_measurement_groups()
@@ -179,30 +202,36 @@ def test_lung_nodule_sr_has_a_box_centre_diameter_and_score_per_nodule(ct_series
     assert evidence == {n.key_slice.sop_instance_uid for n in result.nodules}
 
 
-def test_lung_nodule_sr_without_nodules_says_absent(ct_series, tmp_path) -> None:
+def _lung_sr_absent(ct_series):
     paths, geometry = ct_series
     sources = {ds.SOPInstanceUID: ds for ds in read_sources(paths)}
     result = LungNoduleDetectionResult(series_instance_uid=geometry.series_instance_uid, nodules=[],
                                        spacing_mm=geometry.spacing_mm, n_slices=geometry.n_slices,
                                        operating_point=POINT, research_use_only=True)
-    data = encode(lung_nodule_sr(result, sources, MODEL, "job-4"))
-    assert dciodvfy_errors(data, tmp_path) == []
+    return encode(lung_nodule_sr(result, sources, MODEL, "job-4"))
+
+
+def test_lung_nodule_sr_without_nodules_says_absent(ct_series) -> None:
+    data = _lung_sr_absent(ct_series)
     sr = hd.sr.Comprehensive3DSR.from_dataset(_reread(data))
     (group,) = sr.content.get_image_measurement_groups()
     (evaluation,) = group.get_qualitative_evaluations(name=codes.SCT.Nodule)
     assert evaluation.value == codes.SCT.Absent
 
 
-def test_dr_grading_sr_carries_grade_and_referable_flag(tmp_path) -> None:
+def _dr_sr(tmp_path):
     path = tmp_path / "fundus.dcm"
     path.write_bytes(dicom_fundus_bytes(make_fundus(0, size=128).rgb))
     source = read_sources([path])[0]
     result = DRGradingResult(grade=2, grade_name="moderate NPDR", probabilities=[0.1, 0.2, 0.4, 0.2, 0.1],
                              referable=True, referable_probability=0.7, operating_point=POINT, research_use_only=True)
 
-    data = encode(dr_grading_sr(result, source, MODEL, "job-5"))
+    return encode(dr_grading_sr(result, source, MODEL, "job-5")), source
 
-    assert dciodvfy_errors(data, tmp_path) == []
+
+def test_dr_grading_sr_carries_grade_and_referable_flag(tmp_path) -> None:
+    data, source = _dr_sr(tmp_path)
+
     sr = hd.sr.Comprehensive3DSR.from_dataset(_reread(data))
     _assert_identified(sr, source)
     (group,) = sr.content.get_image_measurement_groups()
@@ -214,7 +243,7 @@ def test_dr_grading_sr_carries_grade_and_referable_flag(tmp_path) -> None:
     assert values["REFERABLE-DR"] == codes.SCT.Yes
 
 
-def test_thyroid_malignancy_sr_carries_probability_and_band(tmp_path) -> None:
+def _thyroid_sr(tmp_path):
     item = make_frame(2)
     path = tmp_path / "us.dcm"
     path.write_bytes(dicom_us_bytes(item.frame))
@@ -226,9 +255,12 @@ def test_thyroid_malignancy_sr_carries_probability_and_band(tmp_path) -> None:
         operating_point=POINT, pixel_spacing_mm=(0.1, 0.1), spacing_source="pixel-spacing", research_use_only=True,
     )
 
-    data = encode(thyroid_malignancy_sr(result, source, 0, MODEL, "job-6"))
+    return encode(thyroid_malignancy_sr(result, source, 0, MODEL, "job-6")), source
 
-    assert dciodvfy_errors(data, tmp_path) == []
+
+def test_thyroid_malignancy_sr_carries_probability_and_band(tmp_path) -> None:
+    data, source = _thyroid_sr(tmp_path)
+
     sr = hd.sr.Comprehensive3DSR.from_dataset(_reread(data))
     _assert_identified(sr, source)
     (group,) = sr.content.get_image_measurement_groups()
@@ -239,3 +271,15 @@ def test_thyroid_malignancy_sr_carries_probability_and_band(tmp_path) -> None:
     assert diameter.value == pytest.approx(12.5)
     (band,) = group.get_qualitative_evaluations()
     assert band.value.value == "TR4"
+
+
+# --- conformance: dciodvfy on every object above (these alone skip without dicom3tools) -------------------
+
+
+@pytest.mark.parametrize("build", [
+    lambda ct, tmp: _thyroid_seg(tmp)[0], lambda ct, tmp: _covid_seg(ct)[0], lambda ct, tmp: _lung_sr(ct)[0],
+    lambda ct, tmp: _lung_sr_absent(ct), lambda ct, tmp: _dr_sr(tmp)[0], lambda ct, tmp: _thyroid_sr(tmp)[0],
+], ids=["thyroid-seg", "covid-seg", "lung-sr", "lung-sr-absent", "dr-sr", "thyroid-sr"])
+def test_dicom_result_passes_dciodvfy(build, ct_series, tmp_path) -> None:
+    data = build(ct_series, tmp_path)
+    assert dciodvfy_errors(data, tmp_path) == []

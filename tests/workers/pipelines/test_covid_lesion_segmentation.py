@@ -18,15 +18,14 @@ from tests.utils.ct import small_grid, write_series
 from tests.utils.reference_models import reference_model_dir
 from workers.imaging.ct_series import load_ct_series
 from workers.imaging.lungs import LungMask
+from workers.imaging.slice_stacks import model_plane, stack_neighbours
 from workers.pipelines.covid_lesion_segmentation import (
     build_result,
     decode_labels,
     label_nifti,
     mask_png,
-    model_plane,
     overlay_png,
     predict_labels,
-    stack_neighbours,
     write_artifacts,
 )
 
@@ -221,3 +220,62 @@ def test_write_artifacts_names_slices_by_index_and_sop_instance_uid(ffs_ct) -> N
     assert [e["index"] for e in document["slices"]] == [4, 9]
     assert document["slices"][1]["sop_instance_uid"] == ffs_ct.geometry.slices[9].sop_instance_uid
     assert document["slices"][1]["overlay"] == "slice-0009-overlay.png"
+
+
+def test_predict_labels_reads_a_graph_that_gives_probabilities_as_one_that_gives_logits(manifest) -> None:
+    """Segmentation as logits (activation softmax) or probabilities (activation none): the same labels."""
+    hu = np.full((6, 64, 64), -850.0, np.float32)
+    hu[:, 10:30, 10:30], hu[:, 40:60, 30:50] = -550.0, 0.0
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        middle = batch[:, batch.shape[1] // 2]
+        return np.stack([np.zeros_like(middle), (0.1 - np.abs(middle - 0.53)) * 100, (middle - 0.75) * 60], axis=1)
+
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        raw = logits(batch)
+        exp = np.exp(raw - raw.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    as_probabilities = manifest.model_copy(update={"decoding": manifest.decoding.model_copy(
+        update={"activation": "none"})})
+    from_logits = predict_labels(hu, (0.8, 0.8, 2.5), manifest, logits)
+    from_probabilities = predict_labels(hu, (0.8, 0.8, 2.5), as_probabilities, probabilities)
+
+    assert set(np.unique(from_logits)) == {0, 1, 2}
+    np.testing.assert_array_equal(from_logits, from_probabilities)
+
+
+def test_uncertainty_map_is_written_on_the_source_grid(tmp_path) -> None:
+    """options.uncertainty: one flipped run more; the map shares the lesion NIfTI's grid (about 10 s)."""
+    import gzip
+    import io
+
+    import nibabel as nib
+    from PIL import Image
+
+    from app.config import Settings
+    from app.schemas.tasks import TaskName
+    from tests.utils.covid import covid_case
+    from tests.utils.ct import write_series
+    from workers.local import predict_files
+
+    case = covid_case(2, matrix=96, slice_spacing=5.0)
+    paths = write_series(tmp_path / "series", case.hu, case.grid)
+
+    job, artifacts = predict_files(Settings(data_dir=tmp_path / "data"), TaskName.COVID_LESION_SEGMENTATION, paths,
+                                   '{"uncertainty": true}', show_progress=False)
+
+    assert job.status == "succeeded", job.error
+    assert "uncertainty" in job.stage_seconds
+    summary = job.result["uncertainty"]
+    assert summary["augmentations"] == ["original", "flip-horizontal"]
+    lesions = nib.Nifti1Image.from_bytes(gzip.decompress(artifacts["lesions.nii.gz"]))
+    uncertain = nib.Nifti1Image.from_bytes(gzip.decompress(artifacts["uncertainty.nii.gz"]))
+    assert uncertain.shape == lesions.shape
+    assert np.allclose(uncertain.affine, lesions.affine)
+    shares = uncertain.get_fdata()
+    assert shares.min() >= 0.0 and shares.max() <= 1.0
+    voxel_ml = float(np.prod(job.result["spacing_mm"])) / 1000.0
+    assert abs(np.count_nonzero(shares) * voxel_ml - summary["uncertain_volume_ml"]) < 0.01
+    with Image.open(io.BytesIO(artifacts["uncertainty.png"])) as picture:
+        assert picture.size == (case.hu.shape[2], case.hu.shape[1])

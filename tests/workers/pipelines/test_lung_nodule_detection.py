@@ -206,3 +206,25 @@ def test_synthetic_phantom_lung_mask_and_nodules_are_consistent() -> None:
     assert scan.lung_mask.mean() > 0.1
     assert scan.hu[slice_index, row, column] > -300  # solid centre, or the ground glass of a part-solid one
     assert scan.hu[scan.lung_mask].mean() < -600
+
+
+def test_uncertainty_gives_each_finding_its_score_spread(tmp_path) -> None:
+    """options.uncertainty: one mirrored run more; every reported nodule gets its spread (a small scan, ~10 s)."""
+    from app.config import Settings
+    from app.schemas.tasks import TaskName
+    from tests.utils.ct import nodule_scan, write_series
+    from workers.local import predict_files
+
+    scan = nodule_scan(seed=7, matrix=128, z_extent_mm=60.0, diameters=(12.0, 18.0))
+    paths = write_series(tmp_path / "series", scan.hu, scan.grid)
+
+    job, _ = predict_files(Settings(data_dir=tmp_path / "data"), TaskName.LUNG_NODULE_DETECTION, paths,
+                           '{"uncertainty": true}', show_progress=False)
+
+    assert job.status == "succeeded", job.error
+    assert "uncertainty" in job.stage_seconds
+    nodules, spread = job.result["nodules"], job.result["uncertainty"]
+    assert nodules, "the scan's nodules are found"
+    assert [f["id"] for f in spread["findings"]] == [n["id"] for n in nodules]
+    assert all(0.0 <= f["score_spread"] <= 1.0 for f in spread["findings"])
+    assert spread["augmentations"] == ["original", "flip-horizontal"]

@@ -1,13 +1,17 @@
-"""Each task's evaluation (label reader, figures, plots), by task: one module per task, easy to move into
-the task's plug-in."""
+"""Each task's evaluation (label reader, figures, plots): one module per shipped task, named by the task's
+registration (`TaskPlugin.evaluation`, app/plugins), so a plug-in task brings its own."""
 
-from app.schemas.tasks import TaskName
+from __future__ import annotations
+
+from pkgutil import resolve_name
+
+from app.plugins import task_plugin
 from workers.evaluation.base import TaskEvaluation
-from workers.evaluation.tasks import covid_lesion_segmentation, dr_grading, lung_nodule_detection, thyroid_malignancy
 
-EVALUATIONS: dict[TaskName, TaskEvaluation] = {
-    TaskName.DR_GRADING: dr_grading.EVALUATION,
-    TaskName.LUNG_NODULE_DETECTION: lung_nodule_detection.EVALUATION,
-    TaskName.COVID_LESION_SEGMENTATION: covid_lesion_segmentation.EVALUATION,
-    TaskName.THYROID_MALIGNANCY: thyroid_malignancy.EVALUATION,
-}
+
+def evaluation_for(task: str) -> TaskEvaluation:
+    reference = task_plugin(task).evaluation
+    if reference is None:
+        raise ValueError(f"task {str(getattr(task, 'value', task))!r} registers no evaluation (TaskPlugin.evaluation), "
+                         "so `medimg eval` cannot score it")
+    return resolve_name(reference)

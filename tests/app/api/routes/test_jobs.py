@@ -6,6 +6,7 @@ import io
 import zipfile
 
 import httpx
+import numpy as np
 from PIL import Image
 import pytest
 
@@ -65,11 +66,29 @@ def test_create_job_dr_grading_succeeds(service: Service, encoding: str) -> None
     job = wait_job(service, response.json()["id"])
     assert_dr_result(job)
     assert job["result"]["grade"] >= 2, "a proliferative synthetic eye must at least be graded referable-range"
+    assert job["result"]["quality"]["gradable"] is True
     assert job["started_at"] and job["finished_at"]
     preview = get_artifact(service, job, "retina.jpg")
     assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
     with Image.open(io.BytesIO(preview.content)) as shown:  # the crop at the model's input size
         assert shown.format == "JPEG" and shown.size == (224, 224) and shown.mode == "RGB"
+
+
+@pytest.mark.parametrize("picture, reason", [("black", "no-field-of-view"), ("chest-xray", "not-a-fundus-photo")])
+def test_create_job_dr_grading_ungradable_photo_succeeds_with_reasons_and_no_grade(
+        embedded_service: Service, picture: str, reason: str) -> None:
+    from tests.utils.quality import chest_xray
+
+    pixels = np.zeros((600, 600, 3), np.uint8) if picture == "black" else chest_xray()
+
+    job = run_job(embedded_service, "dr-grading", [("photo.png", png_bytes(pixels))])
+
+    assert job["status"] == "succeeded", job
+    assert set(job["result"]) == {"task", "quality", "research_use_only"}  # no grade, no probability
+    quality = job["result"]["quality"]
+    assert quality["gradable"] is False and [r["code"] for r in quality["reasons"]] == [reason]
+    assert job["notes"][0].startswith(f"Not graded: the input failed the quality gate ({reason})")
+    assert job["artifacts"] == []
 
 
 def test_create_job_prefer_wait_answers_the_finished_job_in_one_round_trip(service: Service) -> None:

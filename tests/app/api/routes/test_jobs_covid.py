@@ -96,7 +96,7 @@ def test_create_job_covid_lists_slice_artifacts_by_index_and_sop_instance_uid(ce
     expected |= {f"slice-{i:04d}-{kind}.png" for i in affected for kind in ("mask", "overlay")}
     expected |= {f"slice-{i:04d}.png" for i in range(job["result"]["n_slices"])}  # display slices
     assert names == expected
-    assert set(job["stage_seconds"]) == {"load", "lungs", "infer", "decode", "outputs"}
+    assert set(job["stage_seconds"]) == {"load", "quality", "lungs", "infer", "decode", "outputs"}
 
     document = get_artifact(celery_service, job, "slices.json").json()
     uid_of_position = {}

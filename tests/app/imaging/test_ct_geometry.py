@@ -7,7 +7,7 @@ import pydicom
 import pytest
 
 from app.errors import UnsuitableInput
-from app.intake.ct_headers import check_volume_files
+from app.imaging.ct_geometry import check_volume_files
 from tests.utils.ct import ramp_volume, small_grid, synthetic_ct, write_series
 
 TASK = "task 'lung-nodule-detection'"

@@ -1,0 +1,95 @@
+"""`medimg models check`: every shipped model passes; each kind of mismatch is named exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from onnx import TensorProto, helper
+
+from app.cli import main
+from tests.utils.onnx_models import graph_model, linear_classifier, manifest_for, write_model_folder
+from tests.utils.reference_models import REPO_ROOT
+from workers.model_check import check_folder, check_folders
+
+
+def failed(folder: Path) -> dict[str, str]:
+    return {step.name: step.detail for step in check_folder(folder).steps if step.status == "failed"}
+
+
+def test_check_passes_every_shipped_model() -> None:
+    checks = check_folders([REPO_ROOT / "models"])
+    assert len(checks) == len(list((REPO_ROOT / "models").glob("*/*/manifest.json")))
+    for check in checks:
+        assert check.passed, check.render()
+        assert [s.status for s in check.steps] == ["ok"] * 5, check.render()
+
+
+def test_check_names_a_wrong_output_name(tmp_path: Path) -> None:
+    onnx_bytes = linear_classifier()
+    manifest = manifest_for("wrong-name", "dr-grading", onnx_bytes, outputs=[
+        {"name": "scores", "dtype": "float32", "layout": "NC", "shape": ["batch", 5]}])
+    problems = failed(write_model_folder(tmp_path, onnx_bytes, manifest))
+    assert problems == {"graph": "outputs[0] 'scores': no such output in the graph; the graph's outputs are "
+                                 "['logits']"}
+
+
+def test_check_names_a_wrong_rank(tmp_path: Path) -> None:
+    onnx_bytes = linear_classifier()
+    manifest = manifest_for("wrong-rank", "dr-grading", onnx_bytes, outputs=[
+        {"name": "logits", "dtype": "float32", "layout": "NCX", "shape": ["batch", 5, 1]}])
+    problems = failed(write_model_folder(tmp_path, onnx_bytes, manifest))
+    assert problems == {"graph": "outputs[0] 'logits': rank 3 (NCX, ['batch', 5, 1]) in the manifest, rank 2 "
+                                 "(['batch', 5]) in the graph"}
+
+
+def test_check_names_a_wrong_dtype_and_a_wrong_size(tmp_path: Path) -> None:
+    onnx_bytes = linear_classifier()
+    manifest = manifest_for("wrong-dtype", "dr-grading", onnx_bytes, inputs=[
+        {"name": "image", "dtype": "float16", "layout": "NCHW", "shape": ["batch", 1, 8, 16]}])
+    problems = failed(write_model_folder(tmp_path, onnx_bytes, manifest))
+    assert problems == {"graph": "inputs[0] 'image': dtype float16 in the manifest, tensor(float) in the graph\n"
+                                 "inputs[0] 'image': axis 3 (W) is 16 in the manifest, 8 in the graph"}
+
+
+def test_check_names_a_stale_sha256(tmp_path: Path) -> None:
+    onnx_bytes = linear_classifier()
+    manifest = manifest_for("stale", "dr-grading", onnx_bytes, sha256="0" * 64)
+    folder = write_model_folder(tmp_path, onnx_bytes, manifest)
+    check = check_folder(folder)
+    [step] = [s for s in check.steps if s.status == "failed"]
+    assert step.name == "sha256"
+    assert step.detail.startswith(f"sha256: the manifest says {'0' * 64}, model.onnx is {manifest_for('x', 'dr-grading', onnx_bytes)['sha256']}")
+
+
+def test_check_names_an_unsupported_opset(tmp_path: Path) -> None:
+    onnx_bytes = graph_model([helper.make_node("Identity", ["image"], ["logits"])],
+                             [("image", TensorProto.FLOAT, ["batch", 5])], [("logits", TensorProto.FLOAT, ["batch", 5])],
+                             opset=99)
+    manifest = manifest_for("future", "dr-grading", onnx_bytes, inputs=[
+        {"name": "image", "dtype": "float32", "layout": "NC", "shape": ["batch", 5]}])
+    check = check_folder(write_model_folder(tmp_path, onnx_bytes, manifest))
+    problems = {s.name: s.detail for s in check.steps if s.status == "failed"}
+    assert list(problems) == ["opset"]
+    assert problems["opset"].startswith("the graph imports ai.onnx opset 99; ONNX Runtime ")
+    assert "supports ai.onnx up to opset" in problems["opset"]
+    assert [s.status for s in check.steps if s.name in ("graph", "inference")] == ["skipped", "skipped"]
+
+
+def test_check_names_manifest_schema_errors(tmp_path: Path) -> None:
+    onnx_bytes = linear_classifier()
+    manifest = manifest_for("bad-schema", "no-such-task", onnx_bytes)
+    problems = failed(write_model_folder(tmp_path, onnx_bytes, manifest))
+    assert list(problems) == ["manifest"]
+    assert problems["manifest"].startswith("task: Input should be")
+    assert "(the manifest has \"no-such-task\")" in problems["manifest"]
+
+
+def test_cli_models_check_exits_non_zero_with_a_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    onnx_bytes = linear_classifier()
+    good = write_model_folder(tmp_path, onnx_bytes, manifest_for("good", "dr-grading", onnx_bytes))
+    bad = write_model_folder(tmp_path, onnx_bytes, manifest_for("bad", "dr-grading", onnx_bytes, sha256="f" * 64))
+    assert main(["models", "check", str(good)]) == 0
+    assert main(["models", "check", str(good), str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}: FAIL" in out and f"{good}: PASS" in out and " ms " in out
