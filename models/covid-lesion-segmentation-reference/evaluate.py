@@ -3,6 +3,7 @@
     .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py            # print the metrics
     .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py --write    # into manifest + CARD.md
     .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py --check    # reproduce them (exit 1 if not)
+    .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py --write-intervals  # add intervals only
     .venv/bin/python models/covid-lesion-segmentation-reference/evaluate.py --split validation --scans 32 \
         --version-dir runs/<name>/covid-lesion-segmentation-reference/1                # judge a candidate model
 
@@ -15,7 +16,9 @@ Metrics: Dice of ground-glass, of consolidation and of any lesion, pooled over a
 volume error |predicted - true| / true per scan (mean and max over scans with at least 5 ml of lesion, and
 how many of those are within 10 %), and its signed mean, the bias;
 involvement error |predicted % - true %| in points (mean and max over all scans; the truth's lung is the
-phantom's); lung mask Dice.
+phantom's); lung mask Dice. The Dice figures, the mean volume error and bias and the mean involvement error get
+95 % intervals by bootstrap over the scans (a pooled Dice resamples whole scans with their voxels), with the code
+`medimg eval` uses (workers/evaluation); `--check` reproduces the intervals as it reproduces the figures.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _path)
 
 from train import MODEL_ID, SPLIT_SEEDS, VERSION_DIR, make_case  # noqa: E402
+from workers.evaluation import card as model_card  # noqa: E402
 
 N_TEST_SCANS = 12
 N_VALIDATION_SCANS = 32  # for choosing among candidate models (CARD.md) and the threshold sweep
@@ -43,23 +47,24 @@ CARD_BEGIN, CARD_END = "<!-- metrics:begin -->", "<!-- metrics:end -->"
 
 
 def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2, version_dir: Path = VERSION_DIR,
-             split: str = "test") -> dict[str, float]:
+             split: str = "test", with_intervals: bool = False) -> dict:
+    """The card's figures; with `with_intervals`, also `"intervals"` (their 95 % intervals over the scans)."""
     from app.model_repository import load_model_version
     from workers.onnx import load_model
     from workers.pipelines.covid_lesion_segmentation import ArrayCase, onnx_runner, segment_arrays
 
     model = load_model(load_model_version(version_dir), threads=threads)
     manifest, run = model.manifest, onnx_runner(model)
-    inter = {1: 0, 2: 0, "any": 0, "lung": 0}
-    sums = {1: 0, 2: 0, "any": 0, "lung": 0}
+    inter = {1: [], 2: [], "any": [], "lung": []}  # per scan, so that intervals can resample scans
+    sums = {1: [], 2: [], "any": [], "lung": []}
     volume_errors, involvement_errors = [], []
     for index in range(n_scans):
         case = make_case(split, index)
         labels, lungs = segment_arrays(ArrayCase(case.hu, case.grid.affine, case.grid.spacing), manifest, run)
         for key, pred, true in ((1, labels == 1, case.labels == 1), (2, labels == 2, case.labels == 2),
                                 ("any", labels > 0, case.labels > 0), ("lung", lungs.both, case.lung_mask)):
-            inter[key] += int((pred & true).sum())
-            sums[key] += int(pred.sum() + true.sum())
+            inter[key].append(int((pred & true).sum()))
+            sums[key].append(int(pred.sum() + true.sum()))
         true_volume, pred_volume = int((case.labels > 0).sum()), int((labels > 0).sum())
         voxel_ml = float(np.prod(case.grid.spacing)) / 1000.0
         if true_volume * voxel_ml >= MIN_VOLUME_ML:
@@ -72,9 +77,9 @@ def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2, version_dir: Path = 
               file=sys.stderr, flush=True)
 
     def dice(key) -> float:
-        return round(2 * inter[key] / sums[key], 4) if sums[key] else 1.0
+        return round(2 * sum(inter[key]) / sum(sums[key]), 4) if sum(sums[key]) else 1.0
 
-    return {
+    metrics = {
         "dice_ggo": dice(1), "dice_consolidation": dice(2), "dice_lesion": dice("any"), "dice_lung": dice("lung"),
         "volume_error_mean": round(float(np.mean(np.abs(volume_errors))), 4) if volume_errors else 0.0,
         "volume_error_max": round(float(np.max(np.abs(volume_errors))), 4) if volume_errors else 0.0,
@@ -85,9 +90,31 @@ def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2, version_dir: Path = 
         "involvement_error_max_points": round(float(np.max(involvement_errors)), 3),
         "n_test_scans": float(n_scans),
     }
+    if with_intervals:
+        metrics["intervals"] = intervals(inter, sums, np.array(volume_errors), np.array(involvement_errors))
+    return metrics
 
 
-def card_table(metrics: dict[str, float]) -> str:
+def intervals(inter: dict, sums: dict, volume_errors: np.ndarray, involvement_errors: np.ndarray) -> dict:
+    """95 % intervals by bootstrap over the scans, with the code `medimg eval` uses (workers/evaluation)."""
+    from workers.evaluation.intervals import BootstrapSettings, mean_figure, pooled_ratio_figure
+
+    settings = BootstrapSettings()
+    figures = {f"dice_{name}": pooled_ratio_figure(inter[key], sums[key], settings, scale=2.0)
+               for name, key in (("ggo", 1), ("consolidation", 2), ("lesion", "any"), ("lung", "lung"))}
+    if len(volume_errors):
+        figures["volume_error_mean"] = mean_figure(np.abs(volume_errors), settings)
+        figures["volume_error_bias"] = mean_figure(volume_errors, settings)
+    figures["involvement_error_mean_points"] = mean_figure(involvement_errors, settings)
+    return {"figures": figures, "bootstrap": settings.as_json()}
+
+
+def interval_table(intervals: dict) -> str:
+    return model_card.interval_table(intervals["figures"], intervals["bootstrap"], "scans",
+                                     f"volume error over the scans with ≥ {MIN_VOLUME_ML:g} ml of lesion")
+
+
+def card_table(metrics: dict[str, float], intervals: dict) -> str:
     n = int(metrics["n_test_scans"])
     rows = [
         ("Dice, ground-glass opacity (pooled voxels)", metrics["dice_ggo"]),
@@ -105,28 +132,40 @@ def card_table(metrics: dict[str, float]) -> str:
     lines = [CARD_BEGIN, f"Held-out synthetic scans: {n} (test split, seeds {SPLIT_SEEDS['test']}+i), measured by "
              "`evaluate.py --write`.", "", "| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
-    lines.append(CARD_END)
+    lines += [interval_table(intervals) + CARD_END]
     return "\n".join(lines)
 
 
-def write(metrics: dict[str, float]) -> None:
+def write(metrics: dict[str, float], intervals: dict) -> None:
     manifest_path = VERSION_DIR / "manifest.json"
     document = json.loads(manifest_path.read_text())
-    document["metrics"] = metrics
+    document["metrics"] = {**metrics, **model_card.stored_metrics(intervals["figures"])}
     manifest_path.write_text(json.dumps(document, indent=2) + "\n")
     card_path = VERSION_DIR / "CARD.md"
     card = card_path.read_text() if card_path.exists() else f"# {MODEL_ID}\n\n{CARD_BEGIN}\n{CARD_END}\n"
     head, rest = card.split(CARD_BEGIN, 1)
     tail = rest.split(CARD_END, 1)[1]
-    card_path.write_text(head + card_table(metrics) + tail)
+    card_path.write_text(head + card_table(metrics, intervals) + tail)
 
 
-def check(metrics: dict[str, float]) -> list[str]:
-    """Differences between freshly measured metrics and the manifest's beyond the tolerances."""
+def write_intervals(metrics: dict[str, float], intervals: dict) -> list[str]:
+    """Only the intervals, into the manifest and beside the card's figures (refused if a figure moved)."""
+    return model_card.write_intervals(VERSION_DIR / "manifest.json", VERSION_DIR / "CARD.md", CARD_END, intervals,
+                                      metrics, {key: key for key in intervals["figures"]}, interval_table(intervals))
+
+
+def tolerance_of(key: str) -> float:
+    return next((t for prefix, t in TOLERANCE.items() if key.startswith(prefix)), 0.0)
+
+
+def check(metrics: dict[str, float], intervals: dict) -> list[str]:
+    """Differences between freshly measured metrics (and intervals) and the manifest's beyond the tolerances."""
     recorded = json.loads((VERSION_DIR / "manifest.json").read_text()).get("metrics", {})
     problems = []
+    for key, figure in intervals["figures"].items():
+        problems += model_card.drift(recorded, {key: figure}, tolerance_of(key))
     for key, value in metrics.items():
-        tolerance = next((t for prefix, t in TOLERANCE.items() if key.startswith(prefix)), 0.0)
+        tolerance = tolerance_of(key)
         if key not in recorded:
             problems.append(f"{key}: not in the manifest")
         elif abs(recorded[key] - value) > tolerance + 1e-9:
@@ -139,17 +178,23 @@ def main() -> int:
     parser.add_argument("--scans", type=int, default=N_TEST_SCANS)
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
+    model_card.add_write_intervals_option(parser)
     parser.add_argument("--split", default="test", choices=sorted(SPLIT_SEEDS), help="validation: for choosing a model")
     parser.add_argument("--version-dir", type=Path, default=VERSION_DIR, help="another version folder (experiments)")
     args = parser.parse_args()
-    if (args.write or args.check) and (args.split != "test" or args.version_dir != VERSION_DIR):
-        parser.error("--write and --check are for the served model's card: the test split of version 1")
-    metrics = evaluate(args.scans, version_dir=args.version_dir, split=args.split)
-    print(json.dumps(metrics, indent=2))
+    if (args.write or args.check or args.write_intervals) and (args.split != "test" or args.version_dir != VERSION_DIR):
+        parser.error("--write, --write-intervals and --check are for the served model's card: the test split of "
+                     "version 1")
+    metrics = evaluate(args.scans, version_dir=args.version_dir, split=args.split, with_intervals=True)
+    intervals = metrics.pop("intervals")
+    print(json.dumps({**metrics, "intervals": intervals}, indent=2))
     if args.write:
-        write(metrics)
+        write(metrics, intervals)
+    if args.write_intervals:
+        if model_card.refused(write_intervals(metrics, intervals)):
+            return 1
     if args.check:
-        problems = check(metrics)
+        problems = check(metrics, intervals)
         for problem in problems:
             print(problem, file=sys.stderr)
         return 1 if problems else 0

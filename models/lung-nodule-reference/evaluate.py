@@ -3,6 +3,7 @@
     .venv/bin/python models/lung-nodule-reference/evaluate.py           # print the metrics
     .venv/bin/python models/lung-nodule-reference/evaluate.py --write   # store them in manifest.json and CARD.md
     .venv/bin/python models/lung-nodule-reference/evaluate.py --check   # exit 1 if they drift from the manifest
+    .venv/bin/python models/lung-nodule-reference/evaluate.py --write-intervals  # add the intervals only
 
 Every test scan is a full synthetic acquisition (random pixel spacing 0.5–1.0 mm, slices 0.625–5 mm,
 orientation, noise; 256 x 256 matrix, so wide fields of view are targeted reconstructions over one lung),
@@ -13,6 +14,11 @@ and run through the pipeline's own preprocessing, sliding window and decoding wi
 FROC follows LUNA16: a candidate hits a nodule when its centre lies within the nodule's radius; further
 hits on an already-hit nodule are ignored; every other candidate is a false positive. Sensitivity is read
 at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan; the CPM is their mean.
+
+The CPM, the sensitivity at each rate and the operating point's sensitivity and false positives per scan get
+95 % intervals by bootstrap over the scans (a scan's nodules and candidates move together, as in LUNA16's own
+bootstrap), scored by `medimg eval`'s lung-nodule code (workers/evaluation); `--check` reproduces the intervals
+as it reproduces the figures, and `--write-intervals` refuses if that code's figure is not the card's.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import synthetic_ct as sc  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from app.schemas.options import LungNoduleDetectionOptions  # noqa: E402
+from workers.evaluation import card as model_card  # noqa: E402
 
 VERSION_DIR = HERE / "1"
 MANIFEST_PATH = VERSION_DIR / "manifest.json"
@@ -217,7 +224,8 @@ def load_manifest() -> ModelManifest:
     return ModelManifest.model_validate_json(MANIFEST_PATH.read_text())
 
 
-def evaluate(n: int | None = None, log=None) -> dict:
+def evaluate(n: int | None = None, log=None, with_intervals: bool = False) -> dict:
+    """The card's figures; with `with_intervals`, also `"intervals"` (their 95 % intervals over the scans)."""
     manifest = load_manifest()
     if file_sha256(MODEL_PATH) != manifest.sha256:
         raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}")
@@ -237,7 +245,35 @@ def evaluate(n: int | None = None, log=None) -> dict:
         "seconds_per_scan": float(np.mean([o.seconds for o in outcomes])),
         "wall_seconds": time.time() - started,
     }
+    if with_intervals:
+        results["intervals"] = intervals(outcomes, manifest)
     return results
+
+
+def intervals(outcomes: list[ScanOutcome], manifest: ModelManifest) -> dict:
+    """95 % intervals by bootstrap over the scans, scored by `medimg eval`'s own lung-nodule code (its LUNA16
+    matcher and CPM, workers/evaluation), under this card's metric names."""
+    from workers.evaluation.base import Case
+    from workers.evaluation.intervals import BootstrapSettings
+    from workers.evaluation.tasks.lung_nodule_detection import EVALUATION
+
+    settings = BootstrapSettings()
+    cases = [Case(case_id=str(i), files=(), truth={"nodules": [[*map(float, n.centre_mm), float(n.diameter_mm)]
+                                                                for n in o.nodules]})
+             for i, o in enumerate(outcomes)]
+    records = [{"candidates": [[*map(float, centre), float(score)] for score, centre, _ in o.findings]}
+               for o in outcomes]
+    scored = EVALUATION.score(cases, records, manifest, settings).metrics
+    point = manifest.operating_point().name
+    names = {"cpm": "cpm", **{f"sensitivity_at_{rate:g}_fp": f"sensitivity@{rate:g}fp" for rate in FP_RATES},
+             "operating_point_sensitivity": f"sensitivity@{point}",
+             "operating_point_fp_per_scan": f"fp_per_scan@{point}"}
+    return {"figures": {key: scored[name] for key, name in names.items()}, "bootstrap": settings.as_json()}
+
+
+def interval_table(results: dict) -> str:
+    return model_card.interval_table(results["intervals"]["figures"], results["intervals"]["bootstrap"], "scans",
+                                     "a scan's nodules and candidates resampled together")
 
 
 def metrics_for_manifest(results: dict) -> dict[str, float]:
@@ -275,14 +311,14 @@ def card_block(results: dict) -> str:
         "| Diameter | Found | Sensitivity |",
         "|---|---|---|",
         sizes,
-        CARD_END,
+        interval_table(results) + CARD_END,
     ])
 
 
 def write(results: dict) -> None:
     manifest = load_manifest()
     data = manifest.model_dump(mode="json")
-    data["metrics"] = metrics_for_manifest(results)
+    data["metrics"] = {**metrics_for_manifest(results), **model_card.stored_metrics(results["intervals"]["figures"])}
     for point in data["operating_points"]:
         if point["name"] == manifest.default_operating_point:
             point["sensitivity"] = round(results["operating_point"]["sensitivity"], 4)
@@ -300,30 +336,45 @@ def write(results: dict) -> None:
     CARD_PATH.write_text(pattern.sub(lambda _: card_block(results), card))
 
 
+def write_intervals(results: dict) -> list[str]:
+    """Only the intervals, into the manifest and beside the card's figures (refused if a figure moved)."""
+    figures = results["intervals"]["figures"]
+    return model_card.write_intervals(MANIFEST_PATH, CARD_PATH, CARD_END, results["intervals"],
+                                      metrics_for_manifest(results), {key: key for key in figures},
+                                      interval_table(results))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=None, help=f"test scans (default {N_TEST})")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
+    model_card.add_write_intervals_option(parser)
     args = parser.parse_args()
     started = time.time()
 
     def log(message: str) -> None:
         print(f"[{time.time() - started:6.0f}s] {message}", flush=True)
 
-    results = evaluate(args.n, log=log)
+    results = evaluate(args.n, log=log, with_intervals=True)
     printable = {k: v for k, v in results.items()}
     print(json.dumps(printable, indent=2, default=str))
     if args.write:
         write(results)
         print(f"wrote metrics to {MANIFEST_PATH} and {CARD_PATH}")
+    if args.write_intervals:
+        if model_card.refused(write_intervals(results)):
+            return 1
+        print(f"wrote the intervals to {MANIFEST_PATH} and {CARD_PATH}")
     if args.check:
         expected = load_manifest().metrics
         measured = metrics_for_manifest(results)
         drift = {k: (expected.get(k), v) for k, v in measured.items()
                  if k not in expected or abs(expected[k] - v) > CHECK_TOLERANCE}
-        if drift:
+        interval_problems = model_card.drift(expected, results["intervals"]["figures"], CHECK_TOLERANCE)
+        if drift or interval_problems:
             print(f"metrics drift from the manifest beyond {CHECK_TOLERANCE}: {drift}", file=sys.stderr)
+            print("\n".join(interval_problems), file=sys.stderr)
             return 1
         print("metrics match the manifest")
     return 0

@@ -34,6 +34,7 @@ import synthetic_us  # noqa: E402
 from app.model_repository import file_sha256, load_model_version  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from app.schemas.tirads import RiskBand, band_bounds_from_operating_points, band_for_probability  # noqa: E402
+from workers.evaluation import card as model_card  # noqa: E402
 
 VERSION_DIR = HERE / "1"
 MANIFEST_PATH = VERSION_DIR / "manifest.json"
@@ -169,13 +170,8 @@ def interval_table(results: dict) -> str:
     """The 95 % intervals under the figures (empty when evaluate() ran without them)."""
     if not results.get("intervals"):
         return ""
-    boot = results["intervals"]["bootstrap"]
-    rows = [f"| {key} | {f['value']:.4f} | {f['ci95'][0]:.4f} – {f['ci95'][1]:.4f} | {f['n']} |"
-            for key, f in results["intervals"]["figures"].items()]
-    return "\n".join([
-        "", f"95 % intervals, bootstrap over the frames ({boot['n_resamples']} resamples, seed {boot['seed']}; "
-        "sensitivity and specificity resample malignant and benign frames apart), with `medimg eval`'s code:", "",
-        "| metric | value | 95 % interval | n |", "|---|---|---|---|", *rows, ""])
+    return model_card.interval_table(results["intervals"]["figures"], results["intervals"]["bootstrap"], "frames",
+                                     "sensitivity and specificity resample malignant and benign frames apart")
 
 
 def check(results: dict, manifest: ModelManifest) -> list[str]:

@@ -3,10 +3,14 @@
     .venv/bin/python models/thyroid-nodule-segmentation-reference/evaluate.py           # print the metrics
     .venv/bin/python models/thyroid-nodule-segmentation-reference/evaluate.py --write   # into manifest.json and CARD.md
     .venv/bin/python models/thyroid-nodule-segmentation-reference/evaluate.py --check   # exit 1 on drift
+    .venv/bin/python models/thyroid-nodule-segmentation-reference/evaluate.py --write-intervals  # add intervals only
 
 Each test frame goes through the serving steps (`workers.pipelines.thyroid_malignancy.segment_nodule`:
 imaging-region detection on the screenshot, 96x96 input, probability map resized back to the region,
 threshold, most confident blob) and the mask is compared with the generator's at full resolution.
+
+The mean Dice gets its 95 % interval by bootstrap over the frames with the code `medimg eval` uses
+(workers/evaluation); `--check` reproduces the interval as it reproduces the figures.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ for _path in (str(REPO_ROOT), str(GENERATOR_DIR)):
 import synthetic_us  # noqa: E402
 from app.model_repository import load_model_version  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
+from workers.evaluation import card as model_card  # noqa: E402
 
 VERSION_DIR = HERE / "1"
 MANIFEST_PATH = VERSION_DIR / "manifest.json"
@@ -41,7 +46,7 @@ CARD_BEGIN = "<!-- metrics:begin (written by evaluate.py --write) -->"
 CARD_END = "<!-- metrics:end -->"
 
 
-def evaluate(n_images: int = N_TEST) -> dict:
+def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
     from app.errors import BadInputError
     from workers.imaging.ultrasound import Spacing, find_imaging_region, max_diameter_px, to_grey
     from workers.onnx import load_model
@@ -62,7 +67,7 @@ def evaluate(n_images: int = N_TEST) -> dict:
         if mask.any():
             measured = max_diameter_px(mask, (item.pixel_spacing_mm,) * 2)
             errors.append(abs(measured / item.max_diameter_mm - 1))
-    return {
+    results = {
         "n_images": n_images,
         "dice_mean": float(np.mean(dice)),
         "dice_median": float(np.median(dice)),
@@ -72,16 +77,32 @@ def evaluate(n_images: int = N_TEST) -> dict:
         "diameter_within_10pct": float(np.mean(np.array(errors) <= 0.10)),
         "sha256": segmenter.manifest.sha256,
     }
+    if with_intervals:
+        results["intervals"] = intervals(np.array(dice))
+    return results
+
+
+def intervals(dice: np.ndarray) -> dict:
+    """The mean Dice's 95 % interval by bootstrap over the frames (workers/evaluation, as `medimg eval`)."""
+    from workers.evaluation.intervals import BootstrapSettings, mean_figure
+
+    settings = BootstrapSettings()
+    return {"figures": {"dice_mean": mean_figure(dice, settings)}, "bootstrap": settings.as_json()}
+
+
+def interval_table(results: dict) -> str:
+    return model_card.interval_table(results["intervals"]["figures"], results["intervals"]["bootstrap"], "frames")
 
 
 def write(results: dict) -> None:
     raw = json.loads(MANIFEST_PATH.read_text())
-    raw["metrics"] = {k: round(results[k], 4) for k in METRIC_KEYS}
+    raw["metrics"] = {**{k: round(results[k], 4) for k in METRIC_KEYS},
+                      **model_card.stored_metrics(results["intervals"]["figures"])}
     ModelManifest.model_validate(raw)
     MANIFEST_PATH.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
     table = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {results[k]:.4f} |" for k in METRIC_KEYS]
                       + [f"| n_images | {results['n_images']} |"])
-    block = f"{CARD_BEGIN}\n{table}\n{CARD_END}"
+    block = f"{CARD_BEGIN}\n{table}\n{interval_table(results)}{CARD_END}"
     card = CARD_PATH.read_text()
     CARD_PATH.write_text(re.sub(re.escape(CARD_BEGIN) + ".*?" + re.escape(CARD_END), lambda _: block, card,
                                 flags=re.S))
@@ -93,19 +114,29 @@ def check(results: dict, manifest: ModelManifest) -> list[str]:
         stored = manifest.metrics.get(key)
         if stored is None or abs(stored - results[key]) > CHECK_TOLERANCE:
             drift.append(f"{key}: manifest {stored}, measured {results[key]:.4f}")
-    return drift
+    return drift + model_card.drift(manifest.metrics, results["intervals"]["figures"], CHECK_TOLERANCE)
+
+
+def write_intervals(results: dict) -> list[str]:
+    """Only the intervals, into the manifest and beside the card's figures (refused if a figure moved)."""
+    return model_card.write_intervals(MANIFEST_PATH, CARD_PATH, CARD_END, results["intervals"], results,
+                                      {"dice_mean": "dice_mean"}, interval_table(results))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
+    model_card.add_write_intervals_option(parser)
     parser.add_argument("-n", type=int, default=N_TEST)
     args = parser.parse_args()
-    results = evaluate(args.n)
+    results = evaluate(args.n, with_intervals=True)
     print(json.dumps(results, indent=2))
     if args.write:
         write(results)
+    if args.write_intervals:
+        if model_card.refused(write_intervals(results)):
+            sys.exit(1)
     if args.check:
         drift = check(results, ModelManifest.model_validate_json(MANIFEST_PATH.read_text()))
         if drift:

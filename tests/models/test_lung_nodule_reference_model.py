@@ -148,3 +148,28 @@ def test_metrics_on_a_few_held_out_scans_agree_with_the_card(manifest: ModelMani
     assert results["n_scans"] == 4 and results["n_nodules"] > 0
     assert results["operating_point"]["sensitivity_6mm_plus"] >= 0.8
     assert results["cpm"] >= manifest.metrics["cpm"] - 0.2
+
+
+def test_card_intervals_come_from_medimg_evals_froc_and_hold_the_cards_cpm(manifest: ModelManifest) -> None:
+    """Scored candidates (no model run): the interval code's CPM is the card's FROC's, inside its interval; the
+    manifest stores the card's CPM interval."""
+    evaluate = load_reference_module(MODEL_ID, "evaluate")
+    sc = synthetic_ct()
+    rng = np.random.default_rng(5)
+    outcomes = []
+    for _ in range(12):
+        nodules = [sc.Nodule(tuple(rng.uniform(-50, 50, 3)), float(rng.uniform(4, 20)), "solid", 0.0)
+                   for _ in range(int(rng.integers(1, 4)))]
+        # Hits outscore false positives: the card's FROC (steps) and LUNA16's (interpolated) then agree.
+        hits = [(float(rng.uniform(0.5, 1)), np.asarray(n.centre_mm) + 0.5, n.diameter_mm) for n in nodules
+                if rng.uniform() < 0.8]
+        misses = [(float(rng.uniform(0, 0.5)), rng.uniform(100, 200, 3), 5.0) for _ in range(int(rng.integers(0, 4)))]
+        outcomes.append(evaluate.ScanOutcome(nodules, hits + misses, "", 0.0))
+    figures = evaluate.intervals(outcomes, manifest)["figures"]
+    cpm = figures["cpm"]
+    assert cpm["value"] == pytest.approx(evaluate.froc(outcomes)["cpm"], abs=1e-6) and cpm["n"] == 12
+    assert cpm["ci95"][0] <= cpm["value"] <= cpm["ci95"][1]
+    stored = manifest.metrics
+    assert stored["cpm_ci95_low"] <= stored["cpm"] <= stored["cpm_ci95_high"] and stored["cpm_ci95_n"] == 30
+    assert f"| cpm | {stored['cpm']:.4f} | {stored['cpm_ci95_low']:.4f} – {stored['cpm_ci95_high']:.4f} | 30 |" in (
+        VERSION_DIR / "CARD.md").read_text()

@@ -84,5 +84,19 @@ def mean_figure(values: np.ndarray, settings: BootstrapSettings) -> dict:
                             [np.arange(len(values))], settings)
 
 
+def pooled_ratio_figure(numerators: np.ndarray, denominators: np.ndarray, settings: BootstrapSettings,
+                        scale: float = 1.0) -> dict:
+    """`scale * sum(numerators) / sum(denominators)` over the cases drawn, each case one (numerator,
+    denominator) pair: a Dice pooled over all voxels (2·overlap, sizes) with its interval over cases."""
+    numerators = np.asarray(numerators, dtype=np.float64)
+    denominators = np.asarray(denominators, dtype=np.float64)
+
+    def ratio(idx):
+        total = denominators[idx].sum()
+        return float(scale * numerators[idx].sum() / total) if total else np.nan
+
+    return bootstrap_figure(ratio, [np.arange(len(numerators))], settings)
+
+
 def _round(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 6)
