@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,33 @@ class Process:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
         self.process = None
+
+
+class RestartPolicy:
+    """What compose's `restart: unless-stopped` (and a Kubernetes Deployment) does for a worker container:
+    start a worker again when its process exits on its own. Celery 5.x workers on a Redis broker can exit
+    with "Unrecoverable error" when the broker restarts under them (a known Celery/kombu fault on reconnect);
+    production relies on the orchestrator for that, so the fault tests do too, and count the restarts."""
+
+    def __init__(self, workers: list[Process], interval: float = 0.5) -> None:
+        self.workers, self.interval, self.restarts = workers, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="restart-policy", daemon=True)
+
+    def __enter__(self) -> RestartPolicy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            for worker in self.workers:
+                if worker.process is not None and worker.process.poll() is not None:
+                    self.restarts += 1
+                    worker.start()
 
 
 def service_env(data_dir: Path, redis_url: str | None = None, **extra: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from app.schemas.tasks import TaskName
 from app.storage.jobs import RedisJobStore
 from tests.utils.api import submit_job, wait_job
 from tests.utils.fundus import big_png, jpeg_bytes, make_fundus, png_bytes
-from tests.utils.services import RedisServer, Service, service_env
+from tests.utils.services import RedisServer, RestartPolicy, Service, service_env
 
 JOBS_IN_FLIGHT = 50
 FAST_LIMITS = {  # redelivery after a lost worker waits out the visibility timeout (2 x hard limit)
@@ -176,10 +176,12 @@ def test_redis_restart_mid_run_loses_no_job(stack) -> None:
     ids = _queue_then_start_worker(service, server)
 
     assert _finished(server, ids) < JOBS_IN_FLIGHT, "the restart must land while jobs are still in flight"
-    server.stop()  # persistence is on (appendonly, fsync always), as in the compose file
-    assert server.process is None
-    server.start()
-    _assert_all_done_once(service, ids)
+    with RestartPolicy(service.workers) as orchestrator:
+        server.stop()  # persistence is on (appendonly, fsync always), as in the compose file
+        assert server.process is None
+        server.start()
+        _assert_all_done_once(service, ids)
+    print(f"worker processes restarted by the restart policy: {orchestrator.restarts}")
     _assert_counts_drained(server)
     # The gateway went on answering through the restart and still does.
     assert submit_job(service, "dr-grading", [("a.png", png_bytes(make_fundus(1).rgb))]).status_code == 202
