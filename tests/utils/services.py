@@ -138,7 +138,8 @@ class RestartPolicy:
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             for worker in self.workers:
-                if worker.process is not None and worker.process.poll() is not None:
+                # An exit of its own (a positive code), not a kill the test made (a negative one: the signal).
+                if worker.process is not None and (worker.process.poll() or 0) > 0:
                     self.restarts += 1
                     worker.start()
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.utils.api import submit_job
 from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.services import RedisServer, Service, service_env
+from tests.utils.services import RedisServer, RestartPolicy, Service, service_env
 from tests.workers.test_faults import FAST_LIMITS, _assert_all_done_once, _assert_counts_drained
 
 pytestmark = pytest.mark.skipif(not os.environ.get("MEDIMG_SOAK"), reason="`make soak` runs this (minutes long)")
@@ -54,22 +54,24 @@ def test_soak_kills_and_broker_outage_every_job_succeeds_once(broker: str, tmp_p
         for _ in range(3):
             service.start_worker(queues="dr-grading", concurrency=2)
         service.start_gateway()
-        ids, kills = [], 0
-        for batch in range(BATCHES):
-            ids += [_submit(service, photos[i % len(photos)]) for i in range(BATCH_SIZE)]
-            victim = rng.choice([w for w in service.workers if w.process is not None])
-            victim.stop(signal.SIGKILL)  # the whole process group, as a container kill
-            kills += 1
-            service.start_worker(queues="dr-grading", concurrency=2)
-            if batch == OUTAGE_AFTER_BATCH:
-                if vhost is None:
-                    server.stop()  # the broker and the job store at once; persistence on (appendonly)
-                    server.start()
-                else:
-                    vhost.close_connections()  # every client connection of this run's vhost drops
-        _assert_all_done_once(service, ids)
-        _assert_counts_drained(server)
-        print(f"{broker}: {len(ids)} jobs, {kills} whole-worker kills and a broker outage: all succeeded once")
+        with RestartPolicy(service.workers) as orchestrator:
+            ids, kills = [], 0
+            for batch in range(BATCHES):
+                ids += [_submit(service, photos[i % len(photos)]) for i in range(BATCH_SIZE)]
+                victim = rng.choice([w for w in service.workers if w.process is not None])
+                victim.stop(signal.SIGKILL)  # the whole process group, as a container kill
+                kills += 1
+                service.start_worker(queues="dr-grading", concurrency=2)
+                if batch == OUTAGE_AFTER_BATCH:
+                    if vhost is None:
+                        server.stop()  # the broker and the job store at once; persistence on (appendonly)
+                        server.start()
+                    else:
+                        vhost.close_connections()  # every client connection of this run's vhost drops
+            _assert_all_done_once(service, ids)
+            _assert_counts_drained(server)
+        print(f"{broker}: {len(ids)} jobs, {kills} whole-worker kills and a broker outage: all succeeded once; "
+              f"{orchestrator.restarts} worker exits restarted by the restart policy")
     finally:
         service.stop()
         server.stop()
