@@ -30,6 +30,28 @@ def ct_files(tmp_path_factory) -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
+def long_ct_files(tmp_path_factory) -> list[tuple[str, bytes]]:
+    """A chest CT of 32 slices of 256 x 256: about two seconds of work on a quiet core, so that six of them
+    queued behind a lane of one thread keep it busy for longer than any photo takes, however fast the machine."""
+    scan = nodule_scan(seed=3, matrix=256, z_extent_mm=80.0, diameters=(9.0,))
+    paths = synthetic_ct().write_ct_series(scan.hu, scan.grid, tmp_path_factory.mktemp("long-ct"))
+    return [(f"{index}.dcm", path.read_bytes()) for index, path in enumerate(paths)]
+
+
+@pytest.fixture(scope="module")
+def two_thread_service(tmp_path_factory) -> Iterator[Service]:
+    """The embedded pool with 2 threads and the default lanes: the CT lane may hold all threads but one (here one),
+    so CT work saturates what CT may use while the other lanes keep a thread."""
+    data_dir = tmp_path_factory.mktemp("two-threads")
+    service = Service(data_dir, service_env(data_dir, MEDIMG_EMBEDDED_WORKERS="2"))
+    service.start_gateway()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
 def rabbitmq_service(tmp_path_factory, redis_server) -> Iterator[Service]:
     """Celery mode with RabbitMQ as the broker (a vhost of its own), job state in Redis, one CT worker process."""
     if not RabbitVhost.available():
@@ -79,10 +101,10 @@ def delete(service: Service, jobs: list[dict]) -> None:
         httpx.delete(f"{service.url}/v1/jobs/{job['id']}", timeout=TIMEOUT)
 
 
-def test_create_job_embedded_photo_and_stat_pass_ct_backlog(embedded_service: Service, ct_files) -> None:
-    service = embedded_service
-    routine = [submitted(service, ct_files) for _ in range(5)]  # three run (the CT lane's cap), two wait
-    stat = submitted(service, ct_files, priority="stat")
+def test_create_job_embedded_photo_and_stat_pass_ct_backlog(two_thread_service: Service, long_ct_files) -> None:
+    service = two_thread_service
+    routine = [submitted(service, long_ct_files) for _ in range(5)]  # one runs (the CT lane's cap), four wait
+    stat = submitted(service, long_ct_files, priority="stat")
     try:
         assert stat["priority"] == "stat" and routine[0]["priority"] == "routine"
         assert stat["queue"] == {"lane": "ct", "position": 1, "exact": True}
@@ -100,8 +122,12 @@ def test_create_job_embedded_photo_and_stat_pass_ct_backlog(embedded_service: Se
                  if job["started_at"] is None or when(job, "started_at") > when(photo, "finished_at")]
         assert later, "the photo should have finished while CT jobs were still waiting"
 
+        # STAT starts next: before every routine job that had not started when the STAT job was queued.
         stat = wait_started(service, stat["id"])
-        assert_started_before(service, stat, routine[3:])
+        overtaken = [job for job in (read(service, r["id"]) for r in routine)
+                     if job["started_at"] is None or when(job, "started_at") > when(stat, "created_at")]
+        assert overtaken, "routine CT jobs should still have been waiting when the STAT job came"
+        assert_started_before(service, stat, overtaken)
         metrics = httpx.get(f"{service.url}/metrics", timeout=TIMEOUT).text
         assert 'medimg_job_queue_wait_seconds_count{priority="stat",task="lung-nodule-detection"}' in metrics
         assert 'medimg_lane_running_jobs{lane="ct"}' in metrics
@@ -111,20 +137,27 @@ def test_create_job_embedded_photo_and_stat_pass_ct_backlog(embedded_service: Se
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_create_job_celery_stat_starts_next(request, broker: str, ct_files) -> None:
-    """One worker process (prefetch 1, late acks) busy on a CT job; five routine ones and a STAT one wait."""
+    """One worker process (prefetch 1, late acks); five routine CT jobs and then a STAT one queued before it fetches."""
     service = request.getfixturevalue("celery_service" if broker == "redis" else "rabbitmq_service")
-    running = submitted(service, ct_files)
-    waiting = []
+    # The worker is stopped while the jobs are queued, so how fast a CT job runs on this machine cannot reorder
+    # them; then it comes back, and its first fetch must be the STAT message.
+    paused = [worker for worker in service.workers if worker.process is not None]
+    for worker in paused:
+        worker.stop()
+    waiting, stat = [], None
     try:
-        wait_started(service, running["id"])
-        waiting = [submitted(service, ct_files) for _ in range(4)]
+        waiting = [submitted(service, ct_files) for _ in range(5)]
         stat = submitted(service, ct_files, priority="stat")
-        waiting.append(stat)
         assert stat["queue"] == {"lane": CT_TASK, "position": 1, "exact": False}
-        assert read(service, waiting[3]["id"])["queue"]["position"] == 5  # behind three routine and the STAT
+        assert read(service, waiting[4]["id"])["queue"]["position"] == 6  # behind four routine and the STAT
+        for worker in paused:
+            worker.start()
 
         stat = wait_job(service, stat["id"], timeout=120)
         assert stat["status"] == "succeeded", stat
-        assert_started_before(service, stat, waiting[:4])
+        assert_started_before(service, stat, waiting)
     finally:
-        delete(service, [running, *waiting])
+        for worker in paused:
+            if worker.process is None:
+                worker.start()
+        delete(service, [*waiting, *([stat] if stat else [])])
