@@ -167,17 +167,18 @@ class RedisJobIndex:
         Scores are integer microseconds and Redis orders equal scores by member, as the listing orders by id:
         the members tied with `position` are read first, then a batch strictly below its time.
         """
-        top = query.before_us - 1 if query.before_us is not None else None
-        bottom = query.after_us + 1 if query.after_us is not None else "-inf"
+        before, after = query.before_us, query.after_us
+        # Redis's "(" bounds are exclusive like the query's, whatever the score's precision.
+        top = "+inf" if before is None else f"({before}"
+        bottom = "-inf" if after is None else f"({after}"
         ids: list[tuple[str, int]] = []
-        if position is not None and (top is None or position.created_us <= top):
+        if position is not None and (before is None or position.created_us < before):
             at = position.created_us
-            if query.after_us is None or at > query.after_us:
+            if after is None or at > after:
                 ties = self._redis.zrevrangebyscore(key, at, at)
                 ids = [(m.decode(), at) for m in ties if m.decode() < position.job_id]
             top = f"({at}"
-        batch = self._redis.zrevrangebyscore(key, "+inf" if top is None else top, bottom, start=0,
-                                             num=self.SCAN_BATCH, withscores=True)
+        batch = self._redis.zrevrangebyscore(key, top, bottom, start=0, num=self.SCAN_BATCH, withscores=True)
         return ids + [(m.decode(), int(s)) for m, s in batch]
 
     def _matching(self, key: str, batch: list[tuple[str, int]], query: JobQuery) -> list[Job]:
