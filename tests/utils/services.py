@@ -146,7 +146,10 @@ class RestartPolicy:
 
 def service_env(data_dir: Path, redis_url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIMG_")}
-    env.update({"MEDIMG_DATA_DIR": str(data_dir), "MEDIMG_WORKER_HEARTBEAT_SECONDS": "1", "PYTHONUNBUFFERED": "1"})
+    env.update({"MEDIMG_DATA_DIR": str(data_dir), "MEDIMG_WORKER_HEARTBEAT_SECONDS": "1", "PYTHONUNBUFFERED": "1",
+                # The session's shared services take thousands of requests from many tests: at the default
+                # 600 a minute a fast machine met 429s mid-test. The limits have tests of their own, which set them.
+                "MEDIMG_RATE_LIMIT_PER_MINUTE": "100000", "MEDIMG_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE": "100000"})
     if redis_url:
         env["MEDIMG_REDIS_URL"] = redis_url
     env.update(extra)
