@@ -55,8 +55,10 @@ def inflate_if_deflated(path: Path, budget: int, label: str) -> int:
                         if inflated > budget:
                             raise BudgetExceeded(inflated)
                         sink.write(data)
-                        if not inflater.unconsumed_tail:
-                            break
+                        if inflater.eof:
+                            break  # bytes after the stream's end (padding) stay in unconsumed_tail: never inflated
+                        if not inflater.unconsumed_tail and len(data) < CHUNK:
+                            break  # all input used and no output held back (a full step may hold more)
                         data = inflater.decompress(inflater.unconsumed_tail, CHUNK)
                     if inflater.eof:
                         break

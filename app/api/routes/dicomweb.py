@@ -24,8 +24,10 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import BlobStoreDep, ExportPolicyDep, IntakeDep, JobStoreDep, Reader, SettingsDep, Submitter
 from app.export.policy import parse_export_to
+from app.intake.deflated import BudgetExceeded, inflate_if_deflated
+from app.intake.dicom_headers import DEFER_BYTES
 from app.intake.routing import route
-from app.errors import MedimgError, PayloadTooLarge, RateLimited, UnsupportedMediaType
+from app.errors import MedimgError, PayloadTooLarge, RateLimited, UnsuitableInput, UnsupportedMediaType
 from app.schemas.jobs import JobPriority, JobStatus
 from app.schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from app.security.headers import PATIENT_DATA_HEADERS
@@ -136,11 +138,27 @@ def _store(body: Path, boundary: str, work: Path, task: TaskName | None, priorit
     parts = _split_parts(body, boundary, work, intake.settings.max_upload_files)
     referenced, failed, job_ids = [], [], []
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
-    for path in parts:
+    max_bytes = intake.settings.max_upload_bytes
+    # What the parts hold, then what inflating deflated ones adds: the same budget as an upload's.
+    used = sum(path.stat().st_size for path in parts)
+    for index, path in enumerate(parts):
+        try:
+            # pydicom would inflate a deflated data set whole in memory, even with stop_before_pixels: it is
+            # inflated here first, streamed to disk under the upload limit (as intake does for uploads).
+            used += inflate_if_deflated(path, max_bytes - used, f"part #{index + 1}")
+        except BudgetExceeded as exc:
+            raise PayloadTooLarge(
+                f"part #{index + 1} is a deflated data set that inflates past {max_bytes} bytes with the rest of "
+                "the request (MEDIMG_MAX_UPLOAD_BYTES, which counts inflated bytes too); send it uncompressed, "
+                f"or fewer instances per request (inflated {exc.inflated} bytes before stopping)") from None
+        except UnsuitableInput:  # a corrupt or truncated deflate stream
+            failed.append(({}, CANNOT_UNDERSTAND))
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                header = pydicom.dcmread(path, stop_before_pixels=True)
+                # Large values stay on disk: a header costs kilobytes, whatever the part holds.
+                header = pydicom.dcmread(path, stop_before_pixels=True, defer_size=DEFER_BYTES)
             if not all(k in header for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
                 raise ValueError("not a storable instance")
         except Exception:  # not DICOM, or no identity: the standard's "cannot understand"

@@ -138,6 +138,40 @@ def test_deflated_dicom_bomb_inflation_bounded(guarded_service: Service) -> None
     assert _left_behind(guarded_service) == []
 
 
+def _stow(service: Service, instances: list[bytes], **params: str) -> httpx.Response:
+    boundary = "hostile-boundary"
+    body = b"".join(b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), i)
+                    for i in instances) + b"--%s--\r\n" % boundary.encode()
+    return httpx.post(f"{service.url}/dicomweb/studies", params=params, content=body, timeout=60,
+                      headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+
+
+def test_deflated_dicom_bomb_over_stow_bounded(guarded_service: Service) -> None:
+    bomb = _deflated_dicom(200 << 20)
+    with _cost(guarded_service) as cost:
+        response = _stow(guarded_service, [bomb], task="dr-grading")
+    assert response.status_code == 413, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "MEDIMG_MAX_UPLOAD_BYTES" in response.json()["detail"]
+    # Before: pydicom's header read inflated the whole 200 MB data set in memory, stop_before_pixels or not.
+    assert cost.rss_growth_mb < 64, cost
+    assert cost.peak_disk_bytes < LIMIT + 4 * len(bomb), cost  # the body, its part, the inflation cut at the limit
+    assert cost.seconds < 10, cost
+
+
+def test_deflated_dicom_over_stow_inflated_and_graded(guarded_service: Service) -> None:
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_fundus_bytes(make_fundus(4).rgb)))
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    response = _stow(guarded_service, [buffer.getvalue()], task="dr-grading")
+    assert response.status_code == 200, response.text
+    assert wait_job(guarded_service, response.headers["x-medimg-job-ids"])["status"] == "succeeded"
+
+
 def test_deflated_dicom_accepted_and_graded(guarded_service: Service) -> None:
     import pydicom
     from pydicom.uid import DeflatedExplicitVRLittleEndian
