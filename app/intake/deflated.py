@@ -24,8 +24,8 @@ CHUNK = 1 << 20
 def inflate_if_deflated(path: Path, budget: int, label: str) -> int:
     """Rewrites a deflated file in place as Explicit VR Little Endian; returns the bytes it inflated.
 
-    Raises `budget_exceeded` (a PayloadTooLarge, from the caller) when the inflated data set would exceed
-    `budget` bytes; the caller passes what is left of the upload limit."""
+    Raises `BudgetExceeded` when the inflated data set would exceed `budget` bytes (the caller passes what is
+    left of the upload limit and answers PayloadTooLarge), `UnsuitableInput` for a corrupt stream."""
     with path.open("rb") as source:
         try:
             preamble = read_preamble(source, force=True)

@@ -20,7 +20,7 @@ def epoch() -> datetime:
     """A moment no other test's jobs share (the Redis store is shared), so admin listings can be bounded to it.
 
     Kept before 2255, when microseconds since 1970 outgrow the exact integers of a double (Redis's scores):
-    a wider draw failed one CI run in about fifteen.
+    the old draw, to 2274, failed about one run in fourteen.
     """
     return datetime(2001, 1, 1, tzinfo=UTC) + timedelta(days=uuid.uuid4().int % 50_000)
 
