@@ -27,14 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, evt
 
 from app.config import DimsePeer, Settings
 from app.errors import MedimgError
+from app.export.policy import ExportPolicy
 from app.intake.routing import route, rule_keywords
 from app.intake.service import Intake
 from app.schemas.jobs import JobPriority
 from app.schemas.tasks import TaskName
+from app.security.keys import Principal, load_keys
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ CANNOT_UNDERSTAND = 0xC000
 
 # A-ASSOCIATE-RJ: rejected (permanent), by the service user, calling AE title not recognised (PS3.8 9.3.4)
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
+# pynetdicom inflates a deflated data set whole in memory before any handler sees it, with no bound: a few
+# kilobytes on the wire could become gigabytes. Peers fall back to another syntax for that context.
+ACCEPTED_TRANSFER_SYNTAXES = [uid for uid in ALL_TRANSFER_SYNTAXES if uid != DeflatedExplicitVRLittleEndian]
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,10 @@ class SeriesCollector:
         self.root = settings.data_dir / "dimse"
         self.root.mkdir(parents=True, exist_ok=True)
         self.peers = KnownPeers(settings.dimse_peers)
+        # A peer's jobs belong to a caller named like an API key; that key's defaults apply as over HTTP.
+        keys = load_keys(settings)
+        self.key_priorities = {key.name: JobPriority(key.priority) for key in keys}
+        self.export_policy = ExportPolicy(settings, keys)
         self._series: dict[tuple[str, str], PendingSeries] = {}
         self._lock = threading.Lock()
 
@@ -138,7 +148,10 @@ class SeriesCollector:
         try:
             routing = route(pending.header, self.settings.routing_rules, pending.calling_ae)
             task = self.task or routing.task
-            export_to = list(routing.export_to) if routing.task == task else []  # the routing rule's destinations
+            routed = list(routing.export_to) if routing.task == task else []  # the routing rule's destinations
+            owner = Principal(pending.caller, frozenset(), authenticated=True)
+            export_to = self.export_policy.destinations(owner, [], routed)  # and the peer's key's export_to
+            priority = routing.priority or self.key_priorities.get(pending.caller, JobPriority.ROUTINE)
             if task is None:
                 log.warning("a received series matched no routing rule (MEDIMG_ROUTING_RULES); it was discarded")
                 return
@@ -146,7 +159,7 @@ class SeriesCollector:
             streams = [path.open("rb") for path in files]
             try:
                 job, _ = self.intake.accept(task, streams, None, caller=pending.caller,
-                                            priority=routing.priority or JobPriority.ROUTINE,
+                                            priority=priority,
                                             export_to=export_to)
             finally:
                 for stream in streams:
@@ -170,7 +183,7 @@ def make_listener_ae(collector: SeriesCollector, ae_title: str) -> tuple[AE, lis
     # A peer that goes silent (no A-ASSOCIATE-RQ, no close after our A-ASSOCIATE-RJ) holds a thread this long.
     ae.acse_timeout = ACSE_TIMEOUT_SECONDS
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
     handlers = [(evt.EVT_REQUESTED, collector.peers.check_association), (evt.EVT_C_STORE, collector.handle_store)]
     return ae, handlers
 
