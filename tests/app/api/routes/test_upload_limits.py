@@ -1,4 +1,5 @@
-"""Uploads over MEDIMG_MAX_UPLOAD_BYTES get 413, declared or streamed, and leave nothing behind."""
+"""Uploads over MEDIMG_MAX_UPLOAD_BYTES get 413, declared or streamed; deeply nested options and an empty file
+part get a problem; none of them leaves anything behind."""
 
 from __future__ import annotations
 
@@ -62,3 +63,25 @@ def test_create_job_under_limit_accepted(small_limit_service: Service) -> None:
     response = httpx.post(f"{small_limit_service.url}/v1/jobs", data={"task": "dr-grading"},
                           files=[("files", ("a.png", data))])
     assert response.status_code == 202, response.text
+
+
+def test_deeply_nested_options_under_the_size_cap_are_a_422(small_limit_service: Service) -> None:
+    # 3,000 levels fit well under the 16 kB options cap; a recursive reader would raise RecursionError (a 500).
+    options = "[" * 3000 + "]" * 3000
+    before = _leftovers(small_limit_service)
+    response = httpx.post(f"{small_limit_service.url}/v1/jobs", data={"task": "dr-grading", "options": options},
+                          files=[("files", ("eye.png", png_bytes(make_fundus(seed=2, size=200).rgb), "image/png"))], timeout=60)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "options" in response.json()["detail"]
+    assert _leftovers(small_limit_service) == before
+
+
+def test_empty_file_part_is_a_problem_not_a_job(small_limit_service: Service) -> None:
+    before = _leftovers(small_limit_service)
+    response = httpx.post(f"{small_limit_service.url}/v1/jobs", data={"task": "dr-grading"},
+                          files=[("files", ("empty.png", b"", "image/png"))], timeout=60)
+    assert response.status_code == 415, response.text  # judged by content: no bytes are no known format
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "file #1" in response.json()["detail"]
+    assert _leftovers(small_limit_service) == before
