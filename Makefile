@@ -29,7 +29,7 @@ wheelhouse:
 	deploy/podman/base-image.sh
 	deploy/podman/wheelhouse.sh deploy/wheelhouse
 
-# Images built with podman and the compose stack run from them (README, Operations); CI runs it after `make test`.
+# Images built with podman and the compose stack run from them (docs/operations.md); CI runs it after `make test`.
 container-test: $(STAMP)
 	deploy/podman/container-test.sh
 

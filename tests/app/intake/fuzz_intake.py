@@ -7,7 +7,7 @@ Seeds are pydicom's shipped test files, fundus photos (DICOM, deflated DICOM, PN
 each case applies 1-6 mutations (bit flips, cuts, insertions, deletions, planted 32-bit lengths) drawn from
 `random.Random(seed + case)`, so any case can be replayed alone. It prints one JSON line: cases, answers by
 status, 5xx seen, peak resident memory, seconds. The suite runs a few hundred cases
-(tests/app/intake/test_intake_fuzz.py); the README quotes the last long run.
+(tests/app/intake/test_intake_fuzz.py); bench/README.md records the last long run.
 """
 
 from __future__ import annotations
