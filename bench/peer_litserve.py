@@ -1,21 +1,18 @@
-"""The peer: the same DR ONNX model served by LitServe with its batching on, same preprocessing.
+"""Peer 1: the same DR ONNX model served by LitServe with its batching on (see bench/peer_grader.py).
 
-    python -m bench.peer_litserve MODEL_DIR PORT MAX_BATCH BATCH_TIMEOUT_S
+    python -m bench.peer_litserve MODEL_DIR PORT WORKERS MAX_BATCH BATCH_TIMEOUT_S
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import sys
 from pathlib import Path
 
 import litserve as ls
 import numpy as np
-from PIL import Image
 
-from app.model_repository import load_model_version
-from workers.imaging.fundus import preprocess_fundus
+from bench.peer_grader import PeerGrader, respond
 
 
 class DRGradingAPI(ls.LitAPI):
@@ -24,32 +21,28 @@ class DRGradingAPI(ls.LitAPI):
         self.model_dir = model_dir
 
     def setup(self, device) -> None:
-        import onnxruntime as ort
-
-        self.version = load_model_version(self.model_dir)
-        self.session = ort.InferenceSession(str(self.version.onnx_path), providers=["CPUExecutionProvider"])
+        self.grader = PeerGrader(self.model_dir)
 
     def decode_request(self, request):
-        rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(request["image"]))).convert("RGB"))
-        return preprocess_fundus(rgb, self.version.manifest.preprocessing)
+        return self.grader.prepare(base64.b64decode(request["image"]))
 
     def batch(self, inputs):
-        return np.stack(inputs)
+        return inputs  # the tensors are stacked in predict; the graded pixels go on to the preview
 
     def predict(self, batch):
-        return self.session.run(["logits"], {"image": batch})[0]
+        return zip(self.grader.logits(np.stack([tensor for _, tensor, _ in batch])), batch, strict=True)
 
     def unbatch(self, output):
         return list(output)
 
-    def encode_response(self, logits):
-        exp = np.exp(logits - logits.max())
-        probabilities = exp / exp.sum()
-        return {"grade": int(probabilities.argmax()), "probabilities": probabilities.round(6).tolist()}
+    def encode_response(self, output):
+        logits, (graded, _, gradable) = output
+        return respond(logits, graded, gradable)
 
 
 if __name__ == "__main__":
-    model_dir, port, max_batch, timeout = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    model_dir, port, workers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    max_batch, timeout = int(sys.argv[4]), float(sys.argv[5])
     server = ls.LitServer(DRGradingAPI(model_dir), accelerator="cpu", max_batch_size=max_batch,
-                          batch_timeout=timeout, workers_per_device=1)
+                          batch_timeout=timeout, workers_per_device=workers)
     server.run(port=port, generate_client_file=False)

@@ -26,15 +26,17 @@ def load_photo(path: Path, input_format: str, frame: int = 0, min_side: int | No
     try:
         if input_format == "dicom":
             return _load_dicom_photo(path, frame)
-        return _load_raster_photo(path, min_side)
+        return decode_photo(path.read_bytes(), min_side)
     except BadInputError:
         raise
     except Exception as exc:  # decoders raise many types on corrupt data; the job must fail cleanly
         raise BadInputError(f"The {input_format} image could not be decoded ({type(exc).__name__})") from exc
 
 
-def _load_raster_photo(path: Path, min_side: int | None) -> np.ndarray:
-    data = path.read_bytes()
+def decode_photo(data: bytes, min_side: int | None = None) -> np.ndarray:
+    """A PNG or JPEG held in memory, decoded as `load_photo` decodes a file (same decoders, same pixels): for
+    callers that receive bytes, such as the benchmark's peers, which must decode as the service does.
+    Raises the decoder's own exception on corrupt data; `load_photo` turns that into a BadInputError."""
     with Image.open(io.BytesIO(data)) as image:
         if _plain_png(image, data):
             # libspng inflates about 1.6x faster than Pillow on this project's machine, with identical pixels,
