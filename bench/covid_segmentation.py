@@ -102,6 +102,7 @@ def run(paths: list[Path], threads: int) -> dict:
         "dicom_notes": dicom.notes,
         "cpu_count": os.cpu_count(),
         "onnx_threads": threads,
+        "providers": model.providers,
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
 

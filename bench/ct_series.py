@@ -172,6 +172,7 @@ def run(paths: list[Path], threads: int) -> dict:
         "artifacts": len(artifacts),
         "cpu_count": os.cpu_count(),
         "onnx_threads": threads,
+        "providers": model.providers,
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
 
