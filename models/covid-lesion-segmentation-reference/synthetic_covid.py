@@ -15,30 +15,20 @@ label volume on the same grid: 0 background, 1 GGO, 2 consolidation, inside the 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from workers.evaluation.model_folders import model_folder_module
+
 BACKGROUND, GGO, CONSOLIDATION = 0, 1, 2
 CLASS_NAMES = ["background", "ground-glass-opacity", "consolidation"]
 
 
 def synthetic_ct():
-    """The lung-nodule reference phantom module, loaded once under the name tests/utils/reference_models.py uses."""
-    qualified = "reference_models.lung_nodule_reference.synthetic_ct"
-    if qualified in sys.modules:
-        return sys.modules[qualified]
-    path = HERE.parent / "lung-nodule-reference" / "synthetic_ct.py"
-    spec = importlib.util.spec_from_file_location(qualified, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[qualified] = module
-    spec.loader.exec_module(module)
-    return module
+    """The lung-nodule reference phantom module, under the one name every caller loads it by."""
+    return model_folder_module("lung-nodule-reference", "synthetic_ct")
 
 
 @dataclass(frozen=True)
