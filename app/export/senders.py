@@ -91,15 +91,25 @@ class DimseSender:
         from pynetdicom import evt
 
         connected = []  # pynetdicom reports a refused connection as an aborted association; this tells them apart
+        answers = []  # the peer's A-ASSOCIATE answer: a rejection says whether trying again can help
+        handlers = [(evt.EVT_CONN_OPEN, lambda _: connected.append(1)),
+                    (evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))]
         try:
             assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title,
-                                 tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, lambda _: connected.append(1))])
+                                 tls_args=tls_args, evt_handlers=handlers)
         except (OSError, ssl.SSLError) as exc:
             raise SendFailed(f"cannot reach {self._peer()} ({type(exc).__name__})", transient=True) from exc
         if not assoc.is_established:
             if not connected:
                 raise SendFailed(f"cannot reach {self._peer()} (no TCP connection: refused, unreachable or timed out)",
                                  transient=True)
+            rejection = next((answer for answer in answers if getattr(answer, "result", None) in (0x01, 0x02)), None)
+            if assoc.is_rejected and rejection is not None:
+                # PS3.8 9.3.4: "rejected-permanent" (a called AE title the peer does not know, say) will not
+                # change by waiting; dead-letter it with the peer's reason, for a person to fix and resend.
+                permanent = rejection.result == 0x01
+                raise SendFailed(f"association with {self._peer()} rejected {'permanently' if permanent else 'for now'}"
+                                 f" ({rejection.source_str}: {rejection.reason_str})", transient=not permanent)
             what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
             raise SendFailed(f"association with {self._peer()} {what}", transient=True)
         return assoc

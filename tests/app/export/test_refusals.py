@@ -17,7 +17,7 @@ from tests.utils.services import free_port
 
 @pytest.fixture
 def scripted_peer():
-    """A storage SCP whose answers are the statuses in `answers`, one per C-STORE, then success."""
+    """(sender, answers, stored, peer AE): the SCP answers the statuses in `answers`, one per C-STORE, then success."""
     answers: list[int] = []
     stored: list[str] = []
 
@@ -29,11 +29,12 @@ def scripted_peer():
 
     ae = AE(ae_title="SCRIPTED")
     ae.supported_contexts = AllStoragePresentationContexts
+    ae.require_called_aet = True  # a sender calling it by another AE title is rejected, permanently
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     sender = DimseSender(DimseDestination.model_validate(
         {"name": "scripted", "kind": "dimse", "ae_title": "SCRIPTED", "host": "127.0.0.1", "port": port}), 10)
-    yield sender, answers, stored
+    yield sender, answers, stored, ae
     server.shutdown()
 
 
@@ -43,7 +44,7 @@ def _instance(seed: int) -> Instance:
 
 
 def test_out_of_resources_is_transient_and_a_retry_succeeds(scripted_peer) -> None:
-    sender, answers, stored = scripted_peer
+    sender, answers, stored, _ = scripted_peer
     instance = _instance(21)
     answers.append(0xA700)
     with pytest.raises(SendFailed) as refused:
@@ -56,10 +57,40 @@ def test_out_of_resources_is_transient_and_a_retry_succeeds(scripted_peer) -> No
 
 @pytest.mark.parametrize("status", [0xA900, 0xC000])  # data set does not match SOP class; cannot understand
 def test_permanent_refusal_is_not_worth_retrying(scripted_peer, status: int) -> None:
-    sender, answers, stored = scripted_peer
+    sender, answers, stored, _ = scripted_peer
     answers.append(status)
     with pytest.raises(SendFailed) as refused:
         sender.send([_instance(22)])
     assert not refused.value.transient
     assert f"C-STORE status 0x{status:04X}" in refused.value.reason and "SCRIPTED@127.0.0.1" in refused.value.reason
     assert stored == []
+
+
+def test_association_rejected_permanently_is_not_worth_retrying(scripted_peer) -> None:
+    sender, _, stored, _ = scripted_peer
+    misnamed = DimseSender(sender.destination.model_copy(update={"ae_title": "NOT-SCRIPTED"}), 10)
+    with pytest.raises(SendFailed) as refused:
+        misnamed.send([_instance(23)])
+    assert not refused.value.transient
+    assert "NOT-SCRIPTED@127.0.0.1" in refused.value.reason and "rejected permanently" in refused.value.reason
+    assert "Called AE title not recognised" in refused.value.reason  # the peer's own reason, for a person to fix
+    assert stored == []
+
+
+def test_association_rejected_for_now_is_worth_retrying(scripted_peer) -> None:
+    sender, _, stored, peer = scripted_peer
+    peer.maximum_associations = 1
+    held = AE(ae_title="OTHER")
+    held.add_requested_context("1.2.840.10008.5.1.4.1.1.2")  # CT Image Storage, one the peer takes
+    holding = held.associate("127.0.0.1", sender.destination.port, ae_title="SCRIPTED")
+    assert holding.is_established  # the peer's one association is taken
+    try:
+        with pytest.raises(SendFailed) as refused:
+            sender.send([_instance(24)])
+    finally:
+        holding.release()
+    assert refused.value.transient and "rejected for now" in refused.value.reason
+    assert "limit exceeded" in refused.value.reason
+    instance = _instance(24)
+    assert sender.send([instance]) == [instance.sop_instance_uid]  # free again: the retry goes through
+    assert stored == [instance.sop_instance_uid]
