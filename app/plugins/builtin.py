@@ -21,6 +21,7 @@ SR_ARTIFACT = "sr.dcm"
 SALIENCY_ARTIFACT = "saliency.dcm"
 _BUILDERS = "workers.dicom_results.builders"
 _EVALUATIONS = "workers.evaluation.tasks"
+_SHADOW = "workers.evaluation.shadow"
 
 DR_GRADING = TaskPlugin(
     name="dr-grading",
@@ -32,6 +33,7 @@ DR_GRADING = TaskPlugin(
                    DicomOutput(SALIENCY_ARTIFACT, f"{_BUILDERS}:saliency_sc_of_job")),
     quality_gate="workers.quality.fundus:check_fundus",
     evaluation=f"{_EVALUATIONS}.dr_grading:EVALUATION",
+    shadow_agreement=f"{_SHADOW}:dr_agreement",
 )
 
 LUNG_NODULE_DETECTION = TaskPlugin(
@@ -43,6 +45,7 @@ LUNG_NODULE_DETECTION = TaskPlugin(
     dicom_outputs=(DicomOutput(SR_ARTIFACT, f"{_BUILDERS}:lung_nodule_sr_of_job"),),
     quality_gate="workers.quality.ct:check_ct",
     evaluation=f"{_EVALUATIONS}.lung_nodule_detection:EVALUATION",
+    shadow_agreement=f"{_SHADOW}:nodule_agreement",
 )
 
 COVID_LESION_SEGMENTATION = TaskPlugin(
@@ -54,6 +57,7 @@ COVID_LESION_SEGMENTATION = TaskPlugin(
     dicom_outputs=(DicomOutput(SEG_ARTIFACT, f"{_BUILDERS}:covid_lesion_seg_of_job"),),
     quality_gate="workers.quality.ct:check_ct",
     evaluation=f"{_EVALUATIONS}.covid_lesion_segmentation:EVALUATION",
+    shadow_agreement=f"{_SHADOW}:covid_agreement",
 )
 
 THYROID_MALIGNANCY = TaskPlugin(
@@ -69,4 +73,5 @@ THYROID_MALIGNANCY = TaskPlugin(
     ),
     quality_gate="workers.quality.ultrasound:check_frame",
     evaluation=f"{_EVALUATIONS}.thyroid_malignancy:EVALUATION",
+    shadow_agreement=f"{_SHADOW}:thyroid_agreement",
 )

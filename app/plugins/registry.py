@@ -62,6 +62,10 @@ class TaskPlugin:
     - `quality_gate`: optional "module:function" the task's pipeline calls to decide an input is ungradable.
     - `evaluation`: optional "module:attribute" of a `workers.evaluation.base.TaskEvaluation` (label reader,
       figures, plots) that `medimg eval` runs for the task.
+    - `shadow_agreement`: optional "module:function" that `medimg eval --shadow` calls as
+      `function(jobs, blobs, bootstrap_settings)` to measure how a shadow model's results agree with the served
+      ones (a dict of figures). Without one a task whose result lists `findings` (multi-label) gets
+      `workers.evaluation.shadow:multilabel_agreement`; any other has no agreement measure.
     """
 
     name: str
@@ -73,6 +77,7 @@ class TaskPlugin:
     intake_check: str | None = None
     quality_gate: str | None = None
     evaluation: str | None = None
+    shadow_agreement: str | None = None
 
     def __post_init__(self) -> None:
         if not TASK_NAME_PATTERN.match(self.name):
@@ -83,7 +88,7 @@ class TaskPlugin:
             raise TaskRegistryError(f"task {self.name}: result must be a pydantic model class, not {self.result!r}")
         _check_reference(f"task {self.name}: pipeline", self.pipeline)
         for name, reference in (("intake_check", self.intake_check), ("quality_gate", self.quality_gate),
-                                ("evaluation", self.evaluation)):
+                                ("evaluation", self.evaluation), ("shadow_agreement", self.shadow_agreement)):
             if reference is not None:
                 _check_reference(f"task {self.name}: {name}", reference)
 

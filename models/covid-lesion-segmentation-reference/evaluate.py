@@ -51,7 +51,8 @@ def evaluate(n_scans: int = N_TEST_SCANS, threads: int = 2, version_dir: Path = 
     """The card's figures; with `with_intervals`, also `"intervals"` (their 95 % intervals over the scans)."""
     from app.model_repository import load_model_version
     from workers.onnx import load_model
-    from workers.pipelines.covid_lesion_segmentation import ArrayCase, onnx_runner, segment_arrays
+    from workers.pipelines.covid.inference import onnx_runner
+    from workers.pipelines.covid_lesion_segmentation import ArrayCase, segment_arrays
 
     model = load_model(load_model_version(version_dir), threads=threads)
     manifest, run = model.manifest, onnx_runner(model)

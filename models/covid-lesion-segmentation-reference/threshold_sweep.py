@@ -32,7 +32,7 @@ THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.475, 0.5, 0.55, 0.6)
 
 def lesion_probabilities(case, manifest, run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The served argmax labels, P(lesion) and where consolidation outweighs ground-glass, on the source grid."""
-    from workers.pipelines.covid_lesion_segmentation import slice_probabilities
+    from workers.pipelines.covid.inference import slice_probabilities
 
     argmax = np.empty(case.hu.shape, np.uint8)
     lesion = np.empty(case.hu.shape, np.float32)
@@ -46,7 +46,7 @@ def lesion_probabilities(case, manifest, run) -> tuple[np.ndarray, np.ndarray, n
 
 def sweep(n_scans: int, manifest, run) -> dict[str, dict[str, float]]:
     from workers.imaging.lungs import LungMask, segment_lungs
-    from workers.pipelines.covid_lesion_segmentation import decode_labels
+    from workers.pipelines.covid.decode import decode_labels
 
     candidates = ["argmax", *map(str, THRESHOLDS)]
     errors: dict[str, list[float]] = {c: [] for c in candidates}
@@ -92,7 +92,7 @@ def choose(table: dict[str, dict[str, float]]) -> str:
 def main() -> int:
     from app.model_repository import load_model_version
     from workers.onnx import load_model
-    from workers.pipelines.covid_lesion_segmentation import onnx_runner
+    from workers.pipelines.covid.inference import onnx_runner
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version-dir", type=Path, default=VERSION_DIR, help="another version folder (experiments)")

@@ -8,7 +8,7 @@
 
 1. Generates whole-chest synthetic scans (`synthetic_covid.py`: the lung-nodule phantom plus ground-glass and
    consolidation lesions of known masks) and passes every slice through the serving preprocessing
-   (`workers/pipelines/covid_lesion_segmentation.py`: HU window, in-plane resize, the planes at
+   (`workers/imaging/slice_stacks.py`: HU window, in-plane resize, the planes at
    SLICE_OFFSETS_MM along the slice normal as channels).
 2. Trains `network.LesionNet` (2.5D U-Net, ~68 k parameters) with cross-entropy + soft Dice on 64 x 64
    crops (mostly around lesions), for a fixed number of steps; served on whole 128 x 128 slices.

@@ -4,7 +4,9 @@ Reads the job store the service writes (MEDIMG_DATA_DIR, or Redis in Celery mode
 task with a shadow result. Per task: DR — quadratic-weighted kappa between the grades and referable flips;
 thyroid — malignancy flips at the served operating point and Dice between the nodule masks; COVID — Dice
 between the lesion masks and the lesion volume difference; lung nodules — findings matched within the served
-finding's radius. Intervals by bootstrap over jobs.
+finding's radius; a multi-label task (its result lists `findings`) — presence flips and probability
+differences per finding. Which measure a task gets is its registration's `shadow_agreement` (app/plugins).
+Intervals by bootstrap over jobs.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from pkgutil import resolve_name
 
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
 from app.config import Settings
+from app.plugins import TaskPlugin, task_plugin
 from app.schemas.jobs import Job, JobStatus
 from app.schemas.tasks import TaskName
+from app.storage.blobs import BlobStore
 from app.storage.factory import make_blob_store, make_job_store
 from workers.evaluation.froc import Candidate, Nodule, match_scan
 from workers.evaluation.intervals import BootstrapSettings, bootstrap_figure, mean_figure
@@ -52,7 +58,7 @@ def shadow_report(settings: Settings, task: TaskName, out: Path, since: str | No
     bootstrap = bootstrap or BootstrapSettings()
     jobs = shadow_jobs(settings, task, since)
     blobs = make_blob_store(settings)
-    agreement = AGREEMENT[task](jobs, blobs, bootstrap) if jobs else {}
+    agreement = agreement_for(task)(jobs, blobs, bootstrap) if jobs else {}
     document = {
         "task": task.value, "jobs": len(jobs),
         "served_models": sorted({f"{j.model.id}@{j.model.version}" for j in jobs}),
@@ -66,7 +72,7 @@ def shadow_report(settings: Settings, task: TaskName, out: Path, since: str | No
     return document
 
 
-def _dr(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
+def dr_agreement(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
     served = np.array([j.result["grade"] for j in jobs])
     shadow = np.array([j.shadow.result["grade"] for j in jobs])
     flips = np.array([j.result["referable"] != j.shadow.result["referable"] for j in jobs], dtype=float)
@@ -82,7 +88,7 @@ def _dr(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
             "referable_flip_rate": mean_figure(flips, settings), "referable_flips": int(flips.sum())}
 
 
-def _thyroid(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
+def thyroid_agreement(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
     threshold = np.array([j.result["operating_point"]["threshold"] for j in jobs])
     served = np.array([j.result["malignancy_probability"] for j in jobs]) >= threshold
     shadow = np.array([j.shadow.result["malignancy_probability"] for j in jobs]) >= threshold
@@ -94,7 +100,7 @@ def _thyroid(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
     return out
 
 
-def _covid(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
+def covid_agreement(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
     out = {"lesion_volume_difference_ml": mean_figure(np.array(
         [abs(j.result["lesion_volume_ml"]["total"] - j.shadow.result["lesion_volume_ml"]["total"]) for j in jobs]),
         settings)}
@@ -104,7 +110,7 @@ def _covid(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
     return out
 
 
-def _nodules(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
+def nodule_agreement(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
     matched, served_only, shadow_only = [], [], []
     for job in jobs:
         served = [Nodule(tuple(n["center_mm"]), n["diameter_mm"]) for n in job.result["nodules"]]
@@ -145,9 +151,38 @@ def _nifti_lesions(data: bytes) -> np.ndarray:
     return np.asarray(image.dataobj) > 0
 
 
-AGREEMENT = {
-    TaskName.DR_GRADING: _dr,
-    TaskName.THYROID_MALIGNANCY: _thyroid,
-    TaskName.COVID_LESION_SEGMENTATION: _covid,
-    TaskName.LUNG_NODULE_DETECTION: _nodules,
-}
+def multilabel_agreement(jobs: list[Job], blobs, settings: BootstrapSettings) -> dict:
+    """Independent findings (a result's `findings`: name, probability, present): per job, the share of findings
+    whose presence call is the same, and the mean absolute probability difference; flips counted by finding."""
+    same, difference, flips = [], [], {}
+    for job in jobs:
+        served = {f["name"]: f for f in job.result["findings"]}
+        shadow = {f["name"]: f for f in job.shadow.result["findings"]}
+        common = sorted(served.keys() & shadow.keys())
+        if not common:
+            continue
+        agree = [served[n]["present"] == shadow[n]["present"] for n in common]
+        same.append(float(np.mean(agree)))
+        difference.append(float(np.mean([abs(served[n]["probability"] - shadow[n]["probability"]) for n in common])))
+        for name, agrees in zip(common, agree, strict=True):
+            flips[name] = flips.get(name, 0) + (not agrees)
+    if not same:
+        return {}
+    return {"presence_agreement": mean_figure(np.array(same), settings),
+            "probability_difference": mean_figure(np.array(difference), settings),
+            "presence_flips": dict(sorted(flips.items()))}
+
+
+def agreement_for(task: str) -> Callable[[list[Job], BlobStore | None, BootstrapSettings], dict]:
+    """The registered task's agreement measure (`measure_of` its registration)."""
+    return measure_of(task_plugin(task))
+
+
+def measure_of(plugin: TaskPlugin) -> Callable[[list[Job], BlobStore | None, BootstrapSettings], dict]:
+    """The registration's `shadow_agreement`, else the measure for its result's kind."""
+    if plugin.shadow_agreement is not None:
+        return resolve_name(plugin.shadow_agreement)
+    if "findings" in plugin.result.model_fields:  # a multi-label result (decoding kind multilabel-sigmoid)
+        return multilabel_agreement
+    raise ValueError(f"task {plugin.name!r} registers no shadow_agreement and its result has no kind shadow "
+                     "evaluation knows; its TaskPlugin can name one")

@@ -1,7 +1,7 @@
 """Slice stacks for slice-wise (2D and 2.5D) CT models: each slice windowed, resized to the model's plane, and
 stacked with its neighbours (or planes at fixed distances along the slice normal) as channels.
 
-One implementation for serving (workers/pipelines/covid_lesion_segmentation.py) and training
+One implementation for serving (workers/pipelines/covid/inference.py) and training
 (models/covid-lesion-segmentation-reference/train.py), so both feed the model the same tensors.
 """
 

@@ -33,7 +33,7 @@ from workers.dicom_results.common import ResultNotWritten, device_uid, encode, r
 from workers.dicom_results.seg import covid_lesion_seg, thyroid_nodule_seg
 from workers.dicom_results.sr import dr_grading_sr, lung_nodule_sr, thyroid_malignancy_sr
 from workers.imaging.ct_series import read_ct_geometry
-from workers.pipelines.covid_lesion_segmentation import LUNGS_SEGMENT
+from workers.pipelines.covid.segments import LUNGS_SEGMENT
 
 MODEL = ModelRef(id="some-model", version=3, sha256="ab" * 32, research_use_only=True)
 COVID_MANIFEST = ModelRepository(REPO_ROOT / "models").get("covid-lesion-segmentation-reference").manifest

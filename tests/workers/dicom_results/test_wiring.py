@@ -92,11 +92,12 @@ def test_dr_explain_on_dicom_writes_saliency_on_the_source_grid(tmp_path) -> Non
     assert job.result["uncertainty"]["augmentations"][0] == "original"
     with Image.open(io.BytesIO(artifacts["saliency.png"])) as overlay:
         assert overlay.size == (source.Columns, source.Rows)
-    assert dciodvfy_errors(artifacts["saliency.dcm"], tmp_path, "saliency.dcm") == []
     sc = pydicom.dcmread(io.BytesIO(artifacts["saliency.dcm"]))
     assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns)
     assert sc.StudyInstanceUID == source.StudyInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    # last: only this conformance check skips without dicom3tools, never the content checks above
+    assert dciodvfy_errors(artifacts["saliency.dcm"], tmp_path, "saliency.dcm") == []
 
 
 def test_ungradable_photo_succeeds_without_a_grade_and_says_so(tmp_path) -> None:

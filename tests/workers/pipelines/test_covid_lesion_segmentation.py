@@ -19,15 +19,10 @@ from tests.utils.reference_models import reference_model_dir
 from workers.imaging.ct_series import load_ct_series
 from workers.imaging.lungs import LungMask
 from workers.imaging.slice_stacks import model_plane, stack_neighbours
-from workers.pipelines.covid_lesion_segmentation import (
-    build_result,
-    decode_labels,
-    label_nifti,
-    mask_png,
-    overlay_png,
-    predict_labels,
-    write_artifacts,
-)
+from workers.pipelines.covid.artifacts import label_nifti, mask_png, overlay_png, write_artifacts
+from workers.pipelines.covid.decode import decode_labels
+from workers.pipelines.covid.figures import build_result
+from workers.pipelines.covid.inference import predict_labels
 
 MANIFEST_PATH = reference_model_dir(COVID_MODEL_ID) / "1" / "manifest.json"
 
