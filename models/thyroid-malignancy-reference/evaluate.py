@@ -30,6 +30,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import external_us  # noqa: E402
 import synthetic_us  # noqa: E402
 from app.model_repository import file_sha256, load_model_version  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
@@ -79,7 +80,7 @@ def score_item(item, classifier, segmenter) -> dict:
     return {"probability": probability, "dice": dice, "diameter_mm": max_diameter_px(mask, spacing), "found": True}
 
 
-def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
+def evaluate(n_images: int = N_TEST, with_intervals: bool = False, split: str = "test") -> dict:
     """The card's figures; with their 95 % bootstrap intervals if asked (the command line always asks)."""
     from sklearn.metrics import roc_auc_score
 
@@ -87,7 +88,7 @@ def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
     bounds = band_bounds_from_operating_points(classifier.manifest.operating_points)
     rows = []
     for index in range(n_images):
-        item = synthetic_us.split_item("test", index)
+        item = external_us.split_or_external_item(split, index)
         scored = score_item(item, classifier, segmenter)
         rows.append({**scored, "malignant": item.malignant, "points": item.points, "tirads": item.tirads,
                      "true_diameter_mm": item.max_diameter_mm})

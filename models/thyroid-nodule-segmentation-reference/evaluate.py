@@ -30,7 +30,7 @@ for _path in (str(REPO_ROOT), str(GENERATOR_DIR)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-import synthetic_us  # noqa: E402
+import external_us  # noqa: E402
 from app.model_repository import load_model_version  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
@@ -46,7 +46,7 @@ CARD_BEGIN = "<!-- metrics:begin (written by evaluate.py --write) -->"
 CARD_END = "<!-- metrics:end -->"
 
 
-def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
+def evaluate(n_images: int = N_TEST, with_intervals: bool = False, split: str = "test") -> dict:
     from app.errors import BadInputError
     from workers.imaging.ultrasound import Spacing, find_imaging_region, max_diameter_px, to_grey
     from workers.onnx import load_model
@@ -55,7 +55,7 @@ def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
     segmenter = load_model(load_model_version(VERSION_DIR), ["CPUExecutionProvider"])
     dice, found, errors = [], [], []
     for index in range(n_images):
-        item = synthetic_us.split_item("test", index)
+        item = external_us.split_or_external_item(split, index)
         grey = to_grey(item.frame)
         prepared = PreparedFrame(item.frame, grey, find_imaging_region(grey), Spacing(None, "none"))
         try:
