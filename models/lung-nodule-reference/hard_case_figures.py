@@ -28,6 +28,7 @@ from scipy import ndimage
 import evaluate
 import external_ct
 import synthetic_ct as sc
+from workers.evaluation import validation_sets
 
 N_EXTERNAL = 30
 TOUCH_MM = 1.0
@@ -130,3 +131,43 @@ def figures(labelled: list[LabelledOutcome], manifest) -> dict:
     if rich.any():
         out["fp_per_scan_vessel_rich"] = mean_figure(np.array(false_positives)[rich], settings)
     return {"figures": out, "bootstrap": settings.as_json(), "counts": counts}
+
+
+SETS = {
+    "internal": validation_sets.ValidationSet(
+        "internal_hard_cases", "Hard cases on the internal held-out test split",
+        f"The {evaluate.N_TEST} test scans above (seeds {evaluate.SPLIT_SEEDS['test']}+i), nodules labelled from "
+        "the phantom (juxtavascular: surface within 1 mm of a vessel tube; juxtapleural: within its radius + 1 mm "
+        "of the lung's edge); vessel-rich: more vessel tubes in the field of view than the median scan. Scored "
+        "with `medimg eval`'s LUNA16 matcher at the default operating point."),
+    "external": validation_sets.ValidationSet(
+        "external", "External validation set (independently written generator)",
+        f"{N_EXTERNAL} scans of `external_ct.py` (seeds {external_ct.EXTERNAL_SEED}+i; never used for training or "
+        "selection): branching, tapering spline vessel trees crossing the slices at every angle (end-on dots), "
+        "solitary, juxtavascular and juxtapleural nodules of 4–24 mm, slices 0.6–2.5 mm, pixels 0.55–0.95 mm, "
+        "10–60 HU noise with soft or sharp kernels; vessel-rich: grown with at least "
+        f"{external_ct.DENSE_TREES} trees. Same pipeline, model and scoring."),
+}
+
+
+def evaluate_sets(manifest, internal: list[LabelledOutcome], log=None) -> dict[str, dict]:
+    return {"internal": figures(internal, manifest), "external": figures(collect_external(manifest, log=log), manifest)}
+
+
+def _notes(result: dict) -> str:
+    counts = result["counts"]
+    found = "; ".join(f"{key}: {hit}/{total}" for key, (hit, total) in counts.items() if key != "vessel_rich_scans")
+    rich, total = counts["vessel_rich_scans"]
+    return f"Nodules found / present: {found}. Vessel-rich scans: {rich} of {total}."
+
+
+def write_sets(by_set: dict[str, dict]) -> None:
+    validation_sets.write_all(evaluate.MANIFEST_PATH, evaluate.CARD_PATH, SETS,
+                              {key: result["figures"] for key, result in by_set.items()},
+                              by_set["external"]["bootstrap"], "scans", evaluate.CARD_END,
+                              {key: _notes(result) for key, result in by_set.items()})
+
+
+def check_sets(stored: dict[str, float], by_set: dict[str, dict], tolerance: float) -> list[str]:
+    return validation_sets.drift_all(stored, SETS, {key: result["figures"] for key, result in by_set.items()},
+                                     tolerance)
