@@ -4,6 +4,7 @@
     .venv/bin/python models/lung-nodule-reference/evaluate.py --write   # store them in manifest.json and CARD.md
     .venv/bin/python models/lung-nodule-reference/evaluate.py --check   # exit 1 if they drift from the manifest
     .venv/bin/python models/lung-nodule-reference/evaluate.py --write-intervals  # add the intervals only
+    .venv/bin/python models/lung-nodule-reference/evaluate.py --write-sets  # hard cases + external set (hard_case_figures.py)
 
 Every test scan is a full synthetic acquisition (random pixel spacing 0.5–1.0 mm, slices 0.625–5 mm,
 orientation, noise; 256 x 256 matrix, so wide fields of view are targeted reconstructions over one lung),

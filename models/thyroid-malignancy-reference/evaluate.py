@@ -3,6 +3,7 @@
     .venv/bin/python models/thyroid-malignancy-reference/evaluate.py           # print the metrics
     .venv/bin/python models/thyroid-malignancy-reference/evaluate.py --write   # store them in manifest.json and CARD.md
     .venv/bin/python models/thyroid-malignancy-reference/evaluate.py --check   # exit 1 if they drift from the manifest
+    .venv/bin/python models/thyroid-malignancy-reference/evaluate.py --write-sets  # untouched test split + external set
 
 Each test frame goes through the serving pipeline's own steps (`workers.pipelines.thyroid_malignancy`:
 imaging-region detection, segmentation by the committed segmentation model, the two-channel crop, the
