@@ -4,6 +4,7 @@
     .venv/bin/python models/lung-nodule-reference/evaluate.py --write   # store them in manifest.json and CARD.md
     .venv/bin/python models/lung-nodule-reference/evaluate.py --check   # exit 1 if they drift from the manifest
     .venv/bin/python models/lung-nodule-reference/evaluate.py --write-intervals  # add the intervals only
+    .venv/bin/python models/lung-nodule-reference/evaluate.py --write-sets  # hard cases + external set (hard_case_figures.py)
 
 Every test scan is a full synthetic acquisition (random pixel spacing 0.5–1.0 mm, slices 0.625–5 mm,
 orientation, noise; 256 x 256 matrix, so wide fields of view are targeted reconstructions over one lung),
@@ -224,14 +225,16 @@ def load_manifest() -> ModelManifest:
     return ModelManifest.model_validate_json(MANIFEST_PATH.read_text())
 
 
-def evaluate(n: int | None = None, log=None, with_intervals: bool = False) -> dict:
-    """The card's figures; with `with_intervals`, also `"intervals"` (their 95 % intervals over the scans)."""
+def evaluate(n: int | None = None, log=None, with_intervals: bool = False,
+             outcomes: list[ScanOutcome] | None = None) -> dict:
+    """The card's figures; with `with_intervals`, also `"intervals"` (their 95 % intervals over the scans).
+    `outcomes`: the test split's scans already run (by hard_case_figures), so they are not run twice."""
     manifest = load_manifest()
     if file_sha256(MODEL_PATH) != manifest.sha256:
         raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}")
     n = N_TEST if n is None else n
     started = time.time()
-    outcomes = collect(manifest, "test", n, log=log)
+    outcomes = collect(manifest, "test", n, log=log) if outcomes is None else outcomes
     curve = froc(outcomes)
     threshold = manifest.operating_point().threshold
     results = {
@@ -345,18 +348,29 @@ def write_intervals(results: dict) -> list[str]:
 
 
 def main() -> int:
+    import hard_case_figures  # imports this module: loaded here, once this module is complete
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=None, help=f"test scans (default {N_TEST})")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
     model_card.add_write_intervals_option(parser)
+    parser.add_argument("--write-sets", action="store_true",
+                        help="store the hard-case figures of the test split and the external set's figures")
     args = parser.parse_args()
     started = time.time()
 
     def log(message: str) -> None:
         print(f"[{time.time() - started:6.0f}s] {message}", flush=True)
 
-    results = evaluate(args.n, log=log, with_intervals=True)
+    sets = args.write_sets or args.check
+    labelled = hard_case_figures.collect_internal(load_manifest(), args.n or N_TEST, log=log) if sets else None
+    results = evaluate(args.n, log=log, with_intervals=True,
+                       outcomes=[row.outcome for row in labelled] if labelled else None)
+    by_set = hard_case_figures.evaluate_sets(load_manifest(), labelled, log=log) if sets else {}
+    print(json.dumps({key: value["figures"] for key, value in by_set.items()}, indent=2))
+    if args.write_sets:
+        hard_case_figures.write_sets(by_set)
     printable = {k: v for k, v in results.items()}
     print(json.dumps(printable, indent=2, default=str))
     if args.write:
@@ -372,6 +386,7 @@ def main() -> int:
         drift = {k: (expected.get(k), v) for k, v in measured.items()
                  if k not in expected or abs(expected[k] - v) > CHECK_TOLERANCE}
         interval_problems = model_card.drift(expected, results["intervals"]["figures"], CHECK_TOLERANCE)
+        interval_problems += hard_case_figures.check_sets(expected, by_set, CHECK_TOLERANCE)
         if drift or interval_problems:
             print(f"metrics drift from the manifest beyond {CHECK_TOLERANCE}: {drift}", file=sys.stderr)
             print("\n".join(interval_problems), file=sys.stderr)

@@ -3,6 +3,7 @@
     .venv/bin/python models/thyroid-malignancy-reference/evaluate.py           # print the metrics
     .venv/bin/python models/thyroid-malignancy-reference/evaluate.py --write   # store them in manifest.json and CARD.md
     .venv/bin/python models/thyroid-malignancy-reference/evaluate.py --check   # exit 1 if they drift from the manifest
+    .venv/bin/python models/thyroid-malignancy-reference/evaluate.py --write-sets  # untouched test split + external set
 
 Each test frame goes through the serving pipeline's own steps (`workers.pipelines.thyroid_malignancy`:
 imaging-region detection, segmentation by the committed segmentation model, the two-channel crop, the
@@ -30,11 +31,13 @@ for _path in (str(REPO_ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import external_us  # noqa: E402
 import synthetic_us  # noqa: E402
 from app.model_repository import file_sha256, load_model_version  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from app.schemas.tirads import RiskBand, band_bounds_from_operating_points, band_for_probability  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
+from workers.evaluation import validation_sets  # noqa: E402
 
 VERSION_DIR = HERE / "1"
 MANIFEST_PATH = VERSION_DIR / "manifest.json"
@@ -79,7 +82,7 @@ def score_item(item, classifier, segmenter) -> dict:
     return {"probability": probability, "dice": dice, "diameter_mm": max_diameter_px(mask, spacing), "found": True}
 
 
-def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
+def evaluate(n_images: int = N_TEST, with_intervals: bool = False, split: str = "test") -> dict:
     """The card's figures; with their 95 % bootstrap intervals if asked (the command line always asks)."""
     from sklearn.metrics import roc_auc_score
 
@@ -87,7 +90,7 @@ def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
     bounds = band_bounds_from_operating_points(classifier.manifest.operating_points)
     rows = []
     for index in range(n_images):
-        item = synthetic_us.split_item("test", index)
+        item = external_us.split_or_external_item(split, index)
         scored = score_item(item, classifier, segmenter)
         rows.append({**scored, "malignant": item.malignant, "points": item.points, "tirads": item.tirads,
                      "true_diameter_mm": item.max_diameter_mm})
@@ -183,18 +186,59 @@ def check(results: dict, manifest: ModelManifest) -> list[str]:
     return drift
 
 
+# Read once after version 1 was fixed (issue #21): the untouched split is the card's headline test figure; the
+# original test split's block stays as history (the classifier was retrained after it had been read).
+VALIDATION_SETS = {
+    "untouched-test": validation_sets.ValidationSet(
+        "untouched_test", "Headline: untouched test split (first read after version 1 was fixed)",
+        f"{N_TEST} frames of `synthetic_us.py` from seeds [{synthetic_us.SPLIT_SEEDS['untouched-test']}, i], a "
+        "split no script or test had used, generated and read once after both thyroid models were fixed; "
+        "through the same cascade."),
+    "external": validation_sets.ValidationSet(
+        "external", "External validation set (independently written generator)",
+        f"{N_TEST} frames of `external_us.py` (seeds [{external_us.EXTERNAL_SEED}, i]): its own anatomy, gamma "
+        "speckle, power-law display and malignancy risk link (50 % at 7 points, flatter than training's); "
+        "through the same cascade. Never used for training or selection."),
+}
+POINT_FIGURES = ("tirads_band_exact", "diameter_within_10pct", "oracle_points_auc")
+
+
+def set_figures(results: dict) -> dict[str, dict]:
+    return validation_sets.with_point_figures(results, POINT_FIGURES, results["n_images"])
+
+
+def evaluate_sets(n_images: int = N_TEST) -> dict[str, dict]:
+    return {split: evaluate(n_images, with_intervals=True, split=split) for split in VALIDATION_SETS}
+
+
+def write_sets(by_split: dict[str, dict]) -> None:
+    notes = {split: f"Prevalence {r['prevalence']:.3f}." for split, r in by_split.items()}
+    validation_sets.write_all(MANIFEST_PATH, CARD_PATH, VALIDATION_SETS, {s: set_figures(r) for s, r in by_split.items()},
+                              by_split["external"]["intervals"]["bootstrap"], "frames", "## Evaluation\n", notes)
+
+
+def check_sets(by_split: dict[str, dict], stored: dict[str, float]) -> list[str]:
+    return validation_sets.drift_all(stored, VALIDATION_SETS, {s: set_figures(r) for s, r in by_split.items()},
+                                     CHECK_TOLERANCE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--write-sets", action="store_true", help="store the untouched and external sets' figures")
     parser.add_argument("-n", type=int, default=N_TEST)
     args = parser.parse_args()
     results = evaluate(args.n, with_intervals=True)
     print(json.dumps(results, indent=2))
+    by_split = evaluate_sets(args.n) if args.write_sets or args.check else {}
+    print(json.dumps({split: set_figures(r) for split, r in by_split.items()}, indent=2))
     if args.write:
         write(results)
+    if args.write_sets:
+        write_sets(by_split)
     if args.check:
-        drift = check(results, load_manifest())
+        drift = check(results, load_manifest()) + check_sets(by_split, load_manifest().metrics)
         if drift:
             print("\n".join(drift), file=sys.stderr)
             sys.exit(1)

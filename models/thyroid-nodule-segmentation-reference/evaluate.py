@@ -30,10 +30,11 @@ for _path in (str(REPO_ROOT), str(GENERATOR_DIR)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-import synthetic_us  # noqa: E402
+import external_us  # noqa: E402
 from app.model_repository import load_model_version  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
+from workers.evaluation import validation_sets  # noqa: E402
 
 VERSION_DIR = HERE / "1"
 MANIFEST_PATH = VERSION_DIR / "manifest.json"
@@ -46,7 +47,7 @@ CARD_BEGIN = "<!-- metrics:begin (written by evaluate.py --write) -->"
 CARD_END = "<!-- metrics:end -->"
 
 
-def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
+def evaluate(n_images: int = N_TEST, with_intervals: bool = False, split: str = "test") -> dict:
     from app.errors import BadInputError
     from workers.imaging.ultrasound import Spacing, find_imaging_region, max_diameter_px, to_grey
     from workers.onnx import load_model
@@ -55,7 +56,7 @@ def evaluate(n_images: int = N_TEST, with_intervals: bool = False) -> dict:
     segmenter = load_model(load_model_version(VERSION_DIR), ["CPUExecutionProvider"])
     dice, found, errors = [], [], []
     for index in range(n_images):
-        item = synthetic_us.split_item("test", index)
+        item = external_us.split_or_external_item(split, index)
         grey = to_grey(item.frame)
         prepared = PreparedFrame(item.frame, grey, find_imaging_region(grey), Spacing(None, "none"))
         try:
@@ -123,22 +124,61 @@ def write_intervals(results: dict) -> list[str]:
                                       {"dice_mean": "dice_mean"}, interval_table(results))
 
 
+# Read once after version 1 was fixed (issue #21); the card's headline is the untouched split, the original
+# test split's block stays as history (the cascade's classifier was retrained after that split was read).
+VALIDATION_SETS = {
+    "untouched-test": validation_sets.ValidationSet(
+        "untouched_test", "Headline: untouched test split (first read after version 1 was fixed)",
+        f"{N_TEST} frames of `synthetic_us.py` from seeds [{external_us.su.SPLIT_SEEDS['untouched-test']}, i], "
+        "a split no script or test had used, generated and read once after the model was fixed."),
+    "external": validation_sets.ValidationSet(
+        "external", "External validation set (independently written generator)",
+        f"{N_TEST} frames of `thyroid-malignancy-reference/external_us.py` (seeds [{external_us.EXTERNAL_SEED}, "
+        "i]): its own anatomy, nodule outlines, gamma speckle and display map. Never used for training or "
+        "selection."),
+}
+POINT_FIGURES = ("dice_median", "detection_rate", "diameter_within_10pct")
+
+
+def set_figures(results: dict) -> dict[str, dict]:
+    return validation_sets.with_point_figures(results, POINT_FIGURES, results["n_images"])
+
+
+def evaluate_sets(n_images: int = N_TEST) -> dict[str, dict]:
+    return {split: evaluate(n_images, with_intervals=True, split=split) for split in VALIDATION_SETS}
+
+
+def write_sets(by_split: dict[str, dict]) -> None:
+    validation_sets.write_all(MANIFEST_PATH, CARD_PATH, VALIDATION_SETS, {s: set_figures(r) for s, r in by_split.items()},
+                              by_split["external"]["intervals"]["bootstrap"], "frames", "## Evaluation\n")
+
+
+def check_sets(by_split: dict[str, dict], stored: dict[str, float]) -> list[str]:
+    return validation_sets.drift_all(stored, VALIDATION_SETS, {s: set_figures(r) for s, r in by_split.items()},
+                                     CHECK_TOLERANCE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
     model_card.add_write_intervals_option(parser)
+    parser.add_argument("--write-sets", action="store_true", help="store the untouched and external sets' figures")
     parser.add_argument("-n", type=int, default=N_TEST)
     args = parser.parse_args()
     results = evaluate(args.n, with_intervals=True)
     print(json.dumps(results, indent=2))
+    by_split = evaluate_sets(args.n) if args.write_sets or args.check else {}
+    if args.write_sets:
+        write_sets(by_split)
     if args.write:
         write(results)
     if args.write_intervals:
         if model_card.refused(write_intervals(results)):
             sys.exit(1)
     if args.check:
-        drift = check(results, ModelManifest.model_validate_json(MANIFEST_PATH.read_text()))
+        manifest = ModelManifest.model_validate_json(MANIFEST_PATH.read_text())
+        drift = check(results, manifest) + check_sets(by_split, manifest.metrics)
         if drift:
             print("\n".join(drift), file=sys.stderr)
             sys.exit(1)
