@@ -26,18 +26,14 @@ Scan `i` of the set is a pure function of `EXTERNAL_SEED + i`.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import interpolate, ndimage
 
-# The training generator beside this file, also when this module is loaded by path (tests/utils/reference_models).
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workers.evaluation.model_folders import model_folder_module
 
-import synthetic_ct as sc  # noqa: E402
+sc = model_folder_module("lung-nodule-reference", "synthetic_ct")  # the training generator beside this file
 
 # Disjoint from the training generator's split seeds (10 000 000, 20 000 000, 30 000 000 + i).
 EXTERNAL_SEED = 71_000_000

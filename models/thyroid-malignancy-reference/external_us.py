@@ -24,19 +24,14 @@ and the tests' (see synthetic_us.SPLIT_SEEDS).
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from workers.evaluation.model_folders import model_folder_module
 from workers.imaging.ultrasound import max_diameter_px
 
-# The training generator beside this file, also when this module is loaded by path (tests/utils/reference_models).
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import synthetic_us as su  # noqa: E402
+su = model_folder_module("thyroid-malignancy-reference", "synthetic_us")  # the training generator beside this file
 
 EXTERNAL_SEED = 660_006
 
