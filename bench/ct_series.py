@@ -30,7 +30,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.utils.reference_models import load_reference_module  # noqa: E402
+from devkit.reference_models import load_reference_module  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

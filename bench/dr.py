@@ -48,9 +48,9 @@ from bench.peer_grader import session_settings
 from bench.pipeline_limit import configuration as pipeline_configuration
 from bench.pipeline_limit import pipeline_limit
 from bench.standin import build_standin_repository
-from tests.utils.fundus import jpeg_bytes, make_fundus, png_bytes
-from tests.utils.reference_models import MODELS_DIR, REPO_ROOT
-from tests.utils.services import RedisServer, Service, free_port, service_env
+from devkit.fundus import jpeg_bytes, make_fundus, png_bytes
+from devkit.reference_models import MODELS_DIR, REPO_ROOT
+from devkit.services import RedisServer, Service, free_port, service_env
 from workers.imaging.fundus import preprocess_fundus
 from workers.local import predict_files
 from workers.runtime import WorkerRuntime

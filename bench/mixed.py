@@ -29,11 +29,11 @@ import httpx
 import numpy as np
 
 from app.config import Lane, Settings
-from tests.utils.api import TIMEOUT, submit_job
-from tests.utils.ct import nodule_scan, synthetic_ct
-from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.reference_models import REPO_ROOT
-from tests.utils.services import Service, service_env
+from devkit.api import TIMEOUT, submit_job
+from devkit.ct import nodule_scan, synthetic_ct
+from devkit.fundus import make_fundus, png_bytes
+from devkit.reference_models import REPO_ROOT
+from devkit.services import Service, service_env
 
 RESULTS = REPO_ROOT / "bench" / "results"
 CT_TASK = "lung-nodule-detection"

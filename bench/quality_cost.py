@@ -17,10 +17,10 @@ import numpy as np
 
 from app.config import Settings
 from app.schemas.tasks import TaskName
-from tests.utils.covid import covid_case
-from tests.utils.ct import nodule_scan, write_series
-from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.ultrasound import make_frame, png_bytes as us_png_bytes
+from devkit.covid import covid_case
+from devkit.ct import nodule_scan, write_series
+from devkit.fundus import make_fundus, png_bytes
+from devkit.ultrasound import make_frame, png_bytes as us_png_bytes
 from workers.local import predict_files
 from workers.runtime import WorkerRuntime
 

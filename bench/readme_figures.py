@@ -21,10 +21,10 @@ from PIL import Image, ImageDraw
 
 from app.config import Settings
 from app.schemas.tasks import TaskName
-from tests.utils.covid import covid_case
-from tests.utils.ct import write_series
-from tests.utils.fundus import lesions_in_one_quadrant, make_fundus, png_bytes
-from tests.utils.quality import blurred, chest_xray
+from devkit.covid import covid_case
+from devkit.ct import write_series
+from devkit.fundus import lesions_in_one_quadrant, make_fundus, png_bytes
+from devkit.quality import blurred, chest_xray
 from workers.local import predict_files
 from workers.runtime import WorkerRuntime
 

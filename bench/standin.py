@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from app.model_repository import file_sha256
-from tests.utils.reference_models import MODELS_DIR
+from devkit.reference_models import MODELS_DIR
 
 STANDIN_ID = "dr-grading-resnet50-standin"
 SIZE = 512

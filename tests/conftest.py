@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.utils.s3 import MotoServer
-from tests.utils.services import RabbitVhost, RedisServer, Service, free_port, service_env, start_redis
+from devkit.services import RabbitVhost, RedisServer, Service, free_port, service_env, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,7 @@ def ops_service(tmp_path_factory, redis_server, moto_server) -> Iterator[Service
 @pytest.fixture(scope="session")
 def ops_dicom_job(ops_service: Service) -> dict:
     """One DR job on a DICOM photograph with patient identifiers, run through `ops_service` to the end."""
-    from tests.utils.api import run_job
+    from devkit.api import run_job
     from tests.utils.ops import PHI, phi_dicom_fundus
 
     job = run_job(ops_service, "dr-grading", [("Quixote_Alonso.dcm", phi_dicom_fundus())])

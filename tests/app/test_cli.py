@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.utils.fundus import dicom_fundus_bytes, make_fundus
-from tests.utils.reference_models import REPO_ROOT
+from devkit.fundus import dicom_fundus_bytes, make_fundus
+from devkit.reference_models import REPO_ROOT
 
 
 def test_predict_dicom_prints_result_and_writes_artifacts(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from app.logs import JsonFormatter, bind_job_task, job_log_context
 from tests.utils.ops import json_lines
-from tests.utils.services import Service
+from devkit.services import Service
 
 
 def format_line(message: str) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from app.errors import TaskNotServed
 from app.model_repository import ModelRepository
 from app.schemas.tasks import TaskName
-from tests.utils.reference_models import reference_model_dir
+from devkit.reference_models import reference_model_dir
 
 CLASSIFIER = "thyroid-malignancy-reference"
 SEGMENTER = "thyroid-nodule-segmentation-reference"

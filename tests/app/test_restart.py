@@ -6,9 +6,9 @@ import signal
 
 import httpx
 
-from tests.utils.api import get_artifact, submit_job, wait_job
-from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.services import Service, service_env
+from devkit.api import get_artifact, submit_job, wait_job
+from devkit.fundus import make_fundus, png_bytes
+from devkit.services import Service, service_env
 
 
 def test_restart_keeps_results_and_resumes_queued_jobs(tmp_path) -> None:

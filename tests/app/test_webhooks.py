@@ -15,10 +15,10 @@ from standardwebhooks import Webhook
 from app.errors import InvalidRequest
 from app.webhooks import check_callback_url
 from tests.app.security.test_access import wait_job_as
-from tests.utils.api import wait_job
+from devkit.api import wait_job
 from tests.utils.keys import auth, keys_env
-from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.services import Service, service_env
+from devkit.fundus import make_fundus, png_bytes
+from devkit.services import Service, service_env
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -21,10 +21,10 @@ import pytest
 import redis
 
 from tests.deploy.tools import REPO_ROOT, venv_tool
-from tests.utils.ct import nodule_scan, synthetic_ct, zip_bytes
-from tests.utils.fundus import big_png, make_fundus, png_bytes
+from devkit.ct import nodule_scan, synthetic_ct, zip_bytes
+from devkit.fundus import big_png, make_fundus, png_bytes
 from tests.utils.keys import auth, keys_env
-from tests.utils.services import free_port
+from devkit.services import free_port
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("MEDIMG_CONTAINER_TESTS"),

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from app.schemas.tasks import TaskName
-from tests.utils.api import run_job, submit_job
-from tests.utils.services import Service, service_env
+from devkit.api import run_job, submit_job
+from devkit.services import Service, service_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "examples" / "chest-xray-findings"

@@ -9,8 +9,8 @@ import pytest
 
 from app.model_repository import file_sha256
 from app.schemas.manifest import ModelManifest
-from tests.utils.covid import COVID_MODEL_ID, covid_case, synthetic_covid
-from tests.utils.reference_models import load_reference_module, reference_model_dir
+from devkit.covid import COVID_MODEL_ID, covid_case, synthetic_covid
+from devkit.reference_models import load_reference_module, reference_model_dir
 
 VERSION_DIR = reference_model_dir(COVID_MODEL_ID) / "1"
 

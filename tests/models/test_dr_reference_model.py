@@ -9,7 +9,7 @@ import pytest
 
 from app.model_repository import file_sha256
 from app.schemas.manifest import ModelManifest, Normalization, Preprocessing
-from tests.utils.reference_models import load_reference_module, reference_model_dir
+from devkit.reference_models import load_reference_module, reference_model_dir
 from workers.imaging.fundus import crop_to_retina, preprocess_fundus
 
 MODEL_ID = "dr-grading-reference"

@@ -9,8 +9,8 @@ import pytest
 
 from app.model_repository import file_sha256
 from app.schemas.manifest import ModelManifest
-from tests.utils.ct import synthetic_ct
-from tests.utils.reference_models import load_reference_module, reference_model_dir
+from devkit.ct import synthetic_ct
+from devkit.reference_models import load_reference_module, reference_model_dir
 
 MODEL_ID = "lung-nodule-reference"
 VERSION_DIR = reference_model_dir(MODEL_ID) / "1"

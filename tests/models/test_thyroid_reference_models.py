@@ -10,8 +10,8 @@ import pytest
 from app.model_repository import file_sha256
 from app.schemas.manifest import ModelManifest
 from app.schemas.tirads import RiskBand, band_bounds_from_operating_points
-from tests.utils.reference_models import load_reference_module, reference_model_dir
-from tests.utils.ultrasound import synthetic_us
+from devkit.reference_models import load_reference_module, reference_model_dir
+from devkit.ultrasound import synthetic_us
 
 CLASSIFIER = "thyroid-malignancy-reference"
 SEGMENTER = "thyroid-nodule-segmentation-reference"

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.utils.reference_models import load_reference_module, reference_model_dir
+from devkit.reference_models import load_reference_module, reference_model_dir
 from workers.evaluation import validation_sets
 
 

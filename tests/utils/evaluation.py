@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.utils.covid import covid_case
-from tests.utils.ct import nodule_scan, synthetic_ct
-from tests.utils.fundus import dicom_fundus_bytes, jpeg_bytes, make_fundus, png_bytes
-from tests.utils.services import REPO_ROOT
-from tests.utils.ultrasound import held_out_item
-from tests.utils.ultrasound import png_bytes as us_png_bytes
+from devkit.covid import covid_case
+from devkit.ct import nodule_scan, synthetic_ct
+from devkit.fundus import dicom_fundus_bytes, jpeg_bytes, make_fundus, png_bytes
+from devkit.services import REPO_ROOT
+from devkit.ultrasound import held_out_item
+from devkit.ultrasound import png_bytes as us_png_bytes
 
 EVAL_TIMEOUT = 300
 

@@ -11,8 +11,8 @@ from pydicom.uid import RLELossless
 
 from tests.utils.keys import auth
 from tests.utils.pacs import Orthanc
-from tests.utils.services import Service
-from tests.utils.ultrasound import dicom_us_bytes, make_frame
+from devkit.services import Service
+from devkit.ultrasound import dicom_us_bytes, make_frame
 from workers.imaging.ultrasound import to_grey
 
 

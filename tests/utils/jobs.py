@@ -10,7 +10,7 @@ from app.model_repository import ModelRepository
 from app.schemas.jobs import InputFile, Job, ModelRef
 from app.schemas.tasks import TaskName
 from app.storage.blobs import BlobStore, job_prefix
-from tests.utils.reference_models import MODELS_DIR
+from devkit.reference_models import MODELS_DIR
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:

@@ -10,7 +10,7 @@ import httpx
 import pydicom
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.utils.fundus import dicom_fundus_bytes, make_fundus
+from devkit.fundus import dicom_fundus_bytes, make_fundus
 
 # Values no log line may contain, in any of the spellings a careless log could use.
 PHI = {

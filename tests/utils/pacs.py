@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.utils.services import free_port
+from devkit.services import free_port
 
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.utils.services import _wait_until, free_port
+from devkit.services import _wait_until, free_port
 
 ACCESS_KEY = "medimg-test"
 SECRET_KEY = "medimg-test-secret"

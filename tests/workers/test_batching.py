@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.schemas.tasks import TaskName
-from tests.utils.fundus import make_fundus
+from devkit.fundus import make_fundus
 from tests.utils.jobs import make_settings
 from workers.batching import MicroBatcher, urgent_calls
 from workers.imaging.fundus import preprocess_fundus
@@ -80,9 +80,9 @@ def test_batcher_mixed_shapes_and_errors_reach_their_callers() -> None:
 
 
 def test_celery_thread_pool_batches_jobs_with_unchanged_results(tmp_path, redis_server, embedded_service) -> None:
-    from tests.utils.api import run_job, submit_job, wait_job
-    from tests.utils.fundus import png_bytes
-    from tests.utils.services import Service, service_env
+    from devkit.api import run_job, submit_job, wait_job
+    from devkit.fundus import png_bytes
+    from devkit.services import Service, service_env
 
     db = redis_server.url.rsplit("/", 1)[0] + "/9"
     service = Service(tmp_path, service_env(tmp_path, db, MEDIMG_BATCH_MAX_WAIT_MS="20"))

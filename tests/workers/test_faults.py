@@ -19,9 +19,9 @@ import redis
 
 from app.schemas.tasks import TaskName
 from app.storage.jobs import RedisJobStore
-from tests.utils.api import submit_job, wait_job
-from tests.utils.fundus import big_png, jpeg_bytes, make_fundus, png_bytes
-from tests.utils.services import RedisServer, RestartPolicy, Service, service_env
+from devkit.api import submit_job, wait_job
+from devkit.fundus import big_png, jpeg_bytes, make_fundus, png_bytes
+from devkit.services import RedisServer, RestartPolicy, Service, service_env
 
 JOBS_IN_FLIGHT = 50
 FAST_LIMITS = {  # redelivery after a lost worker waits out the visibility timeout (2 x hard limit)

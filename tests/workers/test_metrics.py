@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.utils.ops import scrape, total
-from tests.utils.services import Service
+from devkit.services import Service
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from app.cli import main
 from tests.utils.onnx_models import graph_model, linear_classifier, manifest_for, write_model_folder
-from tests.utils.reference_models import REPO_ROOT
+from devkit.reference_models import REPO_ROOT
 from workers.model_check import check_folder, check_folders
 
 

@@ -44,7 +44,7 @@ def test_worker_requiring_cuda_on_a_cpu_host_never_beats_and_stops(tmp_path, red
     """A real worker process: its sessions get the CPU only, so it refuses readiness and exits."""
     import redis
 
-    from tests.utils.services import Service, service_env
+    from devkit.services import Service, service_env
 
     url = redis_server.url.rsplit("/", 1)[0] + "/7"  # a database of its own: no other worker's beat counts
     client = redis.Redis.from_url(url)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.schemas.jobs import JobStatus
-from tests.utils.fundus import make_fundus, png_bytes
+from devkit.fundus import make_fundus, png_bytes
 from tests.utils.jobs import stored_dr_job, make_settings
 from workers.runner import run_job
 from workers.runtime import WorkerRuntime

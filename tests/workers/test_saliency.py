@@ -9,8 +9,8 @@ from scipy import ndimage
 
 from app.model_repository import load_model_version
 from app.schemas.manifest import SaliencySettings
-from tests.utils.fundus import lesions_in_one_quadrant
-from tests.utils.reference_models import reference_model_dir
+from devkit.fundus import lesions_in_one_quadrant
+from devkit.reference_models import reference_model_dir
 from workers import saliency
 from workers.imaging.fundus import fit_to_model, retina_square, to_model_tensor
 from workers.onnx import load_model

@@ -7,12 +7,12 @@ import time
 
 import httpx
 
-from tests.utils.api import TIMEOUT
+from devkit.api import TIMEOUT
 from tests.utils.evaluation import medimg_eval
-from tests.utils.fundus import dicom_fundus_bytes, make_fundus, png_bytes
+from devkit.fundus import dicom_fundus_bytes, make_fundus, png_bytes
 from tests.utils.keys import auth, keys_env
-from tests.utils.reference_models import REPO_ROOT
-from tests.utils.services import Service, service_env
+from devkit.reference_models import REPO_ROOT
+from devkit.services import Service, service_env
 
 MODEL = "dr-grading-reference"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.api import submit_job
-from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.services import RedisServer, RestartPolicy, Service, service_env
+from devkit.api import submit_job
+from devkit.fundus import make_fundus, png_bytes
+from devkit.services import RedisServer, RestartPolicy, Service, service_env
 from tests.workers.test_faults import FAST_LIMITS, _assert_all_done_once, _assert_counts_drained
 
 pytestmark = pytest.mark.skipif(not os.environ.get("MEDIMG_SOAK"), reason="`make soak` runs this (minutes long)")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.utils.keys import KEYS, keys_env
-from tests.utils.reference_models import REPO_ROOT
-from tests.utils.services import Service, service_env
+from devkit.reference_models import REPO_ROOT
+from devkit.services import Service, service_env
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 

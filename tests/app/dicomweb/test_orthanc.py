@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.utils.ct import nodule_scan, synthetic_ct
+from devkit.ct import nodule_scan, synthetic_ct
 from tests.utils.pacs import Orthanc, orthanc_available
-from tests.utils.services import Service, service_env
+from devkit.services import Service, service_env
 
 pytestmark = pytest.mark.skipif(not orthanc_available(),
                                 reason="Debian packages orthanc and orthanc-dicomweb are not installed")

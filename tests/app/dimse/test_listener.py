@@ -25,10 +25,10 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from app.schemas.jobs import JobPriority, JobStatus
 from app.storage.jobs import SqliteJobStore
-from tests.utils.ct import nodule_scan, synthetic_ct
+from devkit.ct import nodule_scan, synthetic_ct
 from tests.utils.keys import keys_env
 from tests.utils.pacs import STORESCP, Storescp
-from tests.utils.services import Process, free_port, service_env
+from devkit.services import Process, free_port, service_env
 
 PATIENT = "Listener^Marked"
 PEERS = [{"ae_title": "PACS1", "address": "127.0.0.1", "caller": "clinic-a"},

@@ -18,7 +18,7 @@ from app.schemas.jobs import Job, JobPriority, JobStatus, ModelRef, utcnow
 from app.schemas.tasks import TaskName
 from app.storage.jobs import RedisJobStore
 from tests.utils.jobs import make_settings
-from tests.utils.services import RedisServer
+from devkit.services import RedisServer
 
 TASK = TaskName.LUNG_NODULE_DETECTION
 MODEL = ModelRef(id="m", version=1, sha256="0" * 64, research_use_only=True)

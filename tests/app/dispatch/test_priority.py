@@ -13,10 +13,10 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.utils.api import TIMEOUT, submit_job, wait_job
-from tests.utils.ct import nodule_scan, synthetic_ct
-from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.services import RabbitVhost, Service, service_env
+from devkit.api import TIMEOUT, submit_job, wait_job
+from devkit.ct import nodule_scan, synthetic_ct
+from devkit.fundus import make_fundus, png_bytes
+from devkit.services import RabbitVhost, Service, service_env
 
 CT_TASK = "lung-nodule-detection"
 

@@ -14,7 +14,7 @@ import redis
 
 from tests.utils.exports import assert_study_viewable, result_uids, sent, us_instance, wait_export, wait_job_as
 from tests.utils.pacs import Orthanc, orthanc_available
-from tests.utils.services import RedisServer, Service, service_env
+from devkit.services import RedisServer, Service, service_env
 
 pytestmark = pytest.mark.skipif(not orthanc_available(), reason="Debian packages orthanc, orthanc-dicomweb needed")
 

@@ -27,7 +27,7 @@ from tests.utils.exports import (
 )
 from tests.utils.keys import auth, keys_env
 from tests.utils.pacs import STORESCP, Orthanc, Storescp, orthanc_available
-from tests.utils.services import Service, service_env
+from devkit.services import Service, service_env
 
 pytestmark = pytest.mark.skipif(not orthanc_available() or STORESCP is None,
                                 reason="Debian packages orthanc, orthanc-dicomweb and dcmtk are needed")

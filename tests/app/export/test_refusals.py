@@ -12,7 +12,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from app.config import DimseDestination
 from app.export.senders import DimseSender, Instance, SendFailed
 from tests.utils.exports import us_instance
-from tests.utils.services import free_port
+from devkit.services import free_port
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from app.errors import UnsuitableInput
 from app.imaging.ct_geometry import check_volume_files
-from tests.utils.ct import ramp_volume, small_grid, synthetic_ct, write_series
+from devkit.ct import ramp_volume, small_grid, synthetic_ct, write_series
 
 TASK = "task 'lung-nodule-detection'"
 

@@ -35,8 +35,8 @@ from app.errors import BadInputError, MedimgError
 from app.intake.service import Intake
 from app.schemas.tasks import TaskName
 from app.storage.factory import make_blob_store, make_job_store, make_model_repository
-from tests.utils.fundus import dicom_fundus_bytes, jpeg_bytes, make_fundus, png_bytes
-from tests.utils.reference_models import MODELS_DIR
+from devkit.fundus import dicom_fundus_bytes, jpeg_bytes, make_fundus, png_bytes
+from devkit.reference_models import MODELS_DIR
 from workers.imaging.photo import load_photo
 from workers.local import _RunLater
 

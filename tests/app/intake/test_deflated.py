@@ -12,7 +12,7 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from app.intake.deflated import CHUNK, BudgetExceeded, inflate_if_deflated
-from tests.utils.fundus import dicom_fundus_bytes, make_fundus
+from devkit.fundus import dicom_fundus_bytes, make_fundus
 
 
 def _inflate(path: Path, budget: int = 1 << 30) -> int:

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pydicom
 import pytest
 
-from tests.utils.api import run_job
-from tests.utils.fundus import dicom_fundus_bytes, make_fundus
-from tests.utils.services import Service, service_env
+from devkit.api import run_job
+from devkit.fundus import dicom_fundus_bytes, make_fundus
+from devkit.services import Service, service_env
 
 MARKED_NAME = "Zzyzx^Quillonius"
 

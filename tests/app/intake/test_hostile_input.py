@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.utils.api import submit_job, wait_job
+from devkit.api import submit_job, wait_job
 from tests.utils.footprint import footprint
-from tests.utils.fundus import dicom_fundus_bytes, make_fundus, png_bytes
-from tests.utils.services import Service, service_env
+from devkit.fundus import dicom_fundus_bytes, make_fundus, png_bytes
+from devkit.services import Service, service_env
 
 LIMIT = 3_000_000
 

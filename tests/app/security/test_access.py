@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.utils.api import submit_job, wait_job
-from tests.utils.fundus import make_fundus, png_bytes
+from devkit.api import submit_job, wait_job
+from devkit.fundus import make_fundus, png_bytes
 from tests.utils.keys import KEYS, auth, keys_env
-from tests.utils.services import Service, service_env
+from devkit.services import Service, service_env
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.app.security.test_access import wait_job_as
-from tests.utils.api import submit_job
-from tests.utils.fundus import dicom_fundus_bytes, make_fundus, png_bytes
+from devkit.api import submit_job
+from devkit.fundus import dicom_fundus_bytes, make_fundus, png_bytes
 from tests.utils.keys import auth, keys_env
-from tests.utils.services import Service, service_env
+from devkit.services import Service, service_env
 
 
 @pytest.fixture(scope="module")

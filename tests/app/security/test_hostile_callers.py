@@ -15,7 +15,7 @@ import pytest
 from app.security.keys import hash_key
 from tests.utils.footprint import footprint
 from tests.utils.keys import auth, keys_env
-from tests.utils.services import Service, service_env
+from devkit.services import Service, service_env
 
 FLOODER = "mk_test_flooder_0123456789abcdef"
 

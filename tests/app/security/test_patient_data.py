@@ -7,9 +7,9 @@ import io
 import httpx
 import pydicom
 
-from tests.utils.api import run_job, submit_job
-from tests.utils.fundus import dicom_fundus_bytes, dicom_fundus_ybr_jpeg_bytes, make_fundus
-from tests.utils.services import Service
+from devkit.api import run_job, submit_job
+from devkit.fundus import dicom_fundus_bytes, dicom_fundus_ybr_jpeg_bytes, make_fundus
+from devkit.services import Service
 
 MARKS = ["Qwertzuiop^Marked", "MRN-7788-MARK", "19011231", "ACC-MARK-42"]
 

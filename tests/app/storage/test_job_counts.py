@@ -16,7 +16,7 @@ from app.schemas.jobs import JobStatus
 from app.schemas.tasks import TaskName
 from app.storage.jobs import JobStore, RedisJobStore, SqliteJobStore
 from tests.app.storage.test_jobs import new_job
-from tests.utils.services import RedisServer
+from devkit.services import RedisServer
 
 
 @pytest.fixture(params=["sqlite", "redis"])

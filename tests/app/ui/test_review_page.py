@@ -15,14 +15,14 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.utils.covid import covid_case
-from tests.utils.ct import nodule_scan, synthetic_ct, zip_bytes
-from tests.utils.fundus import make_fundus, png_bytes
+from devkit.covid import covid_case
+from devkit.ct import nodule_scan, synthetic_ct, zip_bytes
+from devkit.fundus import make_fundus, png_bytes
 from tests.utils.keys import KEYS, keys_env
-from tests.utils.reference_models import REPO_ROOT
-from tests.utils.services import Service, service_env
-from tests.utils.ultrasound import make_frame
-from tests.utils.ultrasound import png_bytes as ultrasound_png
+from devkit.reference_models import REPO_ROOT
+from devkit.services import Service, service_env
+from devkit.ultrasound import make_frame
+from devkit.ultrasound import png_bytes as ultrasound_png
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO_ROOT / "out" / "browser"

@@ -24,11 +24,11 @@ from app.schemas.results import (
     ThyroidNodule,
 )
 from app.schemas.tirads import RiskBand, recommend
-from tests.utils.ct import ramp_volume, small_grid, write_series
+from devkit.ct import ramp_volume, small_grid, write_series
 from tests.utils.dicom_validation import dciodvfy_errors
-from tests.utils.fundus import dicom_fundus_bytes, make_fundus
-from tests.utils.reference_models import REPO_ROOT
-from tests.utils.ultrasound import dicom_us_bytes, make_frame
+from devkit.fundus import dicom_fundus_bytes, make_fundus
+from devkit.reference_models import REPO_ROOT
+from devkit.ultrasound import dicom_us_bytes, make_frame
 from workers.dicom_results.common import ResultNotWritten, device_uid, encode, read_sources
 from workers.dicom_results.seg import covid_lesion_seg, thyroid_nodule_seg
 from workers.dicom_results.sr import dr_grading_sr, lung_nodule_sr, thyroid_malignancy_sr

@@ -11,8 +11,8 @@ from pydicom.sr.codedict import codes
 from app.config import Settings
 from app.schemas.tasks import TaskName
 from tests.utils.dicom_validation import dciodvfy_errors
-from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.ultrasound import dicom_us_bytes, make_frame
+from devkit.fundus import make_fundus, png_bytes
+from devkit.ultrasound import dicom_us_bytes, make_frame
 from workers.local import predict_files
 
 
@@ -54,8 +54,8 @@ def test_png_input_gets_no_dicom_results_and_a_note(tmp_path) -> None:
 
 
 def test_covid_job_writes_seg_over_the_source_slices(tmp_path) -> None:
-    from tests.utils.covid import held_out_case
-    from tests.utils.ct import synthetic_ct
+    from devkit.covid import held_out_case
+    from devkit.ct import synthetic_ct
 
     case = held_out_case(1)
     paths = synthetic_ct().write_ct_series(case.hu, case.grid, tmp_path / "series", instance_order="descending")
@@ -78,7 +78,7 @@ def test_dr_explain_on_dicom_writes_saliency_on_the_source_grid(tmp_path) -> Non
     """options.explain: saliency.png and a Secondary Capture, both with the source photo's rows and columns."""
     from PIL import Image
 
-    from tests.utils.fundus import dicom_fundus_bytes
+    from devkit.fundus import dicom_fundus_bytes
 
     path = tmp_path / "eye.dcm"
     path.write_bytes(dicom_fundus_bytes(make_fundus(4, size=480).rgb))

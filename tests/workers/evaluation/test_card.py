@@ -26,7 +26,7 @@ def model(tmp_path, covid_manifest_json):
 
 @pytest.fixture
 def covid_manifest_json() -> str:
-    from tests.utils.reference_models import REPO_ROOT
+    from devkit.reference_models import REPO_ROOT
 
     return (REPO_ROOT / "models" / "covid-lesion-segmentation-reference" / "1" / "manifest.json").read_text()
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tests.utils.reference_models import load_reference_module
+from devkit.reference_models import load_reference_module
 from workers.evaluation.classification import binary_figures
 from workers.evaluation.intervals import BootstrapSettings, bootstrap_figure, mean_figure
 

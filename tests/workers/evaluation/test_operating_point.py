@@ -7,10 +7,10 @@ import json
 import httpx
 import numpy as np
 
-from tests.utils.api import TIMEOUT
+from devkit.api import TIMEOUT
 from tests.utils.evaluation import eyepacs_set, medimg_eval, read_cases, read_metrics
-from tests.utils.reference_models import REPO_ROOT
-from tests.utils.services import Service, service_env
+from devkit.reference_models import REPO_ROOT
+from devkit.services import Service, service_env
 
 MODEL = "dr-grading-reference"
 

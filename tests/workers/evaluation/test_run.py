@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score, roc_curve
 
-from tests.utils.covid import dice
+from devkit.covid import dice
 from tests.utils.evaluation import (
     eyepacs_set,
     luna16_set,
@@ -21,7 +21,7 @@ from tests.utils.evaluation import (
     read_metrics,
     thyroid_set,
 )
-from tests.utils.services import service_env
+from devkit.services import service_env
 
 BOOTSTRAP = "300"
 

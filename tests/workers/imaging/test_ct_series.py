@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from app.errors import BadInputError
-from tests.utils.ct import ramp_volume, small_grid, synthetic_ct, write_series
+from devkit.ct import ramp_volume, small_grid, synthetic_ct, write_series
 from workers.imaging.ct_series import load_ct_series
 
 

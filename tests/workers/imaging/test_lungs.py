@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.utils.covid import covid_case, dice
+from devkit.covid import covid_case, dice
 from workers.imaging.lungs import LungMask, body_air, lung_extent_z, segment_lungs
 
 

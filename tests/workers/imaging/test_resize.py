@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from app.model_repository import ModelRepository
-from tests.utils.fundus import make_fundus
-from tests.utils.reference_models import MODELS_DIR
+from devkit.fundus import make_fundus
+from devkit.reference_models import MODELS_DIR
 from workers.imaging import resize
 from workers.imaging.fundus import preprocess_fundus
 from workers.imaging.resize import resize_bicubic

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.schemas.manifest import Normalization, Preprocessing
-from tests.utils.ultrasound import dicom_us_bytes, make_frame, ultrasound_region
+from devkit.ultrasound import dicom_us_bytes, make_frame, ultrasound_region
 from workers.imaging.ultrasound import (
     FrameGeometry,
     UltrasoundRegion,

@@ -13,9 +13,9 @@ from PIL import Image
 
 from app.errors import ModelError
 from app.schemas.manifest import ModelManifest
-from tests.utils.covid import COVID_MODEL_ID
-from tests.utils.ct import small_grid, write_series
-from tests.utils.reference_models import reference_model_dir
+from devkit.covid import COVID_MODEL_ID
+from devkit.ct import small_grid, write_series
+from devkit.reference_models import reference_model_dir
 from workers.imaging.ct_series import load_ct_series
 from workers.imaging.lungs import LungMask
 from workers.imaging.slice_stacks import model_plane, stack_neighbours
@@ -250,8 +250,8 @@ def test_uncertainty_map_is_written_on_the_source_grid(tmp_path) -> None:
 
     from app.config import Settings
     from app.schemas.tasks import TaskName
-    from tests.utils.covid import covid_case
-    from tests.utils.ct import write_series
+    from devkit.covid import covid_case
+    from devkit.ct import write_series
     from workers.local import predict_files
 
     case = covid_case(2, matrix=96, slice_spacing=5.0)

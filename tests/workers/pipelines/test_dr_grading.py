@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from app.model_repository import load_model_version
-from tests.utils.fundus import jpeg_bytes, make_fundus
-from tests.utils.reference_models import reference_model_dir
+from devkit.fundus import jpeg_bytes, make_fundus
+from devkit.reference_models import reference_model_dir
 from workers.decoding import activate
 from workers.imaging.fundus import preprocess_fundus
 from workers.imaging.photo import load_photo

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from app.config import Settings
 from app.schemas.manifest import ModelManifest
 from app.schemas.tasks import TaskName
-from tests.utils.ct import small_grid, write_series
+from devkit.ct import small_grid, write_series
 from tests.utils.onnx_models import graph_model, manifest_for, write_model_folder
 from workers.decoding import decode_boxes
 from workers.local import predict_files

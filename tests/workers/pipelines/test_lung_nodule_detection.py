@@ -10,8 +10,8 @@ from PIL import Image
 
 from app.schemas.manifest import ModelManifest
 from app.schemas.options import LungNoduleDetectionOptions
-from tests.utils.ct import ramp_volume, small_grid, synthetic_ct, write_series
-from tests.utils.reference_models import reference_model_dir
+from devkit.ct import ramp_volume, small_grid, synthetic_ct, write_series
+from devkit.reference_models import reference_model_dir
 from workers.imaging.ct_resample import resample_to_spacing, window
 from workers.imaging.ct_series import load_ct_series
 from workers.pipelines.lung_nodule_detection import (
@@ -212,7 +212,7 @@ def test_uncertainty_gives_each_finding_its_score_spread(tmp_path) -> None:
     """options.uncertainty: one mirrored run more; every reported nodule gets its spread (a small scan, ~10 s)."""
     from app.config import Settings
     from app.schemas.tasks import TaskName
-    from tests.utils.ct import nodule_scan, write_series
+    from devkit.ct import nodule_scan, write_series
     from workers.local import predict_files
 
     scan = nodule_scan(seed=7, matrix=128, z_extent_mm=60.0, diameters=(12.0, 18.0))

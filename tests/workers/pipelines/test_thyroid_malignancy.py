@@ -15,8 +15,8 @@ from app.schemas.jobs import Artifact, InputFile, Job, ModelRef
 from app.schemas.options import ThyroidMalignancyOptions
 from app.storage.blobs import FilesystemBlobStore
 from app.storage.jobs import SqliteJobStore
-from tests.utils.reference_models import reference_model_dir
-from tests.utils.ultrasound import (
+from devkit.reference_models import reference_model_dir
+from devkit.ultrasound import (
     dice,
     dicom_us_bytes,
     jpeg_bytes,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from app.schemas.manifest import CTQuality, ModelManifest
-from tests.utils.covid import covid_case
-from tests.utils.ct import nodule_scan, small_grid, write_series
-from tests.utils.reference_models import reference_model_dir
+from devkit.covid import covid_case
+from devkit.ct import nodule_scan, small_grid, write_series
+from devkit.reference_models import reference_model_dir
 from workers.imaging.ct_series import load_ct_series
 from workers.quality.ct import check_ct
 

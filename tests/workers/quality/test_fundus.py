@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from app.schemas.manifest import FundusQuality, ModelManifest
-from tests.utils.fundus import make_fundus
-from tests.utils.quality import blurred, chest_xray, document_scan
-from tests.utils.reference_models import reference_model_dir
+from devkit.fundus import make_fundus
+from devkit.quality import blurred, chest_xray, document_scan
+from devkit.reference_models import reference_model_dir
 from workers.quality.fundus import check_fundus
 
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from app.schemas.manifest import ModelManifest, UltrasoundQuality
-from tests.utils.reference_models import reference_model_dir
-from tests.utils.ultrasound import make_frame
+from devkit.reference_models import reference_model_dir
+from devkit.ultrasound import make_frame
 from workers.imaging.ultrasound import find_imaging_region, to_grey
 from workers.quality.ultrasound import check_frame, check_nodule
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.utils.api import get_artifact
-from tests.utils.services import Service
+from devkit.api import get_artifact
+from devkit.services import Service
 
 pytestmark = pytest.mark.slow
 

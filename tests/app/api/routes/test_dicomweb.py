@@ -12,9 +12,9 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from tests.utils.api import wait_job
-from tests.utils.ct import nodule_scan, synthetic_ct
-from tests.utils.services import Service, service_env
+from devkit.api import wait_job
+from devkit.ct import nodule_scan, synthetic_ct
+from devkit.services import Service, service_env
 
 RULES = [{"modality": "CT", "series_description": "(?i)chest", "task": "lung-nodule-detection"},
          {"attributes": {"Modality": "CT"}, "priority": "stat"}]
@@ -78,7 +78,7 @@ def _multipart(parts: list[bytes], boundary: str = "b0undary") -> bytes:
 
 
 def test_store_chunked_with_task_parameter_returns_job_id_header(dicomweb_service, tmp_path) -> None:
-    from tests.utils.ultrasound import dicom_us_bytes, make_frame
+    from devkit.ultrasound import dicom_us_bytes, make_frame
 
     body = _multipart([dicom_us_bytes(make_frame(4).frame, pixel_spacing_mm=0.1)])
 
@@ -100,7 +100,7 @@ def test_store_chunked_with_task_parameter_returns_job_id_header(dicomweb_servic
 
 
 def test_store_unrouted_series_is_409_with_failed_sop_sequence(dicomweb_service) -> None:
-    from tests.utils.ultrasound import dicom_us_bytes, make_frame
+    from devkit.ultrasound import dicom_us_bytes, make_frame
 
     body = _multipart([dicom_us_bytes(make_frame(5).frame)])
     response = httpx.post(f"{dicomweb_service.url}/dicomweb/studies", content=body, timeout=60,

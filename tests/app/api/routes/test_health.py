@@ -2,9 +2,9 @@
 
 import httpx
 
-from tests.utils.api import run_job
-from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.services import Service, service_env
+from devkit.api import run_job
+from devkit.fundus import make_fundus, png_bytes
+from devkit.services import Service, service_env
 
 
 def test_healthz(embedded_service: Service) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from tests.utils.api import get_artifact, run_job, submit_job, wait_job
-from tests.utils.fundus import (
+from devkit.api import get_artifact, run_job, submit_job, wait_job
+from devkit.fundus import (
     dicom_fundus_bytes,
     dicom_fundus_ybr_jpeg_bytes,
     dicom_mr_volume_bytes,
@@ -19,7 +19,7 @@ from tests.utils.fundus import (
     make_fundus,
     png_bytes,
 )
-from tests.utils.services import Service
+from devkit.services import Service
 
 PROBLEM = "application/problem+json"
 DR_RESULT_FIELDS = {"grade", "grade_name", "probabilities", "referable", "referable_probability",
@@ -77,7 +77,7 @@ def test_create_job_dr_grading_succeeds(service: Service, encoding: str) -> None
 @pytest.mark.parametrize("picture, reason", [("black", "no-field-of-view"), ("chest-xray", "not-a-fundus-photo")])
 def test_create_job_dr_grading_ungradable_photo_succeeds_with_reasons_and_no_grade(
         embedded_service: Service, picture: str, reason: str) -> None:
-    from tests.utils.quality import chest_xray
+    from devkit.quality import chest_xray
 
     pixels = np.zeros((600, 600, 3), np.uint8) if picture == "black" else chest_xray()
 

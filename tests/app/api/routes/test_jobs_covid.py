@@ -15,10 +15,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tests.utils.api import get_artifact, run_job
-from tests.utils.covid import dice, held_out_case
-from tests.utils.ct import synthetic_ct, zip_bytes
-from tests.utils.services import Service
+from devkit.api import get_artifact, run_job
+from devkit.covid import dice, held_out_case
+from devkit.ct import synthetic_ct, zip_bytes
+from devkit.services import Service
 
 TASK = "covid-lesion-segmentation"
 # Every scan of the model card's test split (never trained on, nor used to choose the model) that has lesions:

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.utils.api import submit_job, wait_job
-from tests.utils.fundus import make_fundus
-from tests.utils.fundus import png_bytes as fundus_png
+from devkit.api import submit_job, wait_job
+from devkit.fundus import make_fundus
+from devkit.fundus import png_bytes as fundus_png
 from tests.utils.keys import auth, keys_env
-from tests.utils.services import Service, service_env
-from tests.utils.ultrasound import make_frame
-from tests.utils.ultrasound import png_bytes as ultrasound_png
+from devkit.services import Service, service_env
+from devkit.ultrasound import make_frame
+from devkit.ultrasound import png_bytes as ultrasound_png
 
 
 @dataclass

@@ -18,10 +18,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tests.utils.api import get_artifact, run_job, submit_job
-from tests.utils.ct import nodule_scan, ramp_volume, small_grid, synthetic_ct, write_series, zip_bytes
-from tests.utils.reference_models import REPO_ROOT
-from tests.utils.services import Service
+from devkit.api import get_artifact, run_job, submit_job
+from devkit.ct import nodule_scan, ramp_volume, small_grid, synthetic_ct, write_series, zip_bytes
+from devkit.reference_models import REPO_ROOT
+from devkit.services import Service
 
 TASK = "lung-nodule-detection"
 PROBLEM = "application/problem+json"

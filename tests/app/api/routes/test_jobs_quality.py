@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.utils.api import run_job
-from tests.utils.covid import covid_case
-from tests.utils.ct import write_series, zip_bytes
-from tests.utils.services import Service
-from tests.utils.ultrasound import png_bytes
+from devkit.api import run_job
+from devkit.covid import covid_case
+from devkit.ct import write_series, zip_bytes
+from devkit.services import Service
+from devkit.ultrasound import png_bytes
 
 
 @pytest.fixture(params=["embedded", "celery"])

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from tests.utils.api import get_artifact, run_job, submit_job, wait_job
-from tests.utils.services import Service
-from tests.utils.ultrasound import (
+from devkit.api import get_artifact, run_job, submit_job, wait_job
+from devkit.services import Service
+from devkit.ultrasound import (
     dice,
     dicom_us_bytes,
     held_out_item,

@@ -2,7 +2,7 @@
 
 import httpx
 
-from tests.utils.services import Service
+from devkit.services import Service
 
 
 def test_list_models_reports_dr_reference(embedded_service: Service) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.utils.fundus import make_fundus, png_bytes
-from tests.utils.services import Service, service_env
+from devkit.fundus import make_fundus, png_bytes
+from devkit.services import Service, service_env
 
 LIMIT = 300_000
 

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.utils.services import Service
+from devkit.services import Service
 
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.utils.reference_models import REPO_ROOT
+from devkit.reference_models import REPO_ROOT
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import numpy as np
 
-from tests.utils.reference_models import load_reference_module
+from devkit.reference_models import load_reference_module
 
 LUNG_MODEL_ID = "lung-nodule-reference"
 

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from tests.utils.reference_models import load_reference_module
+from devkit.reference_models import load_reference_module
 
 GENERATOR_MODEL = "thyroid-malignancy-reference"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"

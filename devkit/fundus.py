@@ -16,7 +16,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from tests.utils.reference_models import load_reference_module
+from devkit.reference_models import load_reference_module
 
 OPHTHALMIC_PHOTOGRAPHY_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tests.utils.covid import covid_case
+from devkit.covid import covid_case
 
 WATER_MU_PER_MM = 0.02  # linear attenuation of water near 70 keV
 

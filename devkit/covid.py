@@ -6,7 +6,7 @@ from types import ModuleType
 
 import numpy as np
 
-from tests.utils.reference_models import load_reference_module
+from devkit.reference_models import load_reference_module
 
 COVID_MODEL_ID = "covid-lesion-segmentation-reference"
 
