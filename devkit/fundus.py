@@ -16,6 +16,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from devkit.encoded import jpeg_bytes, png_bytes  # noqa: F401  (callers import them with the case makers)
 from devkit.reference_models import load_reference_module
 
 OPHTHALMIC_PHOTOGRAPHY_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
@@ -50,16 +51,6 @@ def lesions_in_one_quadrant(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return photo, lesion
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def _base_dataset(sop_class: str, transfer_syntax: str, modality: str, patient_name: str) -> Dataset:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
+from devkit.encoded import jpeg_bytes, png_bytes  # noqa: F401  (callers import them with the case makers)
 from devkit.reference_models import load_reference_module
 
 GENERATOR_MODEL = "thyroid-malignancy-reference"
@@ -37,16 +37,6 @@ def held_out_item(index: int):
     return synthetic_us().split_item("test", index)
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(pixels: np.ndarray, quality: int = 92) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def ultrasound_region(box: tuple[int, int, int, int], spacing_mm: float) -> Dataset:
