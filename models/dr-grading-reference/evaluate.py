@@ -3,6 +3,7 @@
     .venv/bin/python models/dr-grading-reference/evaluate.py           # print the metrics
     .venv/bin/python models/dr-grading-reference/evaluate.py --write   # store them in manifest.json and CARD.md
     .venv/bin/python models/dr-grading-reference/evaluate.py --check   # exit 1 if they drift from the manifest
+    .venv/bin/python models/dr-grading-reference/evaluate.py --write-sets  # the external set's figures
 
 Every figure gets its 95 % interval by bootstrap over images from the code `medimg eval` uses
 (workers/evaluation: scipy.stats.bootstrap, seed and resamples printed), so the card and a site's own
@@ -33,13 +34,16 @@ for _path in (str(REPO_ROOT), str(HERE)):
 import synthetic_fundus  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
-from split_tensors import split_tensors  # noqa: E402
+from split_tensors import EXTERNAL, split_tensors  # noqa: E402
+from workers.evaluation import validation_sets  # noqa: E402
+from workers.evaluation.model_folders import model_folder_module  # noqa: E402
 
 VERSION_DIR = HERE / "1"
 MANIFEST_PATH = VERSION_DIR / "manifest.json"
 MODEL_PATH = VERSION_DIR / "model.onnx"
 CARD_PATH = VERSION_DIR / "CARD.md"
 N_TEST = 500
+N_EXTERNAL = 400
 CHECK_TOLERANCE = 0.02
 METRIC_KEYS = (
     "quadratic_weighted_kappa",
@@ -84,16 +88,17 @@ def onnx_probabilities(images: np.ndarray, manifest: ModelManifest) -> np.ndarra
     return activate(calibrated(logits, manifest.calibration), manifest.decoding, axis=1)
 
 
-def evaluate(n: int | None = None, with_intervals: bool = False) -> dict:
-    """Metrics of the committed model on the first n images (default all N_TEST) of the test split; with their
-    bootstrap intervals if asked (the command line always asks)."""
+def evaluate(n: int | None = None, with_intervals: bool = False, split: str = "test") -> dict:
+    """Metrics of the committed model on the first n images (default all N_TEST) of the test split (or of
+    another split, "external" for external_fundus.py's set); with their bootstrap intervals if asked (the
+    command line always asks)."""
     from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
     manifest = load_manifest()
     if model_sha256() != manifest.sha256:
         raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}")
     n = N_TEST if n is None else n
-    images, grades = split_tensors("test", n, manifest.preprocessing)
+    images, grades = split_tensors(split, n, manifest.preprocessing)
     probabilities = onnx_probabilities(images, manifest)
     predicted = probabilities.argmax(axis=1)
 
@@ -147,7 +152,9 @@ def write(results: dict) -> None:
         raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}; retrain or fix it first")
     # Edit the stored JSON rather than a full dump, so fields left at their schema defaults stay out of the file.
     data = json.loads(MANIFEST_PATH.read_text())
-    data["metrics"] = {key: round(results[key], 4) for key in METRIC_KEYS}
+    # The external set's figures are written by --write-sets and stay as they are.
+    kept = {k: v for k, v in data["metrics"].items() if k.startswith(f"{EXTERNAL_SET.prefix}_")}
+    data["metrics"] = {**{key: round(results[key], 4) for key in METRIC_KEYS}, **kept}
     seeds = synthetic_fundus.SPLIT_SEEDS
     for point in data["operating_points"]:
         if point["name"] == manifest.default_operating_point:
@@ -218,12 +225,39 @@ def drift(results: dict, manifest: ModelManifest) -> dict[str, tuple[float | Non
     return out
 
 
+# Read once after version 1 was fixed (issue #21): the model, its threshold and temperature are not changed for it.
+EXTERNAL_SET = validation_sets.ValidationSet(
+    "external", "External validation set (independently written generator)",
+    f"{N_EXTERNAL} photographs of `external_fundus.py` (seeds [{model_folder_module('dr-grading-reference', 'external_fundus').EXTERNAL_SEED}, i], "
+    "requested grades cycling 0-4, each labelled by the ICDR rules from the lesions painted): distance-field "
+    "vessel arcades with a light reflex and venous beading, a two-pigment (melanin, haemoglobin) absorption "
+    "colour model with a tigroid choroid, off-centre vignetting, dot-blot and flame haemorrhages, circinate "
+    "exudates, loop-tangle neovascularisation, boat-shaped preretinal haemorrhage, chromatic blur, shot noise "
+    "and JPEG 55-92 or PNG. Same preprocessing, ONNX model, temperature and operating point as above; never "
+    "used for training, calibration or selection.")
+
+
+def external_notes(internal: dict, external: dict) -> str:
+    """The drop from the held-out test split, stated on the card as measured (nothing is tuned to this set)."""
+    drops = ", ".join(f"{key} {internal[key]:.3f} → {external[key]:.3f}"
+                      for key in ("quadratic_weighted_kappa", "referable_auc", "referable_sensitivity",
+                                  "referable_specificity"))
+    return (f"Internal (held-out test split) → external: {drops}. Confusion matrix on the external set (rows "
+            f"true grade 0-4, columns predicted): {external['confusion_matrix']}.")
+
+
+def set_figures(results: dict) -> dict[str, dict]:
+    return results["intervals"]["figures"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="store the metrics in manifest.json and CARD.md")
     mode.add_argument("--check", action="store_true", help=f"exit 1 if a metric moved by > {CHECK_TOLERANCE}")
+    mode.add_argument("--write-sets", action="store_true", help="store the external set's figures")
     parser.add_argument("--n", type=int, default=None, help=f"test images to use (default {N_TEST})")
+    parser.add_argument("--n-external", type=int, default=N_EXTERNAL, help="external images to use")
     args = parser.parse_args()
 
     results = evaluate(args.n, with_intervals=True)
@@ -231,13 +265,23 @@ def main() -> None:
         ci = results["intervals"]["figures"][key]["ci95"]
         print(f"{key:28s} {results[key]:.4f}  95% CI {ci[0]:.4f} - {ci[1]:.4f}")
     print(f"{'n_images':28s} {results['n_images']}")
+    external = (evaluate(args.n_external, with_intervals=True, split=EXTERNAL)
+                if args.write_sets or args.check else None)
+    if external:
+        print(json.dumps({"external": set_figures(external), "confusion_matrix": external["confusion_matrix"]},
+                         indent=2))
     if args.write:
         write(results)
         print(f"wrote metrics to {MANIFEST_PATH} and {CARD_PATH}")
+    if args.write_sets:
+        validation_sets.write_all(MANIFEST_PATH, CARD_PATH, {EXTERNAL: EXTERNAL_SET}, {EXTERNAL: set_figures(external)},
+                                  external["intervals"]["bootstrap"], "images", CARD_END,
+                                  {EXTERNAL: external_notes(results, external)})
     if args.check:
-        moved = drift(results, load_manifest())
-        for key, (stored, now) in moved.items():
-            print(f"DRIFT {key}: manifest {stored} now {now:.4f}", file=sys.stderr)
+        moved = [f"{key}: manifest {stored} now {now:.4f}" for key, (stored, now) in drift(results, load_manifest()).items()]
+        moved += validation_sets.drift(load_manifest().metrics, EXTERNAL_SET, set_figures(external), CHECK_TOLERANCE)
+        for problem in moved:
+            print(f"DRIFT {problem}", file=sys.stderr)
         sys.exit(1 if moved else 0)
 
 

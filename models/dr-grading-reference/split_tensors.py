@@ -21,7 +21,10 @@ for _path in (str(REPO_ROOT), str(HERE)):
 
 import synthetic_fundus  # noqa: E402
 from app.schemas.manifest import Preprocessing  # noqa: E402
+from workers.evaluation.model_folders import model_folder_module  # noqa: E402
 from workers.imaging.fundus import preprocess_fundus  # noqa: E402
+
+EXTERNAL = "external"  # the split name of external_fundus.py's independently generated set
 
 CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 
@@ -29,7 +32,10 @@ CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 def _one(job: tuple[str, int, str]) -> tuple[np.ndarray, int]:
     split, index, preprocessing_json = job
     preprocessing = Preprocessing.model_validate_json(preprocessing_json)
-    item = synthetic_fundus.split_item(split, index)
+    if split == EXTERNAL:
+        item = model_folder_module("dr-grading-reference", "external_fundus").external_item(index)
+    else:
+        item = synthetic_fundus.split_item(split, index)
     # float16 halves the memory of a precomputed training set; its 1e-3 relative error is far below
     # the JPEG noise already in the images.
     return preprocess_fundus(item.rgb, preprocessing).astype(np.float16), item.grade

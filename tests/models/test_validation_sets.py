@@ -81,3 +81,59 @@ def test_set_figures_written_to_card_and_manifest_and_drift_detected(tmp_path) -
     validation_sets.write_all(tmp_path / "manifest.json", tmp_path / "CARD.md", {"t": trial}, {"t": moved},
                               bootstrap, "frames", "## Evaluation\n")
     assert (tmp_path / "CARD.md").read_text().count(trial.begin) == 1  # replaced, not added again
+
+
+def test_external_fundus_is_deterministic_and_graded_from_what_it_painted() -> None:
+    fundus = load_reference_module("dr-grading-reference", "external_fundus")
+    icdr = load_reference_module("dr-grading-reference", "synthetic_fundus")
+    items = [fundus.external_item(i) for i in range(5)]  # requested grades 0..4
+    assert np.array_equal(items[2].rgb, fundus.external_item(2).rgb) and items[2].lesions == fundus.external_item(2).lesions
+    for item in items:
+        assert item.grade == icdr.icdr_grade(item.lesions)
+        assert (item.lesions.total == 0) == (item.grade == 0)
+    assert items[0].grade == 0 and items[4].grade == 4 and items[4].lesions.neovascular_tufts >= 1
+    # The same eye and camera without lesions: the diseased rendering differs from it, so the lesions were painted.
+    healthy = fundus.external_item(4, asked_grade=0)
+    assert healthy.grade == 0 and healthy.rgb.shape == items[4].rgb.shape
+    changed = np.abs(healthy.rgb.astype(int) - items[4].rgb.astype(int)).max(axis=-1) > 40
+    assert changed.sum() > 50
+
+
+@pytest.fixture(scope="module")
+def external_chest():
+    chest = load_reference_module("covid-lesion-segmentation-reference", "external_chest")
+    return chest, chest.external_case(1, matrix=72, slice_spacing=5.0)
+
+
+def test_external_chest_is_deterministic_and_its_labels_follow_the_painted_density(external_chest) -> None:
+    chest, case = external_chest
+    again = chest.external_case(1, matrix=72, slice_spacing=5.0)
+    assert np.array_equal(case.hu, again.hu) and np.array_equal(case.labels, again.labels)
+    assert case.lesions and not (case.labels > 0)[~case.lung_mask].any()  # lesions only inside the lungs
+    ggo, consolidation = case.labels == 1, case.labels == 2
+    clear_lung = case.lung_mask & (case.labels == 0)
+    assert ggo.any() and consolidation.any()
+    # Noisy HU where the truth says: consolidation dense, ground glass between it and clear lung.
+    assert float(np.median(case.hu[consolidation])) > -350
+    assert -800 < float(np.median(case.hu[ggo])) < -250
+    assert float(np.median(case.hu[clear_lung])) < -750
+    assert set(np.unique(case.lung_side[case.lung_mask])) == {1, 2}
+
+
+def _card_rows(card: str, validation_set) -> dict[str, float]:
+    text = card.split(validation_set.begin, 1)[1].split(validation_set.end, 1)[0]
+    return {cells[0]: float(cells[1]) for line in text.splitlines()
+            if (cells := [c.strip() for c in line.strip("|").split("|")]) and len(cells) == 4
+            and cells[1].replace(".", "").replace("-", "").isdigit()}
+
+
+@pytest.mark.parametrize("model_id", ["dr-grading-reference", "covid-lesion-segmentation-reference"])
+def test_external_card_block_matches_the_manifest(model_id) -> None:
+    """The committed card's external block and the manifest's `external_*` metrics are the same figures."""
+    folder = reference_model_dir(model_id) / "1"
+    stored = json.loads((folder / "manifest.json").read_text())["metrics"]
+    external = validation_sets.ValidationSet("external", "", "")
+    rows = _card_rows((folder / "CARD.md").read_text(), external)
+    assert rows, "no external block on the card"
+    for key, value in rows.items():
+        assert abs(stored[f"external_{key}"] - value) < 1e-3, key
