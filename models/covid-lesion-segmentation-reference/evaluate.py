@@ -239,7 +239,8 @@ def main() -> int:
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
     model_card.add_write_intervals_option(parser)
-    parser.add_argument("--write-sets", action="store_true", help="store the untouched test split's and the external set's figures")
+    parser.add_argument("--write-sets", action="store_true",
+                        help="store the untouched test split's and the external set's figures")
     parser.add_argument("--split", default="test", choices=sorted(SPLIT_SEEDS), help="validation: for choosing a model")
     parser.add_argument("--version-dir", type=Path, default=VERSION_DIR, help="another version folder (experiments)")
     args = parser.parse_args()

@@ -125,8 +125,10 @@ def external_case(index: int, matrix: int | None = None, slice_spacing: float | 
 
     lung_mask = lung_side > 0
     # Parenchyma: a gravity gradient towards the dependent side (+y supine) and a two-scale texture.
-    texture = ext._perlin_like(rng, grid.shape, (2.0 / pixel, 6.0 / pixel), (rng.uniform(8, 18), rng.uniform(6, 14)))
-    parenchyma = rng.uniform(-880, -810) + rng.uniform(20, 70) * np.clip((y + body_ay) / (2 * body_ay), 0, 1) + texture
+    texture = ext._perlin_like(rng, grid.shape, (2.0 / pixel, 6.0 / pixel),
+                               (rng.uniform(8, 18), rng.uniform(6, 14)))
+    dependent = np.clip((y + body_ay) / (2 * body_ay), 0, 1)  # 0 anterior, 1 posterior (the back, supine)
+    parenchyma = rng.uniform(-880, -810) + rng.uniform(20, 70) * dependent + texture
     hu[lung_mask] = parenchyma[lung_mask]
     del texture, parenchyma
 
@@ -172,7 +174,8 @@ def _vessels(rng, grid, x, lung_mask, lung_side) -> np.ndarray:
         hilum = grid.affine[:3, :3] @ voxel + grid.affine[:3, 3]
         hilum[0] *= 0.6  # medial
         for _ in range(int(rng.integers(4, 8))):
-            direction = np.array([np.sign(hilum[0]) * rng.uniform(0.2, 1.0), rng.normal(0, 0.8), rng.normal(0, 1.0)])
+            direction = np.array([np.sign(hilum[0]) * rng.uniform(0.2, 1.0), rng.normal(0, 0.8),
+                                  rng.normal(0, 1.0)])
             ext._grow_tree(rng, hilum, direction, rng.uniform(3.0, 5.0), int(rng.integers(4, 6)), samples)
     centreline = np.concatenate(samples)
     voxels = centreline[:, :3] @ inverse[:3, :3].T + inverse[:3, 3]  # (column, row, slice)
@@ -195,7 +198,8 @@ def _lesion_plan(rng, x, y, z, lung_mask) -> list[dict]:
     """0-6 lesions, centres in the outer third of a lung and mostly in its lower half."""
     n = int(rng.choice(7, p=[0.08, 0.14, 0.2, 0.2, 0.16, 0.12, 0.1]))
     surface_depth = ndimage.distance_transform_edt(lung_mask)
-    candidates = np.argwhere(lung_mask & (surface_depth > 1) & (surface_depth < np.quantile(surface_depth[lung_mask], 0.5)))
+    outer = (surface_depth > 1) & (surface_depth < np.quantile(surface_depth[lung_mask], 0.5))
+    candidates = np.argwhere(lung_mask & outer)
     z_mid = float(np.median(z[lung_mask]))
     plan = []
     for _ in range(n):

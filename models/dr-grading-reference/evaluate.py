@@ -228,7 +228,8 @@ def drift(results: dict, manifest: ModelManifest) -> dict[str, tuple[float | Non
 # Read once after version 1 was fixed (issue #21): the model, its threshold and temperature are not changed for it.
 EXTERNAL_SET = validation_sets.ValidationSet(
     "external", "External validation set (independently written generator)",
-    f"{N_EXTERNAL} photographs of `external_fundus.py` (seeds [{model_folder_module('dr-grading-reference', 'external_fundus').EXTERNAL_SEED}, i], "
+    f"{N_EXTERNAL} photographs of `external_fundus.py` (seeds "
+    f"[{model_folder_module('dr-grading-reference', 'external_fundus').EXTERNAL_SEED}, i], "
     "requested grades cycling 0-4, each labelled by the ICDR rules from the lesions painted): distance-field "
     "vessel arcades with a light reflex and venous beading, a two-pigment (melanin, haemoglobin) absorption "
     "colour model with a tigroid choroid, off-centre vignetting, dot-blot and flame haemorrhages, circinate "
@@ -274,11 +275,12 @@ def main() -> None:
         write(results)
         print(f"wrote metrics to {MANIFEST_PATH} and {CARD_PATH}")
     if args.write_sets:
-        validation_sets.write_all(MANIFEST_PATH, CARD_PATH, {EXTERNAL: EXTERNAL_SET}, {EXTERNAL: set_figures(external)},
-                                  external["intervals"]["bootstrap"], "images", CARD_END,
-                                  {EXTERNAL: external_notes(results, external)})
+        validation_sets.write_all(MANIFEST_PATH, CARD_PATH, {EXTERNAL: EXTERNAL_SET},
+                                  {EXTERNAL: set_figures(external)}, external["intervals"]["bootstrap"], "images",
+                                  CARD_END, {EXTERNAL: external_notes(results, external)})
     if args.check:
-        moved = [f"{key}: manifest {stored} now {now:.4f}" for key, (stored, now) in drift(results, load_manifest()).items()]
+        moved = [f"{key}: manifest {stored} now {now:.4f}"
+                 for key, (stored, now) in drift(results, load_manifest()).items()]
         moved += validation_sets.drift(load_manifest().metrics, EXTERNAL_SET, set_figures(external), CHECK_TOLERANCE)
         for problem in moved:
             print(f"DRIFT {problem}", file=sys.stderr)

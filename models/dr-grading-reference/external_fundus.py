@@ -184,7 +184,8 @@ def _place(shape, patch, cx, cy):
     out = np.zeros(shape, bool)
     half = patch.shape[0] // 2
     x0, y0 = int(round(cx)) - half, int(round(cy)) - half
-    ys, xs = slice(max(y0, 0), min(y0 + patch.shape[0], shape[0])), slice(max(x0, 0), min(x0 + patch.shape[1], shape[1]))
+    ys = slice(max(y0, 0), min(y0 + patch.shape[0], shape[0]))
+    xs = slice(max(x0, 0), min(x0 + patch.shape[1], shape[1]))
     if ys.stop <= ys.start or xs.stop <= xs.start:
         return out
     out[ys, xs] = patch[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
@@ -210,7 +211,8 @@ def external_item(index: int, asked_grade: int | None = None) -> ExternalFundus:
     width = int(scene.integers(480, 721))
     height = int(width * scene.uniform(0.78, 1.0))  # a wide frame cuts the field at top and bottom
     r_fov = width * scene.uniform(0.44, 0.49)
-    centre = np.array([width / 2 + scene.uniform(-0.02, 0.02) * width, height / 2 + scene.uniform(-0.02, 0.02) * height])
+    centre = np.array([width / 2 + scene.uniform(-0.02, 0.02) * width,
+                       height / 2 + scene.uniform(-0.02, 0.02) * height])
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     rho = np.hypot(xx - centre[0], yy - centre[1]) / r_fov
     fov = rho < 1.0
@@ -353,7 +355,8 @@ def external_item(index: int, asked_grade: int | None = None) -> ExternalFundus:
     rgb = np.exp(-absorbance) * np.array([1.0, 0.95, 0.9])
     disc_glow = np.exp(-(np.hypot(xx - disc[0], yy - disc[1]) / disc_r) ** 6)
     cup = np.exp(-(np.hypot(xx - disc[0], yy - disc[1]) / (disc_r * scene.uniform(0.3, 0.55))) ** 4)
-    rgb = rgb * (1 - disc_glow[..., None]) + disc_glow[..., None] * np.array([0.95, 0.75, 0.45]) * (1 - 0.4 * chord[..., None])
+    disc_colour = np.array([0.95, 0.75, 0.45]) * (1 - 0.4 * chord[..., None])  # vessels cross the disc
+    rgb = rgb * (1 - disc_glow[..., None]) + disc_glow[..., None] * disc_colour
     rgb = rgb + cup[..., None] * np.array([0.05, 0.12, 0.12])
     rgb = rgb * (1 - np.clip(waxy, 0, 1)[..., None]) + np.clip(waxy, 0, 1)[..., None] * np.array([0.95, 0.85, 0.35])
     pale = np.clip(pale_lesion, 0, 0.85)[..., None]

@@ -87,7 +87,8 @@ def test_external_fundus_is_deterministic_and_graded_from_what_it_painted() -> N
     fundus = load_reference_module("dr-grading-reference", "external_fundus")
     icdr = load_reference_module("dr-grading-reference", "synthetic_fundus")
     items = [fundus.external_item(i) for i in range(5)]  # requested grades 0..4
-    assert np.array_equal(items[2].rgb, fundus.external_item(2).rgb) and items[2].lesions == fundus.external_item(2).lesions
+    again = fundus.external_item(2)
+    assert np.array_equal(items[2].rgb, again.rgb) and items[2].lesions == again.lesions
     for item in items:
         assert item.grade == icdr.icdr_grade(item.lesions)
         assert (item.lesions.total == 0) == (item.grade == 0)
