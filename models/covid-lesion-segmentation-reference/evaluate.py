@@ -153,8 +153,7 @@ def write(metrics: dict[str, float], intervals: dict) -> None:
     manifest_path = VERSION_DIR / "manifest.json"
     document = json.loads(manifest_path.read_text())
     # The untouched and external sets' figures are written by --write-sets and stay as they are.
-    kept = {k: v for k, v in document.get("metrics", {}).items()
-            if k.startswith(tuple(f"{validation_set.prefix}_" for validation_set in SETS.values()))}
+    kept = validation_sets.kept_figures(document.get("metrics", {}), SETS.values())
     document["metrics"] = {**metrics, **model_card.stored_metrics(intervals["figures"]), **kept}
     manifest_path.write_text(json.dumps(document, indent=2) + "\n")
     card_path = VERSION_DIR / "CARD.md"

@@ -153,7 +153,7 @@ def write(results: dict) -> None:
     # Edit the stored JSON rather than a full dump, so fields left at their schema defaults stay out of the file.
     data = json.loads(MANIFEST_PATH.read_text())
     # The external set's figures are written by --write-sets and stay as they are.
-    kept = {k: v for k, v in data["metrics"].items() if k.startswith(f"{EXTERNAL_SET.prefix}_")}
+    kept = validation_sets.kept_figures(data["metrics"], [EXTERNAL_SET])
     data["metrics"] = {**{key: round(results[key], 4) for key in METRIC_KEYS}, **kept}
     seeds = synthetic_fundus.SPLIT_SEEDS
     for point in data["operating_points"]:

@@ -321,7 +321,11 @@ def card_block(results: dict) -> str:
 def write(results: dict) -> None:
     manifest = load_manifest()
     data = manifest.model_dump(mode="json")
-    data["metrics"] = {**metrics_for_manifest(results), **model_card.stored_metrics(results["intervals"]["figures"])}
+    import hard_case_figures  # imports this module: loaded here, once this module is complete
+    from workers.evaluation.validation_sets import kept_figures
+
+    data["metrics"] = {**metrics_for_manifest(results), **model_card.stored_metrics(results["intervals"]["figures"]),
+                       **kept_figures(data["metrics"], hard_case_figures.SETS.values())}
     for point in data["operating_points"]:
         if point["name"] == manifest.default_operating_point:
             point["sensitivity"] = round(results["operating_point"]["sensitivity"], 4)

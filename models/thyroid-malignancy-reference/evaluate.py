@@ -144,7 +144,8 @@ def intervals(labels: np.ndarray, probabilities: np.ndarray, dices: np.ndarray, 
 
 def write(results: dict) -> None:
     raw = json.loads(MANIFEST_PATH.read_text())
-    raw["metrics"] = {k: round(results[k], 4) for k in METRIC_KEYS}
+    raw["metrics"] = {**{k: round(results[k], 4) for k in METRIC_KEYS},
+                      **validation_sets.kept_figures(raw["metrics"], VALIDATION_SETS.values())}
     for point in raw["operating_points"]:
         key = point["name"].lower()
         point["sensitivity"] = round(results[f"{key}_sensitivity"], 4)

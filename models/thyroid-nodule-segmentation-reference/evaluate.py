@@ -98,7 +98,8 @@ def interval_table(results: dict) -> str:
 def write(results: dict) -> None:
     raw = json.loads(MANIFEST_PATH.read_text())
     raw["metrics"] = {**{k: round(results[k], 4) for k in METRIC_KEYS},
-                      **model_card.stored_metrics(results["intervals"]["figures"])}
+                      **model_card.stored_metrics(results["intervals"]["figures"]),
+                      **validation_sets.kept_figures(raw["metrics"], VALIDATION_SETS.values())}
     ModelManifest.model_validate(raw)
     MANIFEST_PATH.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
     table = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {results[k]:.4f} |" for k in METRIC_KEYS]

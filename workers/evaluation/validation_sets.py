@@ -102,3 +102,10 @@ def write_all(manifest_path: Path, card_path: Path, sets: dict[str, ValidationSe
         text = block(validation_set, figures[key], bootstrap, over, (notes or {}).get(key, ""))
         write(manifest_path, card_path, validation_set, figures[key], text, after)
         after = validation_set.end
+
+
+def kept_figures(metrics: dict[str, float], sets) -> dict[str, float]:
+    """The `sets`' entries in a manifest's metrics: a rewrite of the headline figures (`evaluate.py --write`) keeps
+    them, since only --write-sets computes them."""
+    prefixes = tuple(f"{validation_set.prefix}_" for validation_set in sets)
+    return {key: value for key, value in metrics.items() if key.startswith(prefixes)}
