@@ -39,8 +39,10 @@ def held_out_item(index: int):
 
 
 
-def ultrasound_region(box: tuple[int, int, int, int], spacing_mm: float) -> Dataset:
-    """One SequenceOfUltrasoundRegions item: a 2D tissue region in cm (PS3.3 C.8.5.5)."""
+def ultrasound_region(box: tuple[int, int, int, int], spacing_mm: float | tuple[float, float]) -> Dataset:
+    """One SequenceOfUltrasoundRegions item: a 2D tissue region in cm (PS3.3 C.8.5.5); `spacing_mm` is one size
+    for square pixels or (row_mm, column_mm), i.e. (PhysicalDeltaY, PhysicalDeltaX) in mm."""
+    row_mm, column_mm = (spacing_mm, spacing_mm) if isinstance(spacing_mm, int | float) else spacing_mm
     x0, y0, x1, y1 = box
     region = Dataset()
     region.RegionSpatialFormat = 1  # 2D
@@ -52,8 +54,8 @@ def ultrasound_region(box: tuple[int, int, int, int], spacing_mm: float) -> Data
     region.RegionLocationMaxY1 = y1 - 1
     region.PhysicalUnitsXDirection = 3  # cm
     region.PhysicalUnitsYDirection = 3
-    region.PhysicalDeltaX = spacing_mm / 10.0
-    region.PhysicalDeltaY = spacing_mm / 10.0
+    region.PhysicalDeltaX = column_mm / 10.0
+    region.PhysicalDeltaY = row_mm / 10.0
     return region
 
 

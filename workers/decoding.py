@@ -140,3 +140,27 @@ def decode_boxes(outputs: dict[str, np.ndarray], manifest: ModelManifest) -> Box
         raise ModelError(f"{manifest.id}: a box's upper corner lies below its lower corner (box_format "
                          f"{decoding.box_format} may be wrong)")
     return Boxes(low, high, np.clip(scores, 0.0, 1.0), labels)
+
+
+def suppress_overlaps(low: np.ndarray, high: np.ndarray, scores: np.ndarray, iou_threshold: float | None,
+                      radius_mm: float | None) -> list[int]:
+    """Non-maximum suppression of boxes given in millimetres ((N, D) corners, any D): best score first, a box is
+    dropped when its intersection over union with a kept box reaches `iou_threshold`, or its centre lies within
+    `radius_mm` of a kept box's centre. Either criterion may be None (not applied). Returns the kept indices,
+    best first."""
+    centres = (low + high) / 2
+    volumes = np.prod(high - low, axis=1)
+    kept: list[int] = []
+    for index in np.argsort(-scores, kind="stable"):
+        if kept:
+            others = np.asarray(kept)
+            if radius_mm is not None and np.any(np.linalg.norm(centres[others] - centres[index], axis=1) <= radius_mm):
+                continue
+            if iou_threshold is not None:
+                overlap = np.prod(np.clip(np.minimum(high[others], high[index]) - np.maximum(low[others], low[index]),
+                                          0.0, None), axis=1)
+                union = volumes[others] + volumes[index] - overlap
+                if np.any(overlap >= iou_threshold * np.maximum(union, 1e-12)):
+                    continue
+        kept.append(int(index))
+    return kept

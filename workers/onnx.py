@@ -99,6 +99,8 @@ class LoadedModel:
         """Concurrent calls share session runs (batches of up to `max_rows` when the batch axis is dynamic),
         and at most `max_parallel` runs execute at once, whatever the number of callers."""
         dynamic_batch = all(spec.shape and not isinstance(spec.shape[0], int) for spec in self.manifest.inputs)
+        # A detector's boxes [N, 4 or 6] have no batch axis to split them back among callers by.
+        dynamic_batch = dynamic_batch and self.manifest.decoding.kind != "box-detection"
         self.batcher = MicroBatcher(self._run_batch, max_rows if dynamic_batch else 1, max_wait_seconds,
                                     max_parallel)
 

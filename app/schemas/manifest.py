@@ -63,6 +63,11 @@ class Preprocessing(Strict):
     color_order: Literal["RGB", "BGR", "GRAY"] = "RGB"
     crop: Literal["none", "retina-disc", "imaging-region"] = "none"
     target_size: tuple[int, int] | None = Field(None, description="Height and width in pixels")
+    resize: Literal["stretch", "letterbox"] = Field(
+        "stretch", description="How a crop meets target_size: stretch (each axis scaled on its own), or letterbox "
+        "(aspect kept, scaled to fit, centred, the rest filled with letterbox_fill; as YOLO-style detectors read)",
+    )
+    letterbox_fill: float = Field(0.0, ge=0.0, le=255.0, description="letterbox: the padding's grey level, 0-255")
     normalization: Normalization | None = None
     target_spacing_mm: tuple[float, float, float] | None = Field(
         None, description="z, y, x voxel spacing the model reads; slice-wise (2D, 2.5D) models resample only in "
@@ -133,7 +138,13 @@ class Decoding(Strict):
         default_factory=list, description="Classes whose summed probability is the positive finding"
     )
     min_component_voxels: int | None = None
-    nms_radius_mm: float | None = None
+    nms_radius_mm: float | None = Field(
+        None, ge=0.0, description="A finding whose centre lies within this distance of a better one's is dropped",
+    )
+    nms_iou: float | None = Field(
+        None, gt=0.0, le=1.0, description="box-detection: a box whose intersection over union with a better box "
+        "(in mm) reaches this is dropped",
+    )
     candidate_threshold: float | None = Field(
         None, ge=0.0, le=1.0,
         description="segmentation-components: voxels at or above this probability form candidate findings "
@@ -320,6 +331,28 @@ class ModelManifest(Strict):
             missing = sorted(name for name in roles.values() if name not in {o.name for o in self.outputs})
             if missing:
                 raise ValueError(f"decoding.box_outputs names {missing}, which are not among outputs")
+        return self
+
+    @model_validator(mode="after")
+    def _box_format_fits_the_graph(self) -> ModelManifest:
+        """A box_format with as many axes as the input has spatial axes, and as many numbers as the boxes output
+        holds per box (where the manifest gives that axis a size): a 2-D format on a volume model, or 4 numbers
+        per box under a 6-number format, would be read as other boxes."""
+        if self.decoding.kind != "box-detection" or self.decoding.box_format is None:
+            return self
+        box_format = self.decoding.box_format
+        axes = len(box_format) // 2
+        layout = self.inputs[0].layout
+        spatial = sum(layout.count(letter) for letter in "DHW")
+        if spatial and spatial != axes:
+            raise ValueError(f"decoding.box_format {box_format} is {axes}-D, but the input {self.inputs[0].name!r} "
+                             f"({layout}) has {spatial} spatial axes")
+        boxes_name = (self.decoding.box_outputs or BoxOutputs()).boxes
+        boxes = next((o for o in self.outputs if o.name == boxes_name), None)
+        numbers = boxes.shape[-1] if boxes is not None and boxes.shape else None
+        if isinstance(numbers, int) and numbers != 2 * axes:
+            raise ValueError(f"decoding.box_format {box_format} has {2 * axes} numbers per box, but the output "
+                             f"{boxes_name!r} has shape {boxes.shape}: {numbers} per box")
         return self
 
     @model_validator(mode="after")

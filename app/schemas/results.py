@@ -119,8 +119,9 @@ class ThyroidNodule(BaseModel):
     area_px: int = Field(ge=1)
     max_diameter_mm: float | None = Field(None, ge=0.0, description="Maximum Feret diameter; null without spacing")
     taller_than_wide: bool = Field(description="Anteroposterior extent greater than transverse (ACR shape)")
-    source: Literal["segmentation", "roi-box", "roi-mask"] = Field(
-        description="Who outlined the nodule: the segmentation model, or the caller's box or mask"
+    source: Literal["segmentation", "detection", "roi-box", "roi-mask"] = Field(
+        description="Who outlined the nodule: the segmentation model, the box-detection model (the ellipse "
+        "inscribed in its best box, detections[0]), or the caller's box or mask"
     )
 
     @model_validator(mode="after")
@@ -130,6 +131,35 @@ class ThyroidNodule(BaseModel):
             raise ValueError(f"bbox_px {list(self.bbox_px)} is not x0 < x1, y0 < y1")
         if self.area_px > (x1 - x0) * (y1 - y0):
             raise ValueError("area_px exceeds the bounding box")
+        return self
+
+
+class ThyroidDetection(BaseModel):
+    """One box of a box-detection localiser, mapped from the model's input back onto the frame.
+
+    Pixel coordinates are of pixel edges from the frame's top-left corner (pixel column i spans x in [i, i + 1));
+    millimetres are the same coordinates times the pixel spacing (x by the column spacing, y by the row spacing),
+    null when the spacing is unknown.
+    """
+
+    id: int = Field(ge=1, description="1-based, in order of decreasing score; the nodule scored is id 1")
+    label: str = Field(description="The detector's class name for the box")
+    score: float = Field(ge=0.0, le=1.0)
+    bbox_px: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in frame pixels")
+    center_px: tuple[float, float] = Field(description="x, y of the box's centre in frame pixels")
+    bbox_mm: tuple[float, float, float, float] | None = Field(None, description="x0, y0, x1, y1 in mm")
+    center_mm: tuple[float, float] | None = None
+    width_mm: float | None = Field(None, ge=0.0, description="Extent along x (across the frame: transverse)")
+    height_mm: float | None = Field(None, ge=0.0, description="Extent along y (into depth: anteroposterior)")
+
+    @model_validator(mode="after")
+    def _box_ordered_and_measured_together(self) -> ThyroidDetection:
+        x0, y0, x1, y1 = self.bbox_px
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"bbox_px {list(self.bbox_px)} is not x0 < x1, y0 < y1")
+        measured = {self.bbox_mm is None, self.center_mm is None, self.width_mm is None, self.height_mm is None}
+        if len(measured) != 1:
+            raise ValueError("bbox_mm, center_mm, width_mm and height_mm are given together or not at all")
         return self
 
 
@@ -146,6 +176,10 @@ class ThyroidMalignancyResult(BaseModel):
     quality: Quality | None = QUALITY_FIELD
     uncertainty: ClassificationUncertainty | None = Field(None, description="Test-time augmentation spread of the "
                                                           "malignancy probability; null when uncertainty is off")
+    detections: list[ThyroidDetection] = Field(
+        default_factory=list, description="A box-detection localiser's boxes above its operating point after NMS, "
+        "best first (the nodule scored is the first); empty for the other sources",
+    )
     research_use_only: bool
 
     @model_validator(mode="after")

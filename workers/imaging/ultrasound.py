@@ -183,13 +183,54 @@ def _normalise(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(((pixels.astype(np.float32) * norm.scale) - mean) / std, dtype=np.float32)
 
 
-def segmentation_input(grey: np.ndarray, region: Box, preprocessing: Preprocessing) -> np.ndarray:
-    """The imaging region resized to the model's size (aspect not kept), as a (1, H, W) float32 tensor."""
+@dataclass(frozen=True)
+class InputPlacement:
+    """Where a crop of the frame lies in the model's input, to map the model's pixel coordinates back.
+
+    Coordinates are of pixel edges (pixel i spans [i, i + 1)), so a model-input x is the frame's
+    `origin_x + (x - pad_x) * scale_x`, and likewise for y.
+    """
+
+    origin: tuple[int, int]  # (x, y): the crop's top-left corner in the frame
+    pad: tuple[int, int]  # (x, y): the resized crop's top-left corner in the model input (letterbox)
+    scale: tuple[float, float]  # (x, y): frame pixels per model-input pixel
+    content: Box  # the resized crop in the model input; outside it is padding
+
+    def to_frame(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (self.origin[0] + (np.asarray(x, np.float64) - self.pad[0]) * self.scale[0],
+                self.origin[1] + (np.asarray(y, np.float64) - self.pad[1]) * self.scale[1])
+
+
+def region_input(frame: np.ndarray, region: Box, preprocessing: Preprocessing) -> tuple[np.ndarray, InputPlacement]:
+    """The imaging region resized to the model's size, stretched or letterboxed as `preprocessing.resize` says,
+    as a (C, H, W) float32 tensor: one grey channel for GRAY, else three in `color_order` (a grey frame's
+    luminance repeated). Returns it with the placement that maps the model's pixels back onto the frame."""
     x0, y0, x1, y1 = region
     height, width = preprocessing.target_size
-    crop = Image.fromarray(np.ascontiguousarray(grey[y0:y1, x0:x1]))
-    resized = np.asarray(crop.resize((width, height), Image.BILINEAR), np.float32)
-    return _normalise(resized[None], preprocessing)
+    if preprocessing.color_order == "GRAY":
+        crop = to_grey(frame)[y0:y1, x0:x1]
+    else:
+        rgb = frame[..., :3] if frame.ndim == 3 else np.repeat(frame[..., None], 3, axis=-1)
+        crop = rgb[y0:y1, x0:x1, ::-1] if preprocessing.color_order == "BGR" else rgb[y0:y1, x0:x1]
+    crop_width, crop_height = x1 - x0, y1 - y0
+    if preprocessing.resize == "letterbox":
+        fit = min(width / crop_width, height / crop_height)
+        inner = (max(1, min(width, round(crop_width * fit))), max(1, min(height, round(crop_height * fit))))
+        pad = ((width - inner[0]) // 2, (height - inner[1]) // 2)
+    else:
+        inner, pad = (width, height), (0, 0)
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(inner, Image.BILINEAR), np.float32)
+    canvas = np.full((height, width) + resized.shape[2:], preprocessing.letterbox_fill, np.float32)
+    canvas[pad[1]:pad[1] + inner[1], pad[0]:pad[0] + inner[0]] = resized
+    channels = canvas[None] if canvas.ndim == 2 else np.moveaxis(canvas, -1, 0)
+    placement = InputPlacement(origin=(x0, y0), pad=pad, scale=(crop_width / inner[0], crop_height / inner[1]),
+                               content=(pad[0], pad[1], pad[0] + inner[0], pad[1] + inner[1]))
+    return _normalise(channels, preprocessing), placement
+
+
+def segmentation_input(grey: np.ndarray, region: Box, preprocessing: Preprocessing) -> np.ndarray:
+    """The imaging region resized to the model's size (aspect not kept), as a (1, H, W) float32 tensor."""
+    return region_input(grey, region, preprocessing)[0]
 
 
 def mask_from_probabilities(probabilities: np.ndarray, region: Box, frame_shape: tuple[int, ...],

@@ -1,9 +1,12 @@
-"""Thyroid nodule malignancy on one B-mode ultrasound frame: segment the nodule, then classify image + mask.
+"""Thyroid nodule malignancy on one B-mode ultrasound frame: outline the nodule, then classify image + mask.
 
-    load → preprocess (imaging region, pixel spacing) → segment (or the caller's ROI) → classify → decode → outputs
+    load → preprocess (imaging region, pixel spacing) → segment or detect (or the caller's ROI) → classify
+    → decode → outputs
 
-The task's model is the classifier; the segmentation model is the one its manifest `requires`. A caller's
-`options.roi` (a box, or a mask artifact of an earlier job of theirs) replaces segmentation entirely.
+The task's model is the classifier; the localiser is the first model its manifest `requires`: a segmentation
+model (its mask is the nodule) or a 2-D box-detection model (workers/pipelines/thyroid_detection.py: every box is
+reported, the best one's inscribed ellipse is the nodule). A caller's `options.roi` (a box, or a mask artifact of
+an earlier job of theirs) replaces the localiser entirely.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from app.errors import BadInputError, JobNotFound, ModelError
 from app.schemas.manifest import ModelManifest, SegmentCoding
 from app.schemas.options import RoiBox, RoiMaskArtifact, ThyroidMalignancyOptions
 from app.schemas.quality import ClassificationUncertainty, Quality
-from app.schemas.results import ThyroidMalignancyResult, ThyroidNodule
+from app.schemas.results import ThyroidDetection, ThyroidMalignancyResult, ThyroidNodule
 from app.schemas.tasks import TaskName
 from app.schemas.tirads import band_bounds_from_operating_points, band_for_probability, recommend
 from app.storage.blobs import BlobNotFound
@@ -45,6 +48,7 @@ from workers.imaging.ultrasound import (
 )
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer, ungradable
+from workers.pipelines.thyroid_detection import detect_nodules, nodule_box
 from workers.quality.ultrasound import check_frame, check_nodule
 
 MASK_ARTIFACT = "nodule-mask.png"
@@ -62,7 +66,8 @@ class PreparedFrame:
 @dataclass(frozen=True)
 class OutlinedNodule:
     mask: np.ndarray  # bool, the frame's rows and columns
-    source: str  # "segmentation", "roi-box" or "roi-mask"
+    source: str  # "segmentation", "detection", "roi-box" or "roi-mask"
+    detections: tuple[ThyroidDetection, ...] = ()  # a box-detection localiser's findings, best (the nodule) first
 
 
 class ThyroidMalignancyPipeline:
@@ -92,7 +97,7 @@ class ThyroidMalignancyPipeline:
             if options.roi is not None:
                 nodule = nodule_from_roi(options.roi, prepared.grey.shape, context)
             else:
-                nodule = segment_nodule(prepared, segmentation_model(model))
+                nodule = localise_nodule(prepared, localiser_model(model))
         with stages("quality"):
             quality = check_nodule(nodule.mask, prepared.region, quality, limits)
         if not quality.gradable:
@@ -111,7 +116,7 @@ class ThyroidMalignancyPipeline:
             with stages("saliency"):
                 artifacts.append(saliency_overlay(prepared, nodule.mask, model))
         with stages("outputs"):
-            artifacts[:0] = [mask_png(nodule.mask), overlay_png(prepared.frame, nodule.mask)]
+            artifacts[:0] = [mask_png(nodule.mask), overlay_png(prepared.frame, nodule.mask, nodule.detections)]
         return PipelineOutput(result=result, artifacts=artifacts, segments=nodule_coding(model))
 
 
@@ -133,18 +138,28 @@ def prepare_frame(frame: np.ndarray, job_input: JobInput, option_spacing_mm: flo
     return PreparedFrame(frame=frame, grey=grey, region=box, spacing=resolve_spacing(region, geometry, option_spacing_mm))
 
 
-def segmentation_model(model: LoadedModel) -> LoadedModel:
-    """The cascade's first stage: the model the classifier's manifest requires."""
+LOCALISER_KINDS = ("segmentation-labels", "box-detection")
+
+
+def localiser_model(model: LoadedModel) -> LoadedModel:
+    """The cascade's first stage: the model the classifier's manifest requires, a segmenter or a box detector."""
     if not model.manifest.requires:
-        raise ModelError(f"{model.manifest.id} requires no segmentation model; send options.roi instead")
-    segmenter = model.required(model.manifest.requires[0])
-    if segmenter.manifest.decoding.kind != "segmentation-labels":
-        raise ModelError(f"{segmenter.manifest.id} is not a segmentation model (decoding {segmenter.manifest.decoding.kind})")
-    return segmenter
+        raise ModelError(f"{model.manifest.id} requires no segmentation or detection model; send options.roi instead")
+    localiser = model.required(model.manifest.requires[0])
+    if localiser.manifest.decoding.kind not in LOCALISER_KINDS:
+        raise ModelError(f"{localiser.manifest.id} is neither a segmentation nor a box-detection model (decoding "
+                         f"{localiser.manifest.decoding.kind})")
+    return localiser
+
+
+def localise_nodule(prepared: PreparedFrame, localiser: LoadedModel) -> OutlinedNodule:
+    if localiser.manifest.decoding.kind == "box-detection":
+        return detect_nodule(prepared, localiser)
+    return segment_nodule(prepared, localiser)
 
 
 def nodule_coding(model: LoadedModel) -> dict[str, SegmentCoding]:
-    """How the SEG writes the nodule mask (MASK_ARTIFACT): as the segmentation model's manifest codes its class,
+    """How the SEG writes the nodule mask (MASK_ARTIFACT): as the localiser's manifest codes its class,
     whoever outlined this nodule (the model, or the caller's ROI: the same structure)."""
     if not model.manifest.requires:
         return {}
@@ -155,6 +170,9 @@ def nodule_coding(model: LoadedModel) -> dict[str, SegmentCoding]:
 
 def segment_nodule(prepared: PreparedFrame, segmenter: LoadedModel) -> OutlinedNodule:
     manifest = segmenter.manifest
+    if manifest.preprocessing.resize != "stretch":
+        raise ModelError(f"{manifest.id}: a segmentation model's mask is read back from a stretched region; "
+                         f"preprocessing.resize {manifest.preprocessing.resize} is for box-detection models")
     tensor = segmentation_input(prepared.grey, prepared.region, manifest.preprocessing)
     logits = segmenter.run({manifest.inputs[0].name: tensor[np.newaxis]})[manifest.outputs[0].name][0]
     channel = manifest.decoding.positive_classes[0] if manifest.decoding.positive_classes else 0
@@ -167,6 +185,19 @@ def segment_nodule(prepared: PreparedFrame, segmenter: LoadedModel) -> OutlinedN
             '({"box": [x0, y0, x1, y1]}) to score it'
         )
     return OutlinedNodule(mask=mask, source="segmentation")
+
+
+def detect_nodule(prepared: PreparedFrame, detector: LoadedModel) -> OutlinedNodule:
+    """The detector's boxes; the nodule scored is the ellipse inscribed in the best one (as a caller's box ROI)."""
+    detections = detect_nodules(prepared.frame, prepared.region, prepared.spacing.mm, detector)
+    if not detections:
+        raise BadInputError(
+            f"No thyroid nodule was found in the imaging region (no box of {detector.manifest.id} scored at or above "
+            f"{detector.manifest.operating_point().threshold:g}); outline it with options.roi "
+            '({"box": [x0, y0, x1, y1]}) to score it'
+        )
+    mask = ellipse_in_box(nodule_box(detections[0], prepared.grey.shape), prepared.grey.shape)
+    return OutlinedNodule(mask=mask, source="detection", detections=tuple(detections))
 
 
 def nodule_from_roi(roi: RoiBox | RoiMaskArtifact, frame_shape: tuple[int, ...],
@@ -276,6 +307,7 @@ def build_result(probability: float, nodule: OutlinedNodule, spacing: Spacing, m
         spacing_source=spacing.source,
         quality=quality,
         uncertainty=spread,
+        detections=list(nodule.detections),
         research_use_only=manifest.research_use_only,
     )
 
@@ -286,13 +318,19 @@ def mask_png(mask: np.ndarray) -> ArtifactOutput:
                           data=_png(Image.fromarray(mask.astype(np.uint8) * 255)))
 
 
-def overlay_png(frame: np.ndarray, mask: np.ndarray) -> ArtifactOutput:
+def overlay_png(frame: np.ndarray, mask: np.ndarray, detections: tuple[ThyroidDetection, ...] = ()) -> ArtifactOutput:
+    """The frame with the nodule tinted and outlined; a detector's boxes drawn around it, each with its id."""
     rgb = np.repeat(frame[..., None], 3, axis=-1) if frame.ndim == 2 else frame[..., :3].copy()
     tinted = rgb.astype(np.float32)
     tinted[mask] = 0.7 * tinted[mask] + 0.3 * np.array([255.0, 60.0, 60.0])
     tinted[mask_outline(mask)] = (255.0, 220.0, 0.0)
-    return ArtifactOutput(name=OVERLAY_ARTIFACT, media_type="image/png",
-                          data=_png(Image.fromarray(tinted.clip(0, 255).astype(np.uint8))))
+    image = Image.fromarray(tinted.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for detection in detections:
+        x0, y0, x1, y1 = detection.bbox_px
+        draw.rectangle((x0, y0, max(x1 - 1, x0), max(y1 - 1, y0)), outline=(0, 200, 255))
+        draw.text((x0 + 2, max(y0 - 12, 0)), f"{detection.id}: {detection.score:.2f}", fill=(0, 200, 255))
+    return ArtifactOutput(name=OVERLAY_ARTIFACT, media_type="image/png", data=_png(image))
 
 
 def _png(image: Image.Image) -> bytes:
