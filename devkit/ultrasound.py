@@ -63,12 +63,13 @@ def dicom_us_bytes(
     frames: list[np.ndarray] | np.ndarray,
     regions: list[Dataset] | None = None,
     modality: str = "US",
-    pixel_spacing_mm: float | None = None,
+    pixel_spacing_mm: float | tuple[float, float] | None = None,
     photometric: str | None = None,
 ) -> bytes:
     """A DICOM US (multi-frame when several frames are given) instance, uncompressed.
 
     Grey frames become MONOCHROME2; RGB frames become RGB, or YBR_FULL when `photometric` says so.
+    `pixel_spacing_mm` is one size for square pixels or PixelSpacing's (row, column) pair.
     """
     stack = [frames] if isinstance(frames, np.ndarray) else list(frames)
     first = stack[0]
@@ -108,7 +109,7 @@ def dicom_us_bytes(
     if regions:
         ds.SequenceOfUltrasoundRegions = Sequence(regions)
     if pixel_spacing_mm is not None:
-        ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+        ds.PixelSpacing = list(pixel_spacing_mm) if isinstance(pixel_spacing_mm, tuple) else [pixel_spacing_mm] * 2
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -64,3 +64,21 @@ def write_model_folder(repository: Path, onnx_bytes: bytes, manifest: dict) -> P
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (folder / "CARD.md").write_text(f"# {manifest['id']}\n\nA model built by a test.\n")
     return folder
+
+
+def fixed_box_detector(boxes, scores, labels, input_shape: list[int], input_name: str = "images") -> bytes:
+    """An exported 2-D detector's interface, answering fixed boxes whatever the image: `input_name` float32
+    `input_shape` -> boxes float32 [N, 4] (as given, in model-input pixels), scores float32 [N], labels int64 [N].
+    The image is read (its maximum, times zero, is added to every box and score), so a run needs the real input."""
+    return graph_model(
+        [helper.make_node("ReduceMax", [input_name], ["peak"], keepdims=0),
+         helper.make_node("Mul", ["peak", "zero"], ["nothing"]),
+         helper.make_node("Add", ["fixed_boxes", "nothing"], ["boxes"]),
+         helper.make_node("Add", ["fixed_scores", "nothing"], ["scores"]),
+         helper.make_node("Identity", ["fixed_labels"], ["labels"])],
+        [(input_name, TensorProto.FLOAT, input_shape)],
+        [("boxes", TensorProto.FLOAT, ["n", len(boxes[0])]), ("scores", TensorProto.FLOAT, ["n"]),
+         ("labels", TensorProto.INT64, ["n"])],
+        [("fixed_boxes", np.asarray(boxes, np.float32)), ("fixed_scores", np.asarray(scores, np.float32)),
+         ("fixed_labels", np.asarray(labels, np.int64)), ("zero", np.float32(0.0))],
+    )
