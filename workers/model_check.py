@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from app.model_repository import MANIFEST_FILE, MODEL_FILE, file_sha256
 from app.schemas.manifest import ModelManifest
-from workers.decoding import activate, decode_boxes, multilabel_decisions
+from workers.decoding import Boxes, activate, decode_boxes, multilabel_decisions
 from workers.onnx import NUMPY_DTYPES, graph_mismatches, import_onnxruntime
 
 # ONNX Runtime's refusal of a newer opset ends "Current official support for domain ai.onnx is till opset 28."
@@ -222,9 +222,7 @@ def decode_summary(outputs: dict, manifest: ModelManifest) -> str:
     decoding = manifest.decoding
     first = outputs[manifest.outputs[0].name]
     if decoding.kind == "box-detection":
-        boxes = decode_boxes(outputs, manifest)
-        best = f", best score {boxes.scores.max():.3f}" if len(boxes) else ""
-        return f"{len(boxes)} box(es) in {decoding.box_format}{best}"
+        return box_summary(decode_boxes(outputs, manifest), manifest)
     if decoding.kind == "multilabel-sigmoid":
         decisions = multilabel_decisions(first[0], manifest)
         return ", ".join(f"{d.name} {d.probability:.3f} (>= {d.threshold:g}: {d.present})" for d in decisions)
@@ -241,3 +239,21 @@ def decode_summary(outputs: dict, manifest: ModelManifest) -> str:
                          "output channels")
     return f"{first.shape[1]} channel(s) over {list(first.shape[2:])}, probabilities " \
         f"{probabilities.min():.3f}..{probabilities.max():.3f}"
+
+
+def box_summary(boxes: Boxes, manifest: ModelManifest) -> str:
+    """How many boxes, where they lie in the model's input grid (the pixel or voxel index ranges the pipelines
+    map back), and the best score; boxes all within 0..1 are named as the normalised coordinates they may be."""
+    summary = f"{len(boxes)} box(es) in {manifest.decoding.box_format}"
+    if not len(boxes):
+        return summary
+    dims = boxes.low.shape[1]
+    names = ("slices", "rows", "columns")[-dims:]
+    sizes = manifest.inputs[0].shape[-dims:]
+    spans = ", ".join(f"{name} {low:.1f}..{high:.1f} of {size}" for name, low, high, size in
+                      zip(names, boxes.low.min(axis=0), boxes.high.max(axis=0), sizes, strict=True))
+    summary += f" spanning {spans} (input indices), best score {boxes.scores.max():.3f}"
+    if boxes.high.max() <= 1.0 and any(isinstance(size, int) and size > 1 for size in sizes):
+        summary += "; every box lies within 0..1: box-detection reads pixel index ranges of the input, not " \
+                   "normalised coordinates"
+    return summary

@@ -8,7 +8,13 @@ import pytest
 from onnx import TensorProto, helper
 
 from app.cli import main
-from tests.utils.onnx_models import graph_model, linear_classifier, manifest_for, write_model_folder
+from tests.utils.onnx_models import (
+    fixed_box_detector,
+    graph_model,
+    linear_classifier,
+    manifest_for,
+    write_model_folder,
+)
 from devkit.reference_models import REPO_ROOT
 from workers.model_check import check_folder, check_folders
 
@@ -93,3 +99,48 @@ def test_cli_models_check_exits_non_zero_with_a_report(tmp_path: Path, capsys: p
     assert main(["models", "check", str(good), str(bad)]) == 1
     out = capsys.readouterr().out
     assert f"{bad}: FAIL" in out and f"{good}: PASS" in out and " ms " in out
+
+
+def ultrasound_detector_folder(root: Path, box_format: str = "xyxy", boxes=((20, 10, 120, 60), (0, 0, 8, 8)),
+                               boxes_shape=("n", 4)) -> Path:
+    """A letterboxed 2-D nodule detector for the thyroid cascade, answering fixed boxes in input pixels."""
+    onnx_bytes = fixed_box_detector([list(b) for b in boxes], [0.9, 0.4][:len(boxes)], [0] * len(boxes),
+                                    [1, 3, 192, 320])
+    return write_model_folder(root, onnx_bytes, manifest_for(
+        "us-detector", "thyroid-malignancy", onnx_bytes, class_names=["nodule"],
+        inputs=[{"name": "images", "dtype": "float32", "layout": "NCHW", "shape": [1, 3, 192, 320]}],
+        outputs=[{"name": "boxes", "dtype": "float32", "layout": "NB", "shape": list(boxes_shape)},
+                 {"name": "scores", "dtype": "float32", "layout": "N", "shape": ["n"]},
+                 {"name": "labels", "dtype": "int64", "layout": "N", "shape": ["n"]}],
+        preprocessing={"color_order": "RGB", "crop": "imaging-region", "target_size": [192, 320],
+                       "resize": "letterbox", "letterbox_fill": 114},
+        decoding={"kind": "box-detection", "activation": "none", "box_format": box_format, "nms_iou": 0.5,
+                  "box_outputs": {"boxes": "boxes", "scores": "scores", "labels": "labels"}}))
+
+
+def test_check_passes_a_2d_box_detector_and_says_where_its_boxes_lie(tmp_path: Path) -> None:
+    folder = ultrasound_detector_folder(tmp_path)
+    check = check_folder(folder)
+
+    assert [s.status for s in check.steps] == ["ok"] * 5, check.render()
+    inference = next(s.detail for s in check.steps if s.name == "inference")
+    assert inference.endswith("decode: 2 box(es) in xyxy spanning rows 0.0..60.0 of 192, columns 0.0..120.0 of "
+                              "320 (input indices), best score 0.900")
+    assert main(["models", "check", str(folder)]) == 0
+
+
+def test_check_names_a_box_format_that_does_not_fit_the_graph(tmp_path: Path) -> None:
+    three_d = failed(ultrasound_detector_folder(tmp_path / "a", box_format="xyzxyz", boxes_shape=("n", 6),
+                                                boxes=((1, 2, 3, 4, 5, 6),)))
+    assert three_d == {"manifest": "(document): Value error, decoding.box_format xyzxyz is 3-D, but the input "
+                                   "'images' (NCHW) has 2 spatial axes"}
+    six_numbers = failed(ultrasound_detector_folder(tmp_path / "b", boxes_shape=("n", 6)))
+    assert six_numbers == {"manifest": "(document): Value error, decoding.box_format xyxy has 4 numbers per box, "
+                                       "but the output 'boxes' has shape ['n', 6]: 6 per box"}
+
+
+def test_check_names_boxes_that_look_normalised(tmp_path: Path) -> None:
+    check = check_folder(ultrasound_detector_folder(tmp_path, boxes=((0.1, 0.2, 0.4, 0.5),)))
+
+    assert check.passed, check.render()
+    assert "every box lies within 0..1: box-detection reads pixel index ranges" in check.render()
