@@ -11,7 +11,7 @@ import pytest
 from app.errors import ModelError
 from app.schemas.manifest import ModelManifest
 from tests.utils.onnx_models import manifest_for
-from workers.decoding import decode_boxes, multilabel_decisions
+from workers.decoding import decode_boxes, multilabel_decisions, suppress_overlaps
 
 FINDINGS = ["effusion", "nodule", "pneumothorax"]
 
@@ -99,3 +99,16 @@ def test_sigmoid_scores_are_activated_and_inverted_corners_refused() -> None:
         decode_boxes({**outputs, "boxes": np.array([[5, 0, 2, 2]], np.float32)}, box_manifest_2d())
     with pytest.raises(ModelError, match="4 numbers per box"):
         decode_boxes({**outputs, "boxes": np.zeros((1, 6), np.float32)}, box_manifest_2d())
+
+
+def test_suppress_overlaps_drops_by_iou_or_centre_distance_best_first() -> None:
+    # Boxes in mm, (y, x): b overlaps a by IoU 0.6; c is small, centred 1 mm from a; d lies apart.
+    low = np.array([[0.0, 0.0], [0.0, 2.5], [4.0, 5.0], [30.0, 30.0]])
+    high = np.array([[10.0, 10.0], [10.0, 12.5], [6.0, 7.0], [40.0, 40.0]])
+    scores = np.array([0.5, 0.9, 0.8, 0.1])
+
+    assert suppress_overlaps(low, high, scores, None, None) == [1, 2, 0, 3]
+    assert suppress_overlaps(low, high, scores, 0.5, None) == [1, 2, 3]  # a goes: IoU 0.6 with the better b
+    assert suppress_overlaps(low, high, scores, 0.7, None) == [1, 2, 0, 3]
+    # b's centre (5, 7.5) and c's (5, 6) are 1.5 mm apart: c goes by radius; a (5, 5) is 2.5 mm from b.
+    assert suppress_overlaps(low, high, scores, None, 2.0) == [1, 0, 3]

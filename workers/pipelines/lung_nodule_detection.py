@@ -23,7 +23,7 @@ from app.schemas.quality import DetectionUncertainty, Quality
 from app.schemas.results import KeySlice, LungNoduleDetectionResult, NoduleFinding, OperatingPointUsed
 from app.schemas.tasks import TaskName
 from workers import uncertainty
-from workers.decoding import Boxes, activate, decode_boxes
+from workers.decoding import Boxes, activate, decode_boxes, suppress_overlaps
 from workers.imaging.ct_resample import ResampledVolume, resample_to_spacing, window
 from workers.imaging.ct_display import display_slices, lung_window
 from workers.imaging.ct_series import CTVolume, load_ct_series
@@ -211,10 +211,13 @@ def sliding_window_boxes(volume: np.ndarray, manifest: ModelManifest, model: Loa
 def candidates_from_boxes(boxes: Boxes, spacing_zyx: tuple[float, float, float],
                           manifest: ModelManifest) -> list[Candidate]:
     """Each box [low, high) becomes a finding centred in it, its diameter that of the sphere with the volume of
-    the box's inscribed ellipsoid; then 3D NMS in millimetres, across patches."""
+    the box's inscribed ellipsoid; then 3D NMS in millimetres, across patches: by IoU first when the manifest
+    gives `nms_iou`, then by centre distance."""
     spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    kept = suppress_overlaps(boxes.low * spacing, boxes.high * spacing, boxes.scores, manifest.decoding.nms_iou,
+                             None) if manifest.decoding.nms_iou is not None else np.arange(len(boxes))
     candidates = []
-    for low, high, score in zip(boxes.low, boxes.high, boxes.scores, strict=True):
+    for low, high, score in zip(boxes.low[kept], boxes.high[kept], boxes.scores[kept], strict=True):
         extent_mm = (high - low) * spacing
         if np.any(extent_mm <= 0):
             continue

@@ -17,8 +17,9 @@ from app.schemas.manifest import ModelManifest
 from app.schemas.tasks import TaskName
 from devkit.ct import small_grid, write_series
 from tests.utils.onnx_models import graph_model, manifest_for, write_model_folder
-from workers.decoding import decode_boxes
+from workers.decoding import Boxes, decode_boxes
 from workers.local import predict_files
+from workers.pipelines.lung_nodule_detection import candidates_from_boxes
 
 PATCH = 32
 HALF = 3  # the box spans the brightest voxel +- 3: 7 voxels
@@ -106,3 +107,18 @@ def test_decode_boxes_reorders_each_box_format_to_array_axes() -> None:
     zyx = decode_boxes(outputs, ModelManifest.model_validate({**base, "decoding": {
         **base["decoding"], "box_format": "zyxzyx"}}))
     assert zyx.low.tolist() == [[1, 2, 3]] and zyx.high.tolist() == [[11, 12, 13]]
+
+
+def test_nms_iou_merges_boxes_whose_centres_lie_apart() -> None:
+    # Two 10-voxel cubes 6 voxels apart along x at 1.5 mm: centres 9 mm apart, beyond the radius (5 mm) and the
+    # kept one's radius (7.5 mm), so only their overlap (IoU 4/16 = 0.25) can merge them.
+    boxes = Boxes(low=np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 6.0]]), high=np.array([[10.0, 10.0, 10.0],
+                                                                                    [10.0, 10.0, 16.0]]),
+                  scores=np.array([0.6, 0.9]), labels=np.zeros(2, np.int64))
+    base = box_manifest(brightest_voxel_detector())
+    by_radius = candidates_from_boxes(boxes, (1.5, 1.5, 1.5), ModelManifest.model_validate(base))
+    by_iou = candidates_from_boxes(boxes, (1.5, 1.5, 1.5), ModelManifest.model_validate(
+        {**base, "decoding": {**base["decoding"], "nms_iou": 0.2}}))
+
+    assert [c.score for c in by_radius] == [0.9, 0.6]
+    assert [c.score for c in by_iou] == [0.9]
