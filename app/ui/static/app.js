@@ -466,7 +466,19 @@ function thyroidView(job, context) {
         ["Box (px)", n.bbox_px.join(", ")],
         ["Pixel spacing", r.pixel_spacing_mm ? `${r.pixel_spacing_mm.map((v) => v.toFixed(3)).join(" × ")} mm (${r.spacing_source})` : "none"],
         ["Recommendation", r.recommendation.action],
-      ])));
+      ]),
+      detectionTable(r.detections || [])));
+}
+
+// A box-detection localiser's boxes (the nodule scored is the first); sizes in mm when the spacing is known.
+function detectionTable(detections) {
+  if (!detections.length) return null;
+  const size = (d) => d.width_mm === null ? "unknown" : `${d.width_mm.toFixed(1)} × ${d.height_mm.toFixed(1)} mm`;
+  return el("table", { className: "detections" }, el("caption", { text: "Detected boxes (best first)" }),
+    el("thead", {}, el("tr", {}, ["", "Label", "Score", "Width × height", "Box (px)"].map((h) => el("th", { scope: "col", text: h })))),
+    el("tbody", {}, detections.map((d) => el("tr", {},
+      el("th", { scope: "row", text: String(d.id) }), el("td", { text: d.label }), el("td", { text: d.score.toFixed(2) }),
+      el("td", { text: size(d) }), el("td", { text: d.bbox_px.map((v) => v.toFixed(0)).join(", ") })))));
 }
 
 function covidView(job, context) {

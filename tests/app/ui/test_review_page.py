@@ -21,8 +21,11 @@ from devkit.fundus import make_fundus, png_bytes
 from tests.utils.keys import KEYS, keys_env
 from devkit.reference_models import REPO_ROOT
 from devkit.services import Service, service_env
-from devkit.ultrasound import make_frame
+from devkit.ultrasound import dicom_us_bytes, make_frame, ultrasound_region
 from devkit.ultrasound import png_bytes as ultrasound_png
+from tests.utils.onnx_models import fixed_box_detector
+from tests.utils.thyroid_detector import cascade_repository, detector_manifest, letterboxed
+from workers.imaging.ultrasound import to_grey
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO_ROOT / "out" / "browser"
@@ -92,12 +95,12 @@ def screenshot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / name))
 
 
-def enter_key(page, service: Service) -> None:
+def enter_key(page, service: Service, served_task: str = "lung-nodule-detection") -> None:
     """Open the page and give it the key; the calls it made before it had one may answer 401, nothing else."""
     page.goto(f"{service.url}/ui/")
     page.fill("#api-key", KEY)
     page.click("#key-form button[type=submit]")
-    page.wait_for_selector("#task option[value='lung-nodule-detection']", state="attached")
+    page.wait_for_selector(f"#task option[value='{served_task}']", state="attached")
     page.wait_for_selector("#readiness.ok")
     before_key = [e for e in page.console_errors if "401" not in e]
     assert before_key == [], before_key
@@ -221,6 +224,35 @@ def test_review_covid_and_thyroid_results_in_the_browser(page, keyed_gateway: Se
     expect(page.locator("#job-view .headline")).to_contain_text(job["result"]["risk_band"])
     screenshot(page, "thyroid-result.png")
 
+    assert page.console_errors == []
+
+
+def test_review_thyroid_detector_boxes_in_the_browser(page, tmp_path: Path) -> None:
+    """A site's 2-D detector as the thyroid localiser: its boxes listed with their sizes in mm, best first."""
+    item = make_frame(101, ui=True, margin="smooth")
+    size = (192, 320)
+    boxes = [(300.0, 165.0, 458.0, 364.0), (150.0, 100.0, 230.0, 160.0)]
+    onnx_bytes = fixed_box_detector([letterboxed(box, item.region, size) for box in boxes], [0.9, 0.6], [0, 1],
+                                    [1, 3, *size])
+    repository = cascade_repository(tmp_path / "models", onnx_bytes,
+                                    detector_manifest(onnx_bytes, size, resize="letterbox"))
+    frame = tmp_path / "us.dcm"
+    frame.write_bytes(dicom_us_bytes(to_grey(item.frame), regions=[ultrasound_region(item.region, (0.12, 0.08))]))
+    service = Service(tmp_path / "var", service_env(tmp_path / "var", MEDIMG_API_KEYS=keys_env(),
+                                                    MEDIMG_MODEL_REPOSITORY=str(repository)))
+    service.start_gateway()
+    try:
+        enter_key(page, service, "thyroid-malignancy")
+        submit(page, "thyroid-malignancy", frame)
+        rows = page.locator("table.detections tbody tr")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0)).to_contain_text("nodule")
+        expect(rows.nth(0)).to_contain_text("12.6 × 23.9 mm")  # 158 px at 0.08 mm by 199 px at 0.12 mm
+        expect(rows.nth(1)).to_contain_text("cyst")
+        expect(page.locator("#job-view")).to_contain_text("detection")  # Outlined by
+        screenshot(page, "thyroid-detector.png")
+    finally:
+        service.stop()
     assert page.console_errors == []
 
 

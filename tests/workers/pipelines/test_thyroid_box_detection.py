@@ -13,7 +13,6 @@ moves a finding.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,78 +22,28 @@ from PIL import Image
 from app.config import Settings
 from app.schemas.tasks import TaskName
 from devkit.api import get_artifact, run_job
-from devkit.reference_models import reference_model_dir
 from devkit.services import Service, service_env
 from devkit.ultrasound import dicom_us_bytes, make_frame, ultrasound_region
-from tests.utils.onnx_models import fixed_box_detector, manifest_for, write_model_folder
+from tests.utils.onnx_models import fixed_box_detector
+from tests.utils.thyroid_detector import (
+    CASCADE,
+    DETECTOR,
+    THRESHOLD,
+    cascade_repository,
+    detector_manifest,
+    letterboxed,
+    stretched,
+)
 from workers.imaging.ultrasound import find_imaging_region, to_grey
 from workers.local import predict_files
 
-CLASSIFIER = "thyroid-malignancy-reference"
-SEGMENTER = "thyroid-nodule-segmentation-reference"
-DETECTOR = "thyroid-nodule-detector"
-CASCADE = "thyroid-malignancy-with-detector"
 SPACING = (0.12, 0.08)  # (row, column) mm: PhysicalDeltaY, PhysicalDeltaX
 SEED = 101  # a smooth-margined nodule at frame pixels (304, 170)-(454, 360), inside the region (87, 59)-(601, 464)
-THRESHOLD = 0.3
 LETTERBOX = (192, 320)  # (H, W): the 514 x 405 region is scaled by 192/405 and padded 38 px on the left and right
 
 
 def nodule_frame():
     return make_frame(SEED, ui=True, margin="smooth")
-
-
-def letterboxed(box: tuple[float, float, float, float], region, size) -> list[float]:
-    """A frame-pixel box (x0, y0, x1, y1) in the letterboxed input: the region scaled to fit, centred."""
-    rx0, ry0, rx1, ry1 = region
-    width, height = rx1 - rx0, ry1 - ry0
-    fit = min(size[1] / width, size[0] / height)
-    inner_w, inner_h = round(width * fit), round(height * fit)
-    pad_x, pad_y = (size[1] - inner_w) // 2, (size[0] - inner_h) // 2
-    x0, y0, x1, y1 = box
-    return [pad_x + (x0 - rx0) * inner_w / width, pad_y + (y0 - ry0) * inner_h / height,
-            pad_x + (x1 - rx0) * inner_w / width, pad_y + (y1 - ry0) * inner_h / height]
-
-
-def stretched(box: tuple[float, float, float, float], region, size) -> list[float]:
-    rx0, ry0, rx1, ry1 = region
-    sx, sy = size[1] / (rx1 - rx0), size[0] / (ry1 - ry0)
-    x0, y0, x1, y1 = box
-    return [(x0 - rx0) * sx, (y0 - ry0) * sy, (x1 - rx0) * sx, (y1 - ry0) * sy]
-
-
-def detector_manifest(onnx_bytes: bytes, size: tuple[int, int], channels: int = 3, boxes_shape=("n", 4),
-                      **preprocessing) -> dict:
-    segmenter = json.loads((reference_model_dir(SEGMENTER) / "1" / "manifest.json").read_text())
-    return manifest_for(
-        DETECTOR, "thyroid-malignancy", onnx_bytes,
-        accepts={"formats": ["png", "jpeg", "dicom"], "modalities": ["US", "OT", "SC"], "min_rows": 64,
-                 "min_columns": 64},
-        inputs=[{"name": "images", "dtype": "float32", "layout": "NCHW", "shape": [1, channels, *size]}],
-        outputs=[{"name": "boxes", "dtype": "float32", "layout": "NB", "shape": list(boxes_shape)},
-                 {"name": "scores", "dtype": "float32", "layout": "N", "shape": ["n"]},
-                 {"name": "labels", "dtype": "int64", "layout": "N", "shape": ["n"]}],
-        preprocessing={"color_order": "RGB" if channels == 3 else "GRAY", "crop": "imaging-region",
-                       "target_size": list(size),
-                       "normalization": {"scale": 1 / 255, "mean": [0.0] * channels, "std": [1.0] * channels},
-                       **preprocessing},
-        decoding={"kind": "box-detection", "activation": "none", "box_format": "xyxy", "nms_iou": 0.5,
-                  "nms_radius_mm": 2.0, "box_outputs": {"boxes": "boxes", "scores": "scores", "labels": "labels"},
-                  "segments": {"nodule": segmenter["decoding"]["segments"]["nodule"]}},
-        class_names=["nodule", "cyst"],
-        operating_points=[{"name": "detection", "threshold": THRESHOLD, "measured_on": "nothing (test)"}],
-        default_operating_point="detection",
-    )
-
-
-def cascade_repository(root: Path, detector_bytes: bytes, detector: dict) -> Path:
-    """The reference classifier, re-issued to require the detector, and the detector: nothing else is served."""
-    classifier_folder = reference_model_dir(CLASSIFIER) / "1"
-    classifier = json.loads((classifier_folder / "manifest.json").read_text())
-    classifier.update(id=CASCADE, requires=[DETECTOR])
-    write_model_folder(root, (classifier_folder / "model.onnx").read_bytes(), classifier)
-    write_model_folder(root, detector_bytes, detector)
-    return root
 
 
 # Frame-pixel boxes of the letterbox job and what becomes of each (the nodule's own box is A).
