@@ -8,6 +8,7 @@ import pytest
 from app.schemas.manifest import Normalization, Preprocessing
 from devkit.ultrasound import dicom_us_bytes, make_frame, ultrasound_region
 from workers.imaging.ultrasound import (
+    region_input,
     FrameGeometry,
     UltrasoundRegion,
     bounding_box,
@@ -137,3 +138,25 @@ def test_tensors_have_the_manifest_sizes() -> None:
     tensor = classifier_input(grey, item.mask, cls)
     assert tensor.shape == (2, 64, 64) and tensor.dtype == np.float32
     assert set(np.unique(tensor[1])) <= {0.0, 1.0} and tensor[1].mean() > 0.2
+
+
+def test_letterbox_keeps_the_aspect_centres_the_region_and_maps_back() -> None:
+    frame = np.zeros((40, 100, 3), np.uint8)
+    frame[..., 0], frame[..., 2] = 200, 50  # red 200, blue 50: BGR puts blue first
+    preprocessing = Preprocessing(color_order="BGR", target_size=(40, 40), resize="letterbox", letterbox_fill=114)
+    tensor, placement = region_input(frame, (10, 0, 90, 40), preprocessing)  # 80 x 40 -> 40 x 20, 10 px above/below
+
+    assert tensor.shape == (3, 40, 40)
+    assert placement.content == (0, 10, 40, 30) and placement.scale == (2.0, 2.0)
+    assert np.all(tensor[:, :10] == 114) and np.all(tensor[:, 30:] == 114)
+    assert np.allclose(tensor[0, 10:30], 50) and np.allclose(tensor[2, 10:30], 200)
+    np.testing.assert_allclose(placement.to_frame(np.array([0.0, 40.0]), np.array([10.0, 30.0])), [[10, 90], [0, 40]])
+
+
+def test_stretch_scales_each_axis_on_its_own() -> None:
+    grey = np.full((60, 200), 90, np.uint8)
+    tensor, placement = region_input(grey, (0, 10, 200, 60), Preprocessing(color_order="GRAY", target_size=(25, 50)))
+
+    assert tensor.shape == (1, 25, 50) and np.allclose(tensor, 90)
+    assert placement.scale == (4.0, 2.0) and placement.pad == (0, 0)
+    np.testing.assert_allclose(placement.to_frame(np.array([50.0]), np.array([25.0])), [[200], [60]])

@@ -148,6 +148,15 @@ def test_boxes_with_six_numbers_under_xyxy_fail_the_job_with_a_model_error(tmp_p
     assert "boxes are (1, 6); box_format xyxy has 4 numbers per box" in job.error.detail
 
 
+def test_a_label_outside_class_names_fails_the_job_with_a_model_error(tmp_path) -> None:
+    frame, region = _pixel_spacing_frame()
+    onnx_bytes = fixed_box_detector([stretched(BOX_A, region, STRETCH)], [0.9], [2], [1, 1, *STRETCH])
+    job = _predict(tmp_path, onnx_bytes, detector_manifest(onnx_bytes, STRETCH, channels=1), frame)
+
+    assert job.status == "failed" and job.error.kind == "model-error"
+    assert f"{DETECTOR}: a box has label 2; class_names has 2" in job.error.detail
+
+
 def test_no_box_at_the_operating_point_asks_for_an_roi(tmp_path) -> None:
     frame, region = _pixel_spacing_frame()
     onnx_bytes = fixed_box_detector([stretched(BOX_A, region, STRETCH)], [THRESHOLD - 0.01], [0], [1, 1, *STRETCH])
