@@ -9,9 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from app.config import Settings
 from app.schemas.tasks import TaskName
 from devkit.fundus import make_fundus
 from tests.utils.jobs import make_settings
+from tests.utils.onnx_models import fixed_box_detector, manifest_for, write_model_folder
 from workers.batching import MicroBatcher, urgent_calls
 from workers.imaging.fundus import preprocess_fundus
 from workers.runtime import WorkerRuntime
@@ -192,3 +194,27 @@ def test_batcher_urgent_call_is_handed_the_lead_first() -> None:
     for thread in threads:
         thread.join(10)
     assert order == [0, 3, 1, 2]
+
+
+def test_a_box_detector_with_a_dynamic_batch_axis_runs_each_call_alone(tmp_path) -> None:
+    """Its boxes [N, 4] have no batch axis: a shared run could not hand each caller its own boxes back."""
+    boxes = [[0, 0, 4, 4], [2, 2, 6, 8], [1, 1, 3, 3]]
+    onnx_bytes = fixed_box_detector(boxes, [0.9, 0.5, 0.2], [0, 0, 0], ["batch", 1, 8, 8])
+    write_model_folder(tmp_path / "models", onnx_bytes, manifest_for(
+        "dynamic-detector", "thyroid-malignancy", onnx_bytes, class_names=["nodule"],
+        inputs=[{"name": "images", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 1, 8, 8]}],
+        outputs=[{"name": "boxes", "dtype": "float32", "layout": "NB", "shape": ["n", 4]},
+                 {"name": "scores", "dtype": "float32", "layout": "N", "shape": ["n"]},
+                 {"name": "labels", "dtype": "int64", "layout": "N", "shape": ["n"]}],
+        decoding={"kind": "box-detection", "activation": "none", "box_format": "xyxy",
+                  "box_outputs": {"boxes": "boxes", "scores": "scores", "labels": "labels"}}))
+    runtime = WorkerRuntime.create(Settings(data_dir=tmp_path / "data", model_repository=tmp_path / "models",
+                                            batch_max_rows=8, batch_max_wait_ms=50))
+    detector = runtime.model("dynamic-detector")
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: detector.run({"images": np.zeros((1, 1, 8, 8), np.float32)}), range(6)))
+
+    for answer in answers:
+        np.testing.assert_array_equal(answer["boxes"], boxes)
+    assert detector.batcher.max_rows == 1
