@@ -45,14 +45,16 @@ class BodySizeLimit:
             nonlocal received
             now = time.monotonic()
             # The latest moment the next bytes may come: the pause limit, the overall deadline, and the moment
-            # the bytes so far would fall below the minimum pace.
-            latest = min(now + self.read_timeout, started + self.deadline)
+            # the bytes so far would fall below the minimum pace. The one that ends the wait is the one named.
+            bounds = [(now + self.read_timeout, "pause"), (started + self.deadline, "deadline")]
             if self.min_rate > 0:
-                latest = min(latest, started + self.read_timeout + received / self.min_rate)
+                # With nothing received yet it is the pause limit counted from the start, and is named so.
+                bounds.append((started + self.read_timeout + received / self.min_rate, "pace" if received else "pause"))
+            latest, limit = min(bounds)
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(latest - now, 0.001))
             except TimeoutError:
-                raise HTTPException(408, self._too_slow(time.monotonic() - started, received),
+                raise HTTPException(408, self._too_slow(limit, time.monotonic() - started, received),
                                     headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -63,8 +65,13 @@ class BodySizeLimit:
 
         await self.app(scope, bounded_receive, send)
 
-    def _too_slow(self, elapsed: float, received: int) -> str:
-        return (f"The request body was too slow: {received} bytes in {elapsed:.0f} s. A body may pause at most "
-                f"{self.read_timeout:g} s (MEDIMG_BODY_READ_TIMEOUT_SECONDS), must end within {self.deadline:g} s "
-                f"(MEDIMG_BODY_DEADLINE_SECONDS) and, after the first {self.read_timeout:g} s, average at least "
-                f"{self.min_rate} bytes/s (MEDIMG_BODY_MIN_BYTES_PER_SECOND); send it again at a steady pace")
+    def _too_slow(self, limit: str, elapsed: float, received: int) -> str:
+        broken = {
+            "pause": f"no bytes came for {self.read_timeout:g} s, the longest pause a body may make "
+                     "(MEDIMG_BODY_READ_TIMEOUT_SECONDS)",
+            "deadline": f"a body must end within {self.deadline:g} s (MEDIMG_BODY_DEADLINE_SECONDS)",
+            "pace": f"after the first {self.read_timeout:g} s a body must average at least {self.min_rate} bytes/s "
+                    "(MEDIMG_BODY_MIN_BYTES_PER_SECOND)",
+        }[limit]
+        return (f"The request body was too slow: {received} bytes in {elapsed:.1f} s, and {broken}; send it again "
+                "at a steady pace, or in several smaller requests")

@@ -69,3 +69,9 @@ def footprint(pid: int, folders: list[Path]) -> Iterator[Footprint]:
         stop.set()
         sampler.join()
         result.peak_rss_mb = _status_kb(pid, "VmHWM") / 1024
+
+
+def files_held(folders: list[Path]) -> set[Path]:
+    """Every file under `folders` but the logs: what a refused request must not add to."""
+    return {path for folder in folders for path in folder.rglob("*")
+            if path.is_file() and "logs" not in path.relative_to(folder).parts}

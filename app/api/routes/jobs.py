@@ -90,17 +90,20 @@ async def create_job(
     files: Annotated[
         list[UploadFile], File(min_length=1, description="DICOM files, a ZIP of DICOM files, or a PNG/JPEG")
     ],
-    options: Annotated[str | None, Form(description="JSON object of task options")] = None,
+    # The optional form fields are typed without `| None`: a form part is text or absent, never null, and with
+    # it the schema offered null, which a client can only send as the text "null" (a 422 for `priority`).
+    # Absent (or empty) still arrives as the None default.
+    options: Annotated[str, Form(description="JSON object of task options")] = None,
     callback_url: Annotated[
-        str | None, Form(max_length=2048, description="HTTPS URL told when the job ends (signed, Standard Webhooks)")
+        str, Form(max_length=2048, description="HTTPS URL told when the job ends (signed, Standard Webhooks)")
     ] = None,
     priority: Annotated[
-        JobPriority | None, Form(description="`stat` goes ahead of routine jobs of its task (a clinician is waiting); "
-                                 "default: the API key's priority, else `routine`")
+        JobPriority, Form(description="`stat` goes ahead of routine jobs of its task (a clinician is waiting); "
+                          "default: the API key's priority, else `routine`")
     ] = None,
     export_to: Annotated[
-        str | None, Form(max_length=4096, description='Export destinations for the DICOM results beside the API '
-                         'key\'s defaults: a JSON list (["pacs"]) or comma-separated names')
+        str, Form(max_length=4096, description='Export destinations for the DICOM results beside the API '
+                  'key\'s defaults: a JSON list (["pacs"]) or comma-separated names')
     ] = None,
     idempotency_key: Annotated[
         str | None, Header(max_length=255, description="Same key from the same caller returns the same job")
