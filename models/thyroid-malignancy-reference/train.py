@@ -238,7 +238,7 @@ def export(model: MaskedNoduleNet, stats: dict) -> ModelManifest:
                     "samples_per_pixel": [1, 3], "min_rows": 64, "min_columns": 64, "max_frames": None},
         "inputs": [{"name": "image_and_mask", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 2, *SIZE]}],
         "outputs": [{"name": "logits", "dtype": "float32", "layout": "NC", "shape": ["batch", 1]}],
-        "preprocessing": preprocessing().model_dump(),
+        "preprocessing": preprocessing().model_dump(exclude_unset=True),  # the fields set, not defaults
         "decoding": {"kind": "binary-probability", "activation": "sigmoid", "positive_classes": [0]},
         "class_names": ["malignant"],
         "operating_points": [

@@ -195,7 +195,7 @@ def export(model: UNet, stats: dict) -> ModelManifest:
                     "samples_per_pixel": [1, 3], "min_rows": 64, "min_columns": 64, "max_frames": None},
         "inputs": [{"name": "image", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 1, *SIZE]}],
         "outputs": [{"name": "logits", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 1, *SIZE]}],
-        "preprocessing": preprocessing().model_dump(),
+        "preprocessing": preprocessing().model_dump(exclude_unset=True),  # the fields set, not defaults
         "decoding": {"kind": "segmentation-labels", "activation": "sigmoid", "positive_classes": [0],
                      "min_component_voxels": 1, "segments": SEGMENTS},
         "class_names": ["nodule"],
