@@ -31,15 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder  # noqa: E402
+
+MODEL = ModelFolder.of_script(__file__)
 
 from train import MODEL_ID, SPLIT_SEEDS, VERSION_DIR, make_case  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
-from workers.evaluation import validation_sets  # noqa: E402
+from workers.evaluation import model_scripts, validation_sets  # noqa: E402
 from workers.evaluation.model_folders import model_folder_module  # noqa: E402
 
 EXTERNAL = "external"  # the split name of external_chest.py's independently generated scans
@@ -150,23 +152,19 @@ def card_table(metrics: dict[str, float], intervals: dict) -> str:
 
 
 def write(metrics: dict[str, float], intervals: dict) -> None:
-    manifest_path = VERSION_DIR / "manifest.json"
-    document = json.loads(manifest_path.read_text())
-    # The untouched and external sets' figures are written by --write-sets and stay as they are.
-    kept = validation_sets.kept_figures(document.get("metrics", {}), SETS.values())
-    document["metrics"] = {**metrics, **model_card.stored_metrics(intervals["figures"]), **kept}
-    manifest_path.write_text(json.dumps(document, indent=2) + "\n")
-    card_path = VERSION_DIR / "CARD.md"
-    card = card_path.read_text() if card_path.exists() else f"# {MODEL_ID}\n\n{CARD_BEGIN}\n{CARD_END}\n"
-    head, rest = card.split(CARD_BEGIN, 1)
-    tail = rest.split(CARD_END, 1)[1]
-    card_path.write_text(head + card_table(metrics, intervals) + tail)
+    with model_scripts.edited_manifest(MODEL.manifest_path) as document:
+        # The untouched and external sets' figures are written by --write-sets and stay as they are.
+        kept = validation_sets.kept_figures(document.get("metrics", {}), SETS.values())
+        document["metrics"] = {**metrics, **model_card.stored_metrics(intervals["figures"]), **kept}
+    if not MODEL.card_path.exists():  # a first version's card: its prose comes later, around the figures
+        MODEL.card_path.write_text(f"# {MODEL_ID}\n\n{CARD_BEGIN}\n{CARD_END}\n")
+    model_scripts.write_card_block(MODEL.card_path, CARD_BEGIN, CARD_END, card_table(metrics, intervals))
 
 
 def write_intervals(metrics: dict[str, float], intervals: dict) -> list[str]:
     """Only the intervals, into the manifest and beside the card's figures (refused if a figure moved)."""
-    return model_card.write_intervals(VERSION_DIR / "manifest.json", VERSION_DIR / "CARD.md", CARD_END, intervals,
-                                      metrics, {key: key for key in intervals["figures"]}, interval_table(intervals))
+    return model_card.write_intervals(MODEL.manifest_path, MODEL.card_path, CARD_END, intervals, metrics,
+                                      {key: key for key in intervals["figures"]}, interval_table(intervals))
 
 
 def tolerance_of(key: str) -> float:
@@ -175,17 +173,11 @@ def tolerance_of(key: str) -> float:
 
 def check(metrics: dict[str, float], intervals: dict) -> list[str]:
     """Differences between freshly measured metrics (and intervals) and the manifest's beyond the tolerances."""
-    recorded = json.loads((VERSION_DIR / "manifest.json").read_text()).get("metrics", {})
+    recorded = MODEL.stored_metrics()
     problems = []
     for key, figure in intervals["figures"].items():
         problems += model_card.drift(recorded, {key: figure}, tolerance_of(key))
-    for key, value in metrics.items():
-        tolerance = tolerance_of(key)
-        if key not in recorded:
-            problems.append(f"{key}: not in the manifest")
-        elif abs(recorded[key] - value) > tolerance + 1e-9:
-            problems.append(f"{key}: measured {value}, manifest says {recorded[key]} (tolerance {tolerance})")
-    return problems
+    return problems + model_scripts.differences(recorded, metrics, tolerance_of)
 
 
 # Read once after version 1 was fixed (issue #21): two retrains had been judged on the test split and the final
@@ -210,7 +202,7 @@ SETS = {"untouched-test": UNTOUCHED, EXTERNAL: EXTERNAL_SET}
 
 
 def write_sets(by_split: dict[str, dict], notes: dict[str, str]) -> None:
-    validation_sets.write_all(VERSION_DIR / "manifest.json", VERSION_DIR / "CARD.md", SETS,
+    validation_sets.write_all(MODEL.manifest_path, MODEL.card_path, SETS,
                               {split: by_split[split]["figures"] for split in SETS},
                               by_split[EXTERNAL]["bootstrap"], "scans", "## Metrics\n", notes)
 
@@ -226,7 +218,7 @@ def set_notes(internal: dict, by_split: dict[str, dict]) -> dict[str, str]:
 
 
 def check_sets(by_split: dict[str, dict]) -> list[str]:
-    recorded = json.loads((VERSION_DIR / "manifest.json").read_text()).get("metrics", {})
+    recorded = MODEL.stored_metrics()
     return [problem for split, validation_set in SETS.items()
             for key, figure in by_split[split]["figures"].items()
             for problem in validation_sets.drift(recorded, validation_set, {key: figure}, tolerance_of(key))]
@@ -261,10 +253,7 @@ def main() -> int:
         if model_card.refused(write_intervals(metrics, intervals)):
             return 1
     if args.check:
-        problems = check(metrics, intervals) + check_sets(by_split)
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return 1 if problems else 0
+        return model_scripts.report_drift(check(metrics, intervals) + check_sets(by_split), MODEL.manifest_path)
     return 0
 
 

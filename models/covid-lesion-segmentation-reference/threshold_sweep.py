@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder  # noqa: E402
+
+ModelFolder.of_script(__file__)  # the modules beside this one, importable by name
 
 from evaluate import MIN_VOLUME_ML, N_VALIDATION_SCANS  # noqa: E402
 from train import VERSION_DIR, make_case  # noqa: E402

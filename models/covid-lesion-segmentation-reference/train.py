@@ -27,11 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder, write_new_manifest  # noqa: E402
+
+MODEL = ModelFolder.of_script(__file__)
+HERE = MODEL.path
 
 import synthetic_covid as sv  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
@@ -47,7 +50,7 @@ SEGMENTS = {
     "consolidation": {"label": "consolidation", "category": _ALTERED, "color_rgb": [255, 64, 32],
                       "type": {"value": "95436008", "scheme": "SCT", "meaning": "Lung consolidation"}},
 }
-VERSION_DIR = HERE / "1"
+VERSION_DIR = MODEL.version_dir
 SEED = 2468
 # validation: threshold_sweep.py. "untouched-test" was added after version 1 was fixed (two retrains had been
 # judged on "test"): first read once, for the card's headline. 80 000 000 + i is disjoint from these splits, the
@@ -261,7 +264,7 @@ def main() -> int:
     notes = (f"{len(images)} lung slices; {steps} steps of {args.batch} slices (3/4 with lesion) in {train_seconds:.0f} s "
              f"after {data_seconds:.0f} s of data generation.")
     manifest = manifest_for(onnx_path, previous if previous else None, notes, offsets, args.scans)
-    manifest_path.write_text(manifest.model_dump_json(indent=2) + "\n")
+    write_new_manifest(manifest_path, manifest)
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) and {manifest_path}; "
           f"total {time.perf_counter() - wall:.0f} s", flush=True)
     return 0

@@ -13,30 +13,28 @@ No PyTorch needed (train.py calls the same code after training).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder, edited_manifest  # noqa: E402
+
+MODEL = ModelFolder.of_script(__file__)
 
 import synthetic_fundus  # noqa: E402
 from scipy import special, stats  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from split_tensors import cached_split  # noqa: E402
 
-from app.model_repository import file_sha256  # noqa: E402
-from app.schemas.manifest import ModelManifest  # noqa: E402
 from workers.evaluation.calibration import fit_temperature  # noqa: E402
 
-VERSION_DIR = HERE / "1"
-MODEL_PATH = VERSION_DIR / "model.onnx"
-MANIFEST_PATH = VERSION_DIR / "manifest.json"
+MODEL_PATH = MODEL.onnx_path
+MANIFEST_PATH = MODEL.manifest_path
 N_VAL = 500
 # Referable DR screening favours sensitivity; the val-split threshold is the highest one reaching this.
 # 0.95 rather than 0.90 leaves a margin so the held-out sensitivity stays at or above 0.90.
@@ -90,22 +88,17 @@ def calibrate_on_val(onnx_path: Path, val_x: np.ndarray, val_y: np.ndarray) -> t
 def recalibrate(use_cache: bool = True) -> None:
     """Re-fit the temperature and re-choose the referable threshold on val for the committed model, without
     retraining; every other manifest field (quality limits, uncertainty, metrics) is kept."""
-    current = ModelManifest.model_validate_json(MANIFEST_PATH.read_text())
-    if file_sha256(MODEL_PATH) != current.sha256:
-        raise RuntimeError(f"{MODEL_PATH} does not match {MANIFEST_PATH}; retrain instead")
+    current = MODEL.checked_manifest()  # a model file that is not the manifest's: retrain instead
     val_x, val_y = cached_split("val", N_VAL, current.preprocessing, use_cache)
     calibration, threshold, sensitivity, specificity = calibrate_on_val(MODEL_PATH, val_x, val_y)
     print(f"val threshold {threshold} sensitivity {sensitivity:.3f} specificity {specificity:.3f}")
-    # Edit the stored JSON rather than a full dump, so fields left at their schema defaults stay out of the file.
-    data = json.loads(MANIFEST_PATH.read_text())
-    data["calibration"] = calibration
-    data["operating_points"] = [
-        {**point, **referable_point(calibration, threshold, sensitivity, specificity)}
-        if point["name"] == "referable" else point
-        for point in data["operating_points"]
-    ]
-    ModelManifest.model_validate(data)
-    MANIFEST_PATH.write_text(json.dumps(data, indent=2) + "\n")
+    with edited_manifest(MANIFEST_PATH) as data:
+        data["calibration"] = calibration
+        data["operating_points"] = [
+            {**point, **referable_point(calibration, threshold, sensitivity, specificity)}
+            if point["name"] == "referable" else point
+            for point in data["operating_points"]
+        ]
     print(f"wrote {MANIFEST_PATH}; run evaluate.py --write to measure the test split with it")
 
 

@@ -19,29 +19,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder  # noqa: E402
+
+MODEL = ModelFolder.of_script(__file__)
 
 import synthetic_fundus  # noqa: E402
-from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from split_tensors import EXTERNAL, split_tensors  # noqa: E402
-from workers.evaluation import validation_sets  # noqa: E402
+from workers.evaluation import model_scripts, validation_sets  # noqa: E402
 from workers.evaluation.model_folders import model_folder_module  # noqa: E402
 
-VERSION_DIR = HERE / "1"
-MANIFEST_PATH = VERSION_DIR / "manifest.json"
-MODEL_PATH = VERSION_DIR / "model.onnx"
-CARD_PATH = VERSION_DIR / "CARD.md"
+MANIFEST_PATH = MODEL.manifest_path
+MODEL_PATH = MODEL.onnx_path
+CARD_PATH = MODEL.card_path
 N_TEST = 500
 N_EXTERNAL = 400
 CHECK_TOLERANCE = 0.02
@@ -64,11 +63,7 @@ CARD_END = "<!-- metrics:end -->"
 
 
 def load_manifest() -> ModelManifest:
-    return ModelManifest.model_validate_json(MANIFEST_PATH.read_text())
-
-
-def model_sha256() -> str:
-    return file_sha256(MODEL_PATH)
+    return MODEL.manifest()
 
 
 def onnx_probabilities(images: np.ndarray, manifest: ModelManifest) -> np.ndarray:
@@ -94,9 +89,7 @@ def evaluate(n: int | None = None, with_intervals: bool = False, split: str = "t
     command line always asks)."""
     from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
-    manifest = load_manifest()
-    if model_sha256() != manifest.sha256:
-        raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}")
+    manifest = MODEL.checked_manifest()
     n = N_TEST if n is None else n
     images, grades = split_tensors(split, n, manifest.preprocessing)
     probabilities = onnx_probabilities(images, manifest)
@@ -147,31 +140,26 @@ def _with_interval(results: dict, key: str) -> str:
 
 
 def write(results: dict) -> None:
-    manifest = load_manifest()
-    if model_sha256() != manifest.sha256:
-        raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}; retrain or fix it first")
-    # Edit the stored JSON rather than a full dump, so fields left at their schema defaults stay out of the file.
-    data = json.loads(MANIFEST_PATH.read_text())
-    # The external set's figures are written by --write-sets and stay as they are.
-    kept = validation_sets.kept_figures(data["metrics"], [EXTERNAL_SET])
-    data["metrics"] = {**{key: round(results[key], 4) for key in METRIC_KEYS}, **kept}
+    manifest = MODEL.checked_manifest()
     seeds = synthetic_fundus.SPLIT_SEEDS
-    for point in data["operating_points"]:
-        if point["name"] == manifest.default_operating_point:
-            point["sensitivity"] = round(results["referable_sensitivity"], 4)
-            point["specificity"] = round(results["referable_specificity"], 4)
-            for figure in ("sensitivity", "specificity"):
-                ci = results["intervals"]["figures"][f"referable_{figure}"]["ci95"]
-                point[f"{figure}_ci95"] = [round(ci[0], 4), round(ci[1], 4)]
-            # Keep train.py's account of how the threshold was chosen (on val); replace where it was measured.
-            how_chosen = point["measured_on"].split(";")[0]
-            point["measured_on"] = (
-                f"{how_chosen}; sensitivity/specificity measured on the held-out synthetic test split "
-                f"(n={results['n_images']}, seed {seeds['test']})"
-            )
-    validated = ModelManifest.model_validate(data)
-    MANIFEST_PATH.write_text(json.dumps(data, indent=2) + "\n")
-    _write_card_table(results, validated)
+    with model_scripts.edited_manifest(MANIFEST_PATH) as data:
+        # The external set's figures are written by --write-sets and stay as they are.
+        kept = validation_sets.kept_figures(data["metrics"], [EXTERNAL_SET])
+        data["metrics"] = {**{key: round(results[key], 4) for key in METRIC_KEYS}, **kept}
+        for point in data["operating_points"]:
+            if point["name"] == manifest.default_operating_point:
+                point["sensitivity"] = round(results["referable_sensitivity"], 4)
+                point["specificity"] = round(results["referable_specificity"], 4)
+                for figure in ("sensitivity", "specificity"):
+                    ci = results["intervals"]["figures"][f"referable_{figure}"]["ci95"]
+                    point[f"{figure}_ci95"] = [round(ci[0], 4), round(ci[1], 4)]
+                # Keep train.py's account of how the threshold was chosen (on val); replace where it was measured.
+                how_chosen = point["measured_on"].split(";")[0]
+                point["measured_on"] = (
+                    f"{how_chosen}; sensitivity/specificity measured on the held-out synthetic test split "
+                    f"(n={results['n_images']}, seed {seeds['test']})"
+                )
+    _write_card_table(results, load_manifest())
 
 
 def _write_card_table(results: dict, manifest: ModelManifest) -> None:
@@ -201,11 +189,7 @@ def _write_card_table(results: dict, manifest: ModelManifest) -> None:
           for grade, row in enumerate(results["confusion_matrix"])],
         CARD_END,
     ]
-    card = CARD_PATH.read_text()
-    pattern = re.compile(re.escape(CARD_BEGIN) + ".*?" + re.escape(CARD_END), re.DOTALL)
-    if not pattern.search(card):
-        raise RuntimeError(f"{CARD_PATH} has no metrics section between {CARD_BEGIN!r} and {CARD_END!r}")
-    CARD_PATH.write_text(pattern.sub(lambda _: "\n".join(lines), card))
+    model_scripts.write_card_block(CARD_PATH, CARD_BEGIN, CARD_END, "\n".join(lines))
 
 
 def _interval_note(results: dict) -> str:
@@ -215,14 +199,9 @@ def _interval_note(results: dict) -> str:
             "`evaluate.py --check` with the code of `medimg eval` (workers/evaluation).")
 
 
-def drift(results: dict, manifest: ModelManifest) -> dict[str, tuple[float | None, float]]:
-    """Metrics whose recomputed value is more than CHECK_TOLERANCE from the manifest's (or missing there)."""
-    out = {}
-    for key in METRIC_KEYS:
-        stored = manifest.metrics.get(key)
-        if stored is None or abs(stored - results[key]) > CHECK_TOLERANCE:
-            out[key] = (stored, results[key])
-    return out
+def drift(results: dict, stored: dict[str, float]) -> list[str]:
+    """Metrics recomputed more than CHECK_TOLERANCE from the manifest's (or missing there)."""
+    return model_scripts.differences(stored, {key: results[key] for key in METRIC_KEYS}, CHECK_TOLERANCE)
 
 
 # Read once after version 1 was fixed (issue #21): the model, its threshold and temperature are not changed for it.
@@ -279,12 +258,10 @@ def main() -> None:
                                   {EXTERNAL: set_figures(external)}, external["intervals"]["bootstrap"], "images",
                                   CARD_END, {EXTERNAL: external_notes(results, external)})
     if args.check:
-        moved = [f"{key}: manifest {stored} now {now:.4f}"
-                 for key, (stored, now) in drift(results, load_manifest()).items()]
-        moved += validation_sets.drift(load_manifest().metrics, EXTERNAL_SET, set_figures(external), CHECK_TOLERANCE)
-        for problem in moved:
-            print(f"DRIFT {problem}", file=sys.stderr)
-        sys.exit(1 if moved else 0)
+        stored = MODEL.stored_metrics()
+        moved = drift(results, stored) + validation_sets.drift(stored, EXTERNAL_SET, set_figures(external),
+                                                               CHECK_TOLERANCE)
+        sys.exit(model_scripts.report_drift(moved, MANIFEST_PATH))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder  # noqa: E402
+
+MODEL = ModelFolder.of_script(__file__)
 
 import synthetic_fundus  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
@@ -41,7 +43,7 @@ from app.schemas.options import DRGradingOptions  # noqa: E402
 from workers.quality.fundus import check_fundus  # noqa: E402
 from workers.evaluation.calibration import fit_temperature  # noqa: E402
 
-VERSION_DIR = HERE / "1"
+VERSION_DIR = MODEL.version_dir
 N_VAL = 500
 BINS = 15
 
@@ -113,7 +115,7 @@ def main() -> None:
     print(f"manifest temperature {shipped} (fitted on all of val by calibrate.py): on val[0:{n}] ECE "
           f"{before[0]:.4f} -> {after[0]:.4f} (in-sample)")
     if args.figure:
-        draw(before, after, shipped, HERE / "figures" / "reliability.png")
+        draw(before, after, shipped, MODEL.path / "figures" / "reliability.png")
 
 
 def draw(before, after, temperature: float, path: Path) -> None:

@@ -6,18 +6,19 @@ produce (`workers.imaging.fundus.preprocess_fundus`), never a private re-impleme
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder, sources_digest  # noqa: E402
+
+HERE = ModelFolder.of_script(__file__).path
 
 import synthetic_fundus  # noqa: E402
 from app.schemas.manifest import Preprocessing  # noqa: E402
@@ -55,16 +56,10 @@ def split_tensors(split: str, n: int, preprocessing: Preprocessing, workers: int
     return images, grades
 
 
-def _sources_digest() -> str:
-    """Cache key: the generator and the preprocessing code, so stale tensors are never reused."""
-    digest = hashlib.sha256()
-    for path in (HERE / "synthetic_fundus.py", REPO_ROOT / "workers/imaging/fundus.py"):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def cached_split(split: str, n: int, preprocessing: Preprocessing, use_cache: bool) -> tuple[np.ndarray, np.ndarray]:
-    key = hashlib.sha256(f"{_sources_digest()}{preprocessing.model_dump_json()}".encode()).hexdigest()[:12]
+    # Keyed by the generator, the preprocessing code and settings.
+    key = sources_digest((HERE / "synthetic_fundus.py", REPO_ROOT / "workers/imaging/fundus.py"),
+                         preprocessing.model_dump_json())
     path = CACHE_DIR / f"{split}-{n}-{key}.npz"
     if use_cache and path.exists():
         with np.load(path) as data:

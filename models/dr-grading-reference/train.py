@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,11 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder, write_new_manifest  # noqa: E402
+
+MODEL = ModelFolder.of_script(__file__)
 
 import synthetic_fundus  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
@@ -35,7 +36,7 @@ from calibrate import POSITIVE_CLASSES, calibrate_on_val, recalibrate, referable
 from split_tensors import cached_split  # noqa: E402
 
 MODEL_ID = "dr-grading-reference"
-VERSION_DIR = HERE / "1"
+VERSION_DIR = MODEL.version_dir
 SEED = 1234
 TARGET_SIZE = (224, 224)
 N_TRAIN = 6000
@@ -241,9 +242,8 @@ def main() -> None:
 
     manifest = build_manifest(onnx_path, preprocessing, calibration, threshold, sensitivity, specificity,
                               previous_metrics={})
-    manifest_path = VERSION_DIR / "manifest.json"
-    manifest_path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
-    log(f"wrote {manifest_path}; total wall time {(time.time() - started) / 60:.1f} min")
+    write_new_manifest(MODEL.manifest_path, manifest)
+    log(f"wrote {MODEL.manifest_path}; total wall time {(time.time() - started) / 60:.1f} min")
 
 
 if __name__ == "__main__":

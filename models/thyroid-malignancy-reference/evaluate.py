@@ -19,40 +19,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder  # noqa: E402
+
+MODEL = ModelFolder.of_script(__file__)
 
 import external_us  # noqa: E402
 import synthetic_us  # noqa: E402
-from app.model_repository import file_sha256, load_model_version  # noqa: E402
+from app.model_repository import load_model_version  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from app.schemas.tirads import RiskBand, band_bounds_from_operating_points, band_for_probability  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
-from workers.evaluation import validation_sets  # noqa: E402
+from workers.evaluation import model_scripts, validation_sets  # noqa: E402
 
-VERSION_DIR = HERE / "1"
-MANIFEST_PATH = VERSION_DIR / "manifest.json"
-CARD_PATH = VERSION_DIR / "CARD.md"
-SEGMENTATION_DIR = REPO_ROOT / "models" / "thyroid-nodule-segmentation-reference" / "1"
+VERSION_DIR = MODEL.version_dir
+MANIFEST_PATH = MODEL.manifest_path
+CARD_PATH = MODEL.card_path
+SEGMENTATION_DIR = ModelFolder.named("thyroid-nodule-segmentation-reference").version_dir
 N_TEST = 300
 CHECK_TOLERANCE = 0.02
 METRIC_KEYS = ("malignancy_auc", "oracle_points_auc", "nodule_dice_mean", "diameter_abs_rel_error_median",
                "diameter_within_10pct", "tirads_band_exact", "tr4_sensitivity", "tr4_specificity")
 CARD_BEGIN = "<!-- metrics:begin (written by evaluate.py --write) -->"
 CARD_END = "<!-- metrics:end -->"
-
-
-def load_manifest(path: Path = MANIFEST_PATH) -> ModelManifest:
-    return ModelManifest.model_validate_json(path.read_text())
 
 
 def load_cascade():
@@ -115,7 +112,7 @@ def evaluate(n_images: int = N_TEST, with_intervals: bool = False, split: str = 
         "tr4_sensitivity": float(suspicious[labels].mean()),
         "tr4_specificity": float((~suspicious[~labels]).mean()),
         "prevalence": float(labels.mean()),
-        "sha256": file_sha256(VERSION_DIR / "model.onnx"),
+        "sha256": classifier.manifest.sha256,  # load_model_version checked it is the file's
         "segmentation_sha256": segmenter.manifest.sha256,
     }
     for band in (RiskBand.TR2, RiskBand.TR3, RiskBand.TR5):
@@ -143,20 +140,18 @@ def intervals(labels: np.ndarray, probabilities: np.ndarray, dices: np.ndarray, 
 
 
 def write(results: dict) -> None:
-    raw = json.loads(MANIFEST_PATH.read_text())
-    raw["metrics"] = {**{k: round(results[k], 4) for k in METRIC_KEYS},
-                      **validation_sets.kept_figures(raw["metrics"], VALIDATION_SETS.values())}
-    for point in raw["operating_points"]:
-        key = point["name"].lower()
-        point["sensitivity"] = round(results[f"{key}_sensitivity"], 4)
-        point["specificity"] = round(results[f"{key}_specificity"], 4)
-        point["measured_on"] = (
-            f"lower probability bound of {point['name']} (app/schemas/tirads.py); sensitivity and specificity of "
-            f"'band >= {point['name']}' for the drawn malignancy label on the held-out synthetic test split "
-            f"(n={results['n_images']}, seed {synthetic_us.SPLIT_SEEDS['test']}), through the full cascade"
-        )
-    ModelManifest.model_validate(raw)
-    MANIFEST_PATH.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+    with model_scripts.edited_manifest(MANIFEST_PATH) as raw:
+        raw["metrics"] = {**{k: round(results[k], 4) for k in METRIC_KEYS},
+                          **validation_sets.kept_figures(raw["metrics"], VALIDATION_SETS.values())}
+        for point in raw["operating_points"]:
+            key = point["name"].lower()
+            point["sensitivity"] = round(results[f"{key}_sensitivity"], 4)
+            point["specificity"] = round(results[f"{key}_specificity"], 4)
+            point["measured_on"] = (
+                f"lower probability bound of {point['name']} (app/schemas/tirads.py); sensitivity and specificity "
+                f"of 'band >= {point['name']}' for the drawn malignancy label on the held-out synthetic test split "
+                f"(n={results['n_images']}, seed {synthetic_us.SPLIT_SEEDS['test']}), through the full cascade"
+            )
     table = "\n".join(
         ["| metric | value |", "|---|---|"]
         + [f"| {k} | {results[k]:.4f} |" for k in (*METRIC_KEYS, "nodule_dice_min", "prevalence",
@@ -164,10 +159,8 @@ def write(results: dict) -> None:
                                                      "tr3_specificity", "tr5_sensitivity", "tr5_specificity")]
         + [f"| n_images | {results['n_images']} |"]
     )
-    block = f"{CARD_BEGIN}\n{table}\n{interval_table(results)}{CARD_END}"
-    card = CARD_PATH.read_text()
-    CARD_PATH.write_text(re.sub(re.escape(CARD_BEGIN) + ".*?" + re.escape(CARD_END), lambda _: block, card,
-                                flags=re.S))
+    model_scripts.write_card_block(CARD_PATH, CARD_BEGIN, CARD_END,
+                                   f"{CARD_BEGIN}\n{table}\n{interval_table(results)}{CARD_END}")
 
 
 def interval_table(results: dict) -> str:
@@ -178,13 +171,8 @@ def interval_table(results: dict) -> str:
                                      "sensitivity and specificity resample malignant and benign frames apart")
 
 
-def check(results: dict, manifest: ModelManifest) -> list[str]:
-    drift = []
-    for key in METRIC_KEYS:
-        stored = manifest.metrics.get(key)
-        if stored is None or abs(stored - results[key]) > CHECK_TOLERANCE:
-            drift.append(f"{key}: manifest {stored}, measured {results[key]:.4f}")
-    return drift
+def check(results: dict, stored: dict[str, float]) -> list[str]:
+    return model_scripts.differences(stored, {key: results[key] for key in METRIC_KEYS}, CHECK_TOLERANCE)
 
 
 # Read once after version 1 was fixed (issue #21): the untouched split is the card's headline test figure; the
@@ -239,9 +227,8 @@ def main() -> None:
     if args.write_sets:
         write_sets(by_split)
     if args.check:
-        drift = check(results, load_manifest()) + check_sets(by_split, load_manifest().metrics)
-        if drift:
-            print("\n".join(drift), file=sys.stderr)
+        stored = MODEL.stored_metrics()
+        if model_scripts.report_drift(check(results, stored) + check_sets(by_split, stored), MANIFEST_PATH):
             sys.exit(1)
 
 

@@ -28,11 +28,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-for _path in (str(REPO_ROOT), str(HERE)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder, write_new_manifest  # noqa: E402
+
+MODEL = ModelFolder.of_script(__file__)
+HERE = MODEL.path
 
 import synthetic_us  # noqa: E402
 from app.model_repository import file_sha256, load_model_version  # noqa: E402
@@ -43,8 +46,8 @@ from workers.pipelines.thyroid_malignancy import PreparedFrame, segment_nodule  
 
 MODEL_ID = "thyroid-malignancy-reference"
 SEGMENTATION_ID = "thyroid-nodule-segmentation-reference"
-SEGMENTATION_DIR = REPO_ROOT / "models" / SEGMENTATION_ID / "1"
-VERSION_DIR = HERE / "1"
+SEGMENTATION_DIR = ModelFolder.named(SEGMENTATION_ID).version_dir
+VERSION_DIR = MODEL.version_dir
 CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 SEED = 2468
 SIZE = (96, 96)
@@ -235,7 +238,7 @@ def export(model: MaskedNoduleNet, stats: dict) -> ModelManifest:
                     "samples_per_pixel": [1, 3], "min_rows": 64, "min_columns": 64, "max_frames": None},
         "inputs": [{"name": "image_and_mask", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 2, *SIZE]}],
         "outputs": [{"name": "logits", "dtype": "float32", "layout": "NC", "shape": ["batch", 1]}],
-        "preprocessing": preprocessing().model_dump(),
+        "preprocessing": preprocessing().model_dump(exclude_unset=True),  # the fields set, not defaults
         "decoding": {"kind": "binary-probability", "activation": "sigmoid", "positive_classes": [0]},
         "class_names": ["malignant"],
         "operating_points": [
@@ -261,7 +264,7 @@ def export(model: MaskedNoduleNet, stats: dict) -> ModelManifest:
         },
         "requires": [SEGMENTATION_ID],
     })
-    (VERSION_DIR / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+    write_new_manifest(MODEL.manifest_path, manifest)
     return manifest
 
 

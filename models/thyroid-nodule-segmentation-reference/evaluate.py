@@ -17,28 +17,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-GENERATOR_DIR = REPO_ROOT / "models" / "thyroid-malignancy-reference"
-for _path in (str(REPO_ROOT), str(GENERATOR_DIR)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder  # noqa: E402
+
+# The frames are the classifier's generators' (its folder holds them).
+MODEL = ModelFolder.of_script(__file__, imports_from=ModelFolder.named("thyroid-malignancy-reference").path)
 
 import external_us  # noqa: E402
 from app.model_repository import load_model_version  # noqa: E402
-from app.schemas.manifest import ModelManifest  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
-from workers.evaluation import validation_sets  # noqa: E402
+from workers.evaluation import model_scripts, validation_sets  # noqa: E402
 
-VERSION_DIR = HERE / "1"
-MANIFEST_PATH = VERSION_DIR / "manifest.json"
-CARD_PATH = VERSION_DIR / "CARD.md"
+VERSION_DIR = MODEL.version_dir
+MANIFEST_PATH = MODEL.manifest_path
+CARD_PATH = MODEL.card_path
 N_TEST = 300
 CHECK_TOLERANCE = 0.02
 METRIC_KEYS = ("dice_mean", "dice_median", "dice_p10", "detection_rate", "diameter_abs_rel_error_median",
@@ -96,27 +96,19 @@ def interval_table(results: dict) -> str:
 
 
 def write(results: dict) -> None:
-    raw = json.loads(MANIFEST_PATH.read_text())
-    raw["metrics"] = {**{k: round(results[k], 4) for k in METRIC_KEYS},
-                      **model_card.stored_metrics(results["intervals"]["figures"]),
-                      **validation_sets.kept_figures(raw["metrics"], VALIDATION_SETS.values())}
-    ModelManifest.model_validate(raw)
-    MANIFEST_PATH.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+    with model_scripts.edited_manifest(MANIFEST_PATH) as raw:
+        raw["metrics"] = {**{k: round(results[k], 4) for k in METRIC_KEYS},
+                          **model_card.stored_metrics(results["intervals"]["figures"]),
+                          **validation_sets.kept_figures(raw["metrics"], VALIDATION_SETS.values())}
     table = "\n".join(["| metric | value |", "|---|---|"] + [f"| {k} | {results[k]:.4f} |" for k in METRIC_KEYS]
                       + [f"| n_images | {results['n_images']} |"])
-    block = f"{CARD_BEGIN}\n{table}\n{interval_table(results)}{CARD_END}"
-    card = CARD_PATH.read_text()
-    CARD_PATH.write_text(re.sub(re.escape(CARD_BEGIN) + ".*?" + re.escape(CARD_END), lambda _: block, card,
-                                flags=re.S))
+    model_scripts.write_card_block(CARD_PATH, CARD_BEGIN, CARD_END,
+                                   f"{CARD_BEGIN}\n{table}\n{interval_table(results)}{CARD_END}")
 
 
-def check(results: dict, manifest: ModelManifest) -> list[str]:
-    drift = []
-    for key in METRIC_KEYS:
-        stored = manifest.metrics.get(key)
-        if stored is None or abs(stored - results[key]) > CHECK_TOLERANCE:
-            drift.append(f"{key}: manifest {stored}, measured {results[key]:.4f}")
-    return drift + model_card.drift(manifest.metrics, results["intervals"]["figures"], CHECK_TOLERANCE)
+def check(results: dict, stored: dict[str, float]) -> list[str]:
+    return (model_scripts.differences(stored, {key: results[key] for key in METRIC_KEYS}, CHECK_TOLERANCE)
+            + model_card.drift(stored, results["intervals"]["figures"], CHECK_TOLERANCE))
 
 
 def write_intervals(results: dict) -> list[str]:
@@ -178,10 +170,8 @@ def main() -> None:
         if model_card.refused(write_intervals(results)):
             sys.exit(1)
     if args.check:
-        manifest = ModelManifest.model_validate_json(MANIFEST_PATH.read_text())
-        drift = check(results, manifest) + check_sets(by_split, manifest.metrics)
-        if drift:
-            print("\n".join(drift), file=sys.stderr)
+        stored = MODEL.stored_metrics()
+        if model_scripts.report_drift(check(results, stored) + check_sets(by_split, stored), MANIFEST_PATH):
             sys.exit(1)
 
 

@@ -23,12 +23,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-GENERATOR_DIR = REPO_ROOT / "models" / "thyroid-malignancy-reference"
-for _path in (str(REPO_ROOT), str(GENERATOR_DIR)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # the checkout's code, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workers.evaluation.model_scripts import ModelFolder, write_new_manifest  # noqa: E402
+
+# The frames are the classifier's generators' (its folder holds them).
+MODEL = ModelFolder.of_script(__file__, imports_from=ModelFolder.named("thyroid-malignancy-reference").path)
+HERE = MODEL.path
 
 import synthetic_us  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
@@ -42,7 +45,7 @@ SEGMENTS = {"nodule": {
     "category": {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically Altered Structure"},
     "type": {"value": "237495005", "scheme": "SCT", "meaning": "Thyroid nodule"},
 }}
-VERSION_DIR = HERE / "1"
+VERSION_DIR = MODEL.version_dir
 CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 SEED = 4321
 SIZE = (96, 96)
@@ -192,7 +195,7 @@ def export(model: UNet, stats: dict) -> ModelManifest:
                     "samples_per_pixel": [1, 3], "min_rows": 64, "min_columns": 64, "max_frames": None},
         "inputs": [{"name": "image", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 1, *SIZE]}],
         "outputs": [{"name": "logits", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 1, *SIZE]}],
-        "preprocessing": preprocessing().model_dump(),
+        "preprocessing": preprocessing().model_dump(exclude_unset=True),  # the fields set, not defaults
         "decoding": {"kind": "segmentation-labels", "activation": "sigmoid", "positive_classes": [0],
                      "min_component_voxels": 1, "segments": SEGMENTS},
         "class_names": ["nodule"],
@@ -215,7 +218,7 @@ def export(model: UNet, stats: dict) -> ModelManifest:
             "training_script": "models/thyroid-nodule-segmentation-reference/train.py",
         },
     })
-    (VERSION_DIR / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+    write_new_manifest(MODEL.manifest_path, manifest)
     return manifest
 
 

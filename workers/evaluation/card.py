@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.schemas.manifest import ModelManifest
+from workers.evaluation.model_scripts import differences, edited_manifest
 
 INTERVALS_HEADING = "\n95 % intervals, bootstrap over"
 # An interval's statistic must give the card's figure: within half a unit of the coarsest rounding on a card
@@ -35,15 +35,10 @@ def stored_metrics(figures: dict[str, dict]) -> dict[str, float]:
 
 
 def drift(stored: dict[str, float], figures: dict[str, dict], tolerance: float) -> list[str]:
-    """Interval bounds (and case counts) recomputed more than `tolerance` from the stored ones, or not stored."""
-    problems = []
-    for key, value in stored_metrics(figures).items():
-        allowed = 0.0 if key.endswith("_ci95_n") else tolerance
-        if key not in stored:
-            problems.append(f"{key}: not in the manifest (evaluate.py --write-intervals stores it)")
-        elif abs(stored[key] - value) > allowed + 1e-9:
-            problems.append(f"{key}: measured {value}, manifest says {stored[key]} (tolerance {allowed})")
-    return problems
+    """Interval bounds (and case counts, exactly) recomputed more than `tolerance` from the stored ones, or not
+    stored."""
+    return differences(stored, stored_metrics(figures), lambda key: 0.0 if key.endswith("_ci95_n") else tolerance,
+                       "not in the manifest (evaluate.py --write-intervals stores it)")
 
 
 def moved_points(stored: dict[str, float], measured: dict[str, float], figures: dict[str, dict],
@@ -83,13 +78,9 @@ def place_table(card: str, table: str, end: str) -> str:
 
 def store(manifest_path: Path, figures: dict[str, dict]) -> None:
     """The interval entries into the manifest's metrics, the point figures untouched."""
-    text = manifest_path.read_text()
-    raw = json.loads(text)
-    raw["metrics"] = {**{k: v for k, v in raw.get("metrics", {}).items() if not _is_interval_key(k)},
-                      **stored_metrics(figures)}
-    ModelManifest.model_validate(raw)
-    # Written as it was (some manifests escape non-ASCII, some do not), so that only the metrics change.
-    manifest_path.write_text(json.dumps(raw, indent=2, ensure_ascii=text.isascii()) + "\n")
+    with edited_manifest(manifest_path) as raw:
+        raw["metrics"] = {**{k: v for k, v in raw.get("metrics", {}).items() if not _is_interval_key(k)},
+                          **stored_metrics(figures)}
 
 
 def _is_interval_key(key: str) -> bool:

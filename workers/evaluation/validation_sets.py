@@ -10,13 +10,11 @@ original ones, and the card gets one block per set between `<!-- <prefix>:begin 
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.schemas.manifest import ModelManifest
 from workers.evaluation import card as model_card
+from workers.evaluation.model_scripts import differences, edited_manifest, replace_block
 
 
 @dataclass(frozen=True)
@@ -52,10 +50,9 @@ def drift(stored: dict[str, float], validation_set: ValidationSet, figures: dict
           tolerance: float) -> list[str]:
     """Values and bounds recomputed more than `tolerance` from the manifest's (or missing from it)."""
     prefixed = {f"{validation_set.prefix}_{key}": figure for key, figure in figures.items()}
-    moved = [f"{key}: measured {figure['value']}, manifest says {stored.get(key)} (tolerance {tolerance})"
-             for key, figure in prefixed.items()
-             if figure["value"] is not None and (key not in stored or abs(stored[key] - figure["value"]) > tolerance)]
-    return moved + model_card.drift(stored, prefixed, tolerance)
+    values = {key: figure["value"] for key, figure in prefixed.items() if figure["value"] is not None}
+    return (differences(stored, values, tolerance, "not in the manifest (evaluate.py --write-sets stores it)")
+            + model_card.drift(stored, prefixed, tolerance))
 
 
 def drift_all(stored: dict[str, float], sets: dict[str, ValidationSet], figures: dict[str, dict[str, dict]],
@@ -78,17 +75,13 @@ def write(manifest_path: Path, card_path: Path, validation_set: ValidationSet, f
           text: str, after: str) -> None:
     """Store the set's figures in the manifest (replacing the set's earlier ones) and `text` in the card,
     replacing the set's earlier block, or else placed right after the line `after` first ends."""
-    raw_text = manifest_path.read_text()
-    raw = json.loads(raw_text)
     prefix = f"{validation_set.prefix}_"
-    raw["metrics"] = {**{k: v for k, v in raw.get("metrics", {}).items() if not k.startswith(prefix)},
-                      **stored_figures(validation_set, figures)}
-    ModelManifest.model_validate(raw)
-    manifest_path.write_text(json.dumps(raw, indent=2, ensure_ascii=raw_text.isascii()) + "\n")
+    with edited_manifest(manifest_path) as raw:
+        raw["metrics"] = {**{k: v for k, v in raw.get("metrics", {}).items() if not k.startswith(prefix)},
+                          **stored_figures(validation_set, figures)}
     card = card_path.read_text()
-    pattern = re.compile(re.escape(validation_set.begin) + ".*?" + re.escape(validation_set.end), re.S)
-    if pattern.search(card):
-        card = pattern.sub(lambda _: text, card)
+    if validation_set.begin in card:
+        card = replace_block(card, validation_set.begin, validation_set.end, text)
     else:
         head, tail = card.split(after, 1)
         card = head + after + "\n\n" + text + tail

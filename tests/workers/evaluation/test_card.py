@@ -63,9 +63,10 @@ def test_write_intervals_refuses_when_a_point_figure_moved(model) -> None:
 
 def test_drift_names_missing_and_moved_bounds() -> None:
     figures = {"cpm": {"value": 0.8, "ci95": [0.7, 0.9], "n": 30}}
-    assert drift({}, figures, 0.03)[0].startswith("cpm_ci95_low: not in the manifest")
+    assert drift({}, figures, 0.03)[0] == ("cpm_ci95_low: measured 0.7000, not in the manifest (evaluate.py "
+                                           "--write-intervals stores it)")
     stored = {**stored_metrics(figures), "cpm_ci95_high": 0.95}
-    assert drift(stored, figures, 0.03) == ["cpm_ci95_high: measured 0.9, manifest says 0.95 (tolerance 0.03)"]
+    assert drift(stored, figures, 0.03) == ["cpm_ci95_high: manifest 0.95, measured 0.9000 (-0.0500, tolerance 0.03)"]
 
 
 def test_place_table_replaces_an_earlier_table() -> None:

@@ -12,7 +12,6 @@ finding's threshold, Youden's J), test (seed 3: read once, after the thresholds 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from app.model_repository import file_sha256
 from app.schemas.manifest import ModelManifest, Normalization, Preprocessing
 
 HERE = Path(__file__).resolve().parent
@@ -97,7 +97,7 @@ def main() -> None:
 
     VERSION_DIR.mkdir(exist_ok=True)
     (VERSION_DIR / "model.onnx").write_bytes(data)
-    manifest = _manifest(hashlib.sha256(data).hexdigest(), thresholds, metrics)
+    manifest = _manifest(file_sha256(VERSION_DIR / "model.onnx"), thresholds, metrics)
     (VERSION_DIR / "manifest.json").write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
     print(json.dumps({"thresholds": thresholds, "validation": validation, "test": metrics}, indent=2))
 
