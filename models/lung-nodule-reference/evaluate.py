@@ -41,6 +41,7 @@ for _path in (str(REPO_ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import hard_case_ct  # noqa: E402
 import synthetic_ct as sc  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
@@ -51,7 +52,7 @@ VERSION_DIR = HERE / "1"
 MANIFEST_PATH = VERSION_DIR / "manifest.json"
 MODEL_PATH = VERSION_DIR / "model.onnx"
 CARD_PATH = VERSION_DIR / "CARD.md"
-SPLIT_SEEDS = {"train": 10_000_000, "val": 20_000_000, "test": 30_000_000}
+SPLIT_SEEDS = {"train": 10_000_000, "val": 20_000_000, "test": 30_000_000, "val-hard": 22_000_000}
 N_TEST = 30
 MATRIX = 256
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -70,6 +71,8 @@ class ScanOutcome:
 
 
 def test_scan(split: str, index: int, matrix: int = MATRIX) -> sc.SyntheticScan:
+    if split == "val-hard":  # version 2's hard-case val split (train.py), from its training generator
+        return hard_case_ct.as_synthetic_scan(hard_case_ct.scan(SPLIT_SEEDS[split] + index, matrix))
     rng = np.random.default_rng(SPLIT_SEEDS[split] + index)
     return sc.simulate_scan(rng, matrix=matrix, n_nodules=int(rng.integers(1, 6)))
 

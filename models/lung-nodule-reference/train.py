@@ -1,11 +1,24 @@
 """Train the lung-nodule reference detector on synthetic chest CT and export it to ONNX.
 
-    .venv/bin/python models/lung-nodule-reference/train.py --threads 1
+    .venv/bin/python models/lung-nodule-reference/train.py --version 2   # the served version (the default)
+    .venv/bin/python models/lung-nodule-reference/train.py --version 1 --threads 1  # reproduces version 1
 
-Measured on 2 shared CPU cores: generating the 450 regions took 14.5 min under heavy load from other work
-(about 5 min when the cores are free; cached in data/ afterwards); training 600 steps, export and val took
+Version 1, measured on 2 shared CPU cores: generating the 450 regions took 14.5 min under heavy load from other
+work (about 5 min when the cores are free; cached in data/ afterwards); training 600 steps, export and val took
 14.8 min with one torch thread (one thread beat two while other processes oversubscribed the cores).
 
+Version 2 (`VERSIONS[2]`) differs in its data and in a second pass; the network, the serving preprocessing and
+the loss are version 1's:
+* regions from `hard_case_ct.py` (extra curving, tapering, branching vessel trees in every direction;
+  juxtavascular and juxtapleural nodules; ground glass; 0.6–2.5 mm slices mostly; soft and sharp kernels;
+  noise 5–70 HU), seeds 12 000 000 + i;
+* vessel voxels weigh more in the loss, and a share of the crops is centred on a vessel;
+* after the first pass the model runs over every training region; its false positives there (components
+  away from any nodule) become crop centres for the second pass (hard-negative mining);
+* each pass's model is scored on two val splits — version 1's (seeds 20 000 000 + i) and a hard-case one from
+  `hard_case_ct.scan` (seeds 22 000 000 + i) — and the better one is kept; the operating point is read there.
+
+Steps (version 1):
 1. Generates training regions: a random chest phantom, a ~110 mm region of it "scanned" at a random
    acquisition (0.5–1.0 mm pixels, 0.625–5 mm slices, orientation, noise), then passed through the serving
    preprocessing (`workers/imaging/ct_resample.py`: resample to 1.5 mm, HU window) — the model sees exactly
@@ -26,6 +39,8 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +51,17 @@ for _path in (str(REPO_ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import hard_case_ct  # noqa: E402
 import synthetic_ct as sc  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from workers.imaging.ct_resample import resample_to_spacing, window  # noqa: E402
 
 MODEL_ID = "lung-nodule-reference"
-VERSION_DIR = HERE / "1"
 CACHE_DIR = HERE / "data"  # git-ignored (models/*/data/)
 SEED = 4321
-SPLIT_SEEDS = {"train": 10_000_000, "val": 20_000_000, "test": 30_000_000}
+SPLIT_SEEDS = {"train": 10_000_000, "val": 20_000_000, "test": 30_000_000,
+               "train-hard": 12_000_000, "val-hard": 22_000_000}
 TARGET_SPACING = (1.5, 1.5, 1.5)  # z, y, x mm
 WINDOW_HU = (-1000.0, 400.0)
 PATCH = (64, 64, 64)  # serving patch, voxels at TARGET_SPACING
@@ -62,11 +78,12 @@ MIN_COMPONENT_VOXELS = 2
 NMS_RADIUS_MM = 5.0
 N_VAL_SCANS = 8
 OPERATING_FP_PER_SCAN = 1.0
+MINED_REGIONS = 160
 
 
-def _sources_digest() -> str:
+def _sources_digest(generators: tuple[str, ...] = ("synthetic_ct.py",)) -> str:
     digest = hashlib.sha256()
-    for path in (HERE / "synthetic_ct.py", REPO_ROOT / "workers/imaging/ct_resample.py"):
+    for path in (*(HERE / name for name in generators), REPO_ROOT / "workers/imaging/ct_resample.py"):
         digest.update(path.read_bytes())
     digest.update(repr((TARGET_SPACING, WINDOW_HU, REGION_MM)).encode())
     return digest.hexdigest()[:12]
@@ -97,29 +114,88 @@ def training_region(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.4, 0.3, 0.15]))
     sc._place_nodules(anatomy, rng, n, None, 0.3, 3.0, 30.0, grid)
     hu = sc.acquire(sc.render(anatomy, grid), rng)
+    x, target_grid = as_served(hu, grid)
+    y = sc.nodule_occupancy(anatomy, target_grid)
+    centres = np.array([target_grid.to_voxel(np.asarray(n.centre_mm))[::-1] for n in anatomy.nodules]).reshape(-1, 3)
+    return x.astype(np.float16), y.astype(np.float16), centres.astype(np.float32)
+
+
+def as_served(hu: np.ndarray, grid: sc.Grid) -> tuple[np.ndarray, sc.Grid]:
+    """The serving preprocessing (resample to 1.5 mm, window) and the grid of its output."""
     positions = np.arange(grid.shape[0]) * grid.spacing[2]
     resampled = resample_to_spacing(hu, grid.spacing, positions, TARGET_SPACING)
     x = window(resampled.volume, WINDOW_HU)
     target_grid = sc.Grid(shape=x.shape, origin=grid.origin, row_dir=grid.row_dir, col_dir=grid.col_dir,
                           spacing=(TARGET_SPACING[2], TARGET_SPACING[1], TARGET_SPACING[0]))
-    y = sc.nodule_occupancy(anatomy, target_grid)
-    centres = np.array([target_grid.to_voxel(np.asarray(n.centre_mm))[::-1] for n in anatomy.nodules]).reshape(-1, 3)
-    return x.astype(np.float16), y.astype(np.float16), centres.astype(np.float32)
+    return x, target_grid
+
+
+def hard_case_training_region(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Version 2: as `training_region`, from `hard_case_ct.region`, plus each voxel's vessel fraction."""
+    case = hard_case_ct.region(SPLIT_SEEDS["train-hard"] + index, REGION_MM)
+    x, target_grid = as_served(case.hu, case.grid)
+    y = sc.nodule_occupancy(case.phantom, target_grid)
+    vessels = hard_case_ct.vessel_occupancy(case.phantom, target_grid)
+    centres = np.array([target_grid.to_voxel(np.asarray(n.centre_mm))[::-1]
+                        for n in case.phantom.nodules]).reshape(-1, 3)
+    return x.astype(np.float16), y.astype(np.float16), centres.astype(np.float32), vessels.astype(np.float16)
+
+
+@dataclass(frozen=True)
+class VersionConfig:
+    version: int
+    make_region: Callable[[int], tuple]
+    generators: tuple[str, ...]  # the generator modules whose source keys the region cache
+    n_regions: int
+    passes: tuple[int, ...]  # steps per pass; a pass after the first adds crops on the previous pass's false positives
+    vessel_weight: float = 0.0  # loss weight added per unit of vessel occupancy
+    vessel_crops: float = 0.0  # share of crops centred on a vessel voxel
+    false_positive_crops: float = 0.0  # share of crops centred on a mined false positive (passes after the first)
+    val_splits: tuple[str, ...] = ("val",)
+    val_scans: int = N_VAL_SCANS
+    training_data: str = ""
+
+
+VERSIONS = {
+    1: VersionConfig(
+        version=1, make_region=training_region, generators=("synthetic_ct.py",), n_regions=N_REGIONS,
+        passes=(STEPS,),
+        training_data=(
+            f"synthetic chest CT from models/{MODEL_ID}/synthetic_ct.py: {{regions}} regions of {REGION_MM:.0f} mm "
+            f"(seeds {SPLIT_SEEDS['train']}+i), random acquisition (0.5-1.0 mm pixels, 0.625-5 mm slices, "
+            "HFS/FFS/HFP/FFP, in-plane rotation, noise 8-35 HU), 0-3 solid or part-solid nodules of 3-30 mm each; "
+            f"{{steps}} steps of {BATCH} crops of {CROP}^3 voxels"),
+    ),
+    2: VersionConfig(
+        version=2, make_region=hard_case_training_region, generators=("synthetic_ct.py", "hard_case_ct.py"),
+        n_regions=400, passes=(650, 450), vessel_weight=2.0, vessel_crops=0.2, false_positive_crops=0.3,
+        val_splits=("val", "val-hard"), val_scans=8,
+        training_data=(
+            f"synthetic chest CT from models/{MODEL_ID}/hard_case_ct.py on synthetic_ct.py's chest: {{regions}} "
+            f"regions of {REGION_MM:.0f} mm (seeds {SPLIT_SEEDS['train-hard']}+i) with 0-12 extra curving, "
+            "tapering, branching vessel trees in every direction, 0-4 nodules of 3-30 mm (solitary, "
+            "juxtavascular, juxtapleural; solid, part-solid, ground-glass), 0.45-1.0 mm pixels, slices 0.6-2.5 mm "
+            "(20 %: 3 or 5 mm), soft or sharp kernel, noise 5-70 HU; vessel voxels weighted 3x; {steps} steps of "
+            f"{BATCH} crops of {CROP}^3 voxels in two passes, the second with 30 % of the crops on the first "
+            f"pass's false positives in {MINED_REGIONS} of the training regions"),
+    ),
+}
 
 
 def _init_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def generate_regions(n: int, processes: int, log) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    path = CACHE_DIR / f"regions-{n}-{_sources_digest()}.npz"
+def generate_regions(config: VersionConfig, n: int, processes: int, log) -> list[tuple]:
+    tag = "regions" if config.version == 1 else f"regions-v{config.version}"
+    path = CACHE_DIR / f"{tag}-{n}-{_sources_digest(config.generators)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=True) as data:
             return list(data["regions"])
     started = time.time()
     regions = []
     with multiprocessing.get_context("fork").Pool(processes, initializer=_init_worker) as pool:
-        for i, region in enumerate(pool.imap(training_region, range(n), chunksize=4)):
+        for i, region in enumerate(pool.imap(config.make_region, range(n), chunksize=4)):
             regions.append(region)
             if (i + 1) % 100 == 0:
                 log(f"generated {i + 1}/{n} regions ({time.time() - started:.0f}s)")
@@ -130,30 +206,48 @@ def generate_regions(n: int, processes: int, log) -> list[tuple[np.ndarray, np.n
     return regions
 
 
-def sample_batch(regions, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
+def sample_batch(regions, rng: np.random.Generator, batch: int, config: VersionConfig = VERSIONS[1],
+                 false_positives: list[tuple[int, np.ndarray]] | None = None) -> tuple[np.ndarray, ...]:
+    """Crops (input, target, loss weight). Version 1's draws (70 % near a nodule, the rest anywhere) are kept
+    exactly when the config asks for no vessel or false-positive crops."""
+    xs, ys, vs = [], [], []
     while len(xs) < batch:
-        x, y, centres = regions[int(rng.integers(0, len(regions)))]
+        focus = None
+        if false_positives and rng.random() < config.false_positive_crops:
+            index, focus = false_positives[int(rng.integers(0, len(false_positives)))]
+            focus = focus + rng.uniform(-6, 6, 3)
+        else:
+            index = int(rng.integers(0, len(regions)))
+        x, y, centres = regions[index][:3]
+        vessels = regions[index][3] if len(regions[index]) > 3 else np.zeros_like(y)
         if min(x.shape) < CROP:
             pad = [(0, max(0, CROP - s)) for s in x.shape]
-            x, y = np.pad(x, pad), np.pad(y, pad)
-        if len(centres) and rng.random() < 0.7:
+            x, y, vessels = np.pad(x, pad), np.pad(y, pad), np.pad(vessels, pad)
+        if focus is not None:
+            start = np.round(focus - CROP / 2).astype(int)
+        elif len(centres) and rng.random() < 0.7 - config.vessel_crops:
             centre = centres[int(rng.integers(0, len(centres)))] + rng.uniform(-CROP / 3, CROP / 3, 3)
+            start = np.round(centre - CROP / 2).astype(int)
+        elif config.vessel_crops and rng.random() < config.vessel_crops / 0.3 and (vessels > 0.5).any():
+            inside = np.argwhere(vessels > 0.5)
+            centre = inside[int(rng.integers(0, len(inside)))] + rng.uniform(-4, 4, 3)
             start = np.round(centre - CROP / 2).astype(int)
         else:
             start = rng.integers(0, np.array(x.shape) - CROP + 1)
         start = np.clip(start, 0, np.array(x.shape) - CROP)
         region = tuple(slice(s, s + CROP) for s in start)
-        cx, cy = x[region].astype(np.float32), y[region].astype(np.float32)
+        cx, cy, cv = x[region].astype(np.float32), y[region].astype(np.float32), vessels[region].astype(np.float32)
         for axis in range(3):
             if rng.random() < 0.5:
-                cx, cy = np.flip(cx, axis), np.flip(cy, axis)
+                cx, cy, cv = np.flip(cx, axis), np.flip(cy, axis), np.flip(cv, axis)
         if rng.random() < 0.5:
-            cx, cy = cx.transpose(0, 2, 1), cy.transpose(0, 2, 1)
+            cx, cy, cv = cx.transpose(0, 2, 1), cy.transpose(0, 2, 1), cv.transpose(0, 2, 1)
         cx = cx * rng.uniform(0.95, 1.05) + rng.uniform(-0.02, 0.02)
         xs.append(np.ascontiguousarray(cx))
         ys.append(np.ascontiguousarray(cy))
-    return np.stack(xs)[:, None], np.stack(ys)[:, None], np.stack([size_weights(y) for y in ys])[:, None]
+        vs.append(cv)
+    weights = [size_weights(y) * (1 + config.vessel_weight * v) for y, v in zip(ys, vs, strict=True)]
+    return np.stack(xs)[:, None], np.stack(ys)[:, None], np.stack(weights)[:, None]
 
 
 def size_weights(target: np.ndarray) -> np.ndarray:
@@ -172,17 +266,18 @@ def size_weights(target: np.ndarray) -> np.ndarray:
     return per_label[grown]
 
 
-def train(model, regions, steps: int, log) -> None:
+def train(model, regions, steps: int, log, config: VersionConfig = VERSIONS[1], seed: int = SEED,
+          false_positives: list[tuple[int, np.ndarray]] | None = None) -> None:
     import torch
     import torch.nn.functional as F
 
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     started, running = time.time(), 0.0
     model.train()
     for step in range(steps):
-        x, y, w = (torch.from_numpy(a) for a in sample_batch(regions, rng, BATCH))
+        x, y, w = (torch.from_numpy(a) for a in sample_batch(regions, rng, BATCH, config, false_positives))
         logits = model(x)
         bce = F.binary_cross_entropy_with_logits(logits, y, weight=w * (1 + 2 * y))
         p = torch.sigmoid(logits)
@@ -198,6 +293,40 @@ def train(model, regions, steps: int, log) -> None:
             log(f"step {step + 1}/{steps} loss {running:.4f} ({time.time() - started:.0f}s)")
 
 
+def mine_false_positives(model, regions, log, threshold: float = CANDIDATE_THRESHOLD, per_region: int = 6,
+                         n_mined: int = MINED_REGIONS) -> list[tuple[int, np.ndarray]]:
+    """(region index, centre voxel) of the model's false positives on `n_mined` training regions spread over
+    the set (a pass over all of them costs as much as 300 steps): components of probability >= `threshold`
+    that touch no nodule voxel; the `per_region` highest-scoring of each region."""
+    import torch
+    from scipy import ndimage
+
+    model.eval()
+    mined = []
+    started = time.time()
+    with torch.no_grad():
+        for index in np.linspace(0, len(regions) - 1, min(n_mined, len(regions))).astype(int):
+            x, y = regions[index][0].astype(np.float32), regions[index][1]
+            pad = [(0, (-s) % 8 + max(0, CROP - s)) for s in x.shape]
+            logits = model(torch.from_numpy(np.pad(x, pad))[None, None])[0, 0].numpy()
+            probability = 1 / (1 + np.exp(-logits[tuple(slice(0, s) for s in x.shape)]))
+            labels, count = ndimage.label(probability >= threshold)
+            if not count:
+                continue
+            near_nodule = ndimage.maximum(ndimage.grey_dilation(y.astype(np.float32), size=(3, 3, 3)), labels,
+                                          np.arange(1, count + 1))
+            peaks = ndimage.maximum(probability, labels, np.arange(1, count + 1))
+            centres = ndimage.center_of_mass(probability, labels, np.arange(1, count + 1))
+            false = [(peak, centre) for peak, centre, near in zip(peaks, centres, near_nodule, strict=True)
+                     if near < 0.05]
+            for _, centre in sorted(false, key=lambda f: f[0], reverse=True)[:per_region]:
+                mined.append((int(index), np.asarray(centre, np.float32)))
+    model.train()
+    log(f"mined {len(mined)} false positives in {len({i for i, _ in mined})} of {len(regions)} regions "
+        f"({time.time() - started:.0f}s)")
+    return mined
+
+
 def export_onnx(model, path: Path) -> None:
     import torch
 
@@ -211,12 +340,13 @@ def export_onnx(model, path: Path) -> None:
 
 
 def build_manifest(onnx_path: Path, threshold: float, sensitivity: float | None, measured_on: str,
-                   previous_metrics: dict[str, float], n_regions: int, steps: int) -> ModelManifest:
+                   previous_metrics: dict[str, float], n_regions: int, steps: int,
+                   config: VersionConfig = VERSIONS[1]) -> ModelManifest:
     import torch
 
     return ModelManifest(
         id=MODEL_ID,
-        version=1,
+        version=config.version,
         task="lung-nodule-detection",
         title="Pulmonary nodule detection on chest CT, synthetic reference model",
         intended_use=(
@@ -263,29 +393,41 @@ def build_manifest(onnx_path: Path, threshold: float, sensitivity: float | None,
         provenance={
             "created": datetime.date.today().isoformat(),
             "framework": f"PyTorch {torch.__version__.split('+')[0]} CPU → ONNX opset 17",
-            "training_data": (
-                f"synthetic chest CT from models/{MODEL_ID}/synthetic_ct.py: {n_regions} regions of "
-                f"{REGION_MM:.0f} mm (seeds {SPLIT_SEEDS['train']}+i), random acquisition (0.5-1.0 mm pixels, "
-                "0.625-5 mm slices, HFS/FFS/HFP/FFP, in-plane rotation, noise 8-35 HU), 0-3 solid or part-solid "
-                f"nodules of 3-30 mm each; {steps} steps of {BATCH} crops of {CROP}^3 voxels"
-            ),
+            "training_data": config.training_data.format(regions=n_regions, steps=steps),
             "training_script": f"models/{MODEL_ID}/train.py",
         },
     )
 
 
+def operating_point(by_split: dict[str, list], rate: float) -> tuple[float, float, float]:
+    """The lowest threshold keeping every val split at or under `rate` false positives per scan; the
+    sensitivity and false positives per scan over the val splits pooled there."""
+    import evaluate
+
+    threshold = max(evaluate.threshold_at_fp_rate(outcomes, rate)[0] for outcomes in by_split.values())
+    pooled = evaluate.at_threshold([o for outcomes in by_split.values() for o in outcomes], threshold)
+    return threshold, pooled["sensitivity"], pooled["fp_per_scan"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regions", type=int, default=N_REGIONS)
-    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--version", type=int, choices=sorted(VERSIONS), default=max(VERSIONS))
+    parser.add_argument("--regions", type=int, default=None, help="training regions (default: the version's)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="steps per pass (default: the version's)")
     parser.add_argument("--processes", type=int, default=2, help="processes generating the regions")
-    parser.add_argument("--val-scans", type=int, default=N_VAL_SCANS)
+    parser.add_argument("--val-scans", type=int, default=None, help="scans per val split (default: the version's)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (1 trains faster when other work oversubscribes the cores)")
     args = parser.parse_args()
+    config = VERSIONS[args.version]
+    n_regions = args.regions or config.n_regions
+    passes = tuple(args.steps or config.passes)
+    val_scans = args.val_scans or config.val_scans
 
     import torch
 
+    import evaluate
     from network import NoduleNet
 
     started = time.time()
@@ -295,35 +437,50 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
-    regions = generate_regions(args.regions, args.processes, log)
+    regions = generate_regions(config, n_regions, args.processes, log)
     n_nodules = sum(len(r[2]) for r in regions)
     log(f"{len(regions)} regions ready, {n_nodules} nodules, shape e.g. {regions[0][0].shape}")
 
+    version_dir = HERE / str(config.version)
+    onnx_path = version_dir / "model.onnx"
+    manifest_path = version_dir / "manifest.json"
+    previous: dict[str, float] = {}  # metrics belong to the old weights; evaluate.py --write measures the new ones
     model = NoduleNet()
     log(f"model parameters: {sum(p.numel() for p in model.parameters()):,}")
-    train(model, regions, args.steps, log)
+    best = None  # (pooled val sensitivity at the operating point, pass, threshold, sensitivity, fp rate)
+    false_positives = None
+    for number, steps in enumerate(passes):
+        if number:
+            false_positives = mine_false_positives(model, regions, log)
+        train(model, regions, steps, log, config, SEED + number, false_positives)
+        candidate_path = CACHE_DIR / f"v{config.version}-pass{number + 1}.onnx" if len(passes) > 1 else onnx_path
+        export_onnx(model, candidate_path)
+        torch.save(model.state_dict(), candidate_path.with_suffix(".pt"))
+        provisional = build_manifest(candidate_path, 0.5, None, "provisional", previous, n_regions, sum(passes), config)
+        by_split = {split: evaluate.collect(provisional, split, val_scans, onnx_path=candidate_path, log=log)
+                    for split in config.val_splits}
+        threshold, sensitivity, fp_rate = operating_point(by_split, OPERATING_FP_PER_SCAN)
+        log(f"pass {number + 1}: val threshold {threshold} sensitivity {sensitivity:.3f} at {fp_rate:.2f} FP/scan "
+            + ", ".join(f"{split} CPM {evaluate.froc(o)['cpm']:.3f}" for split, o in by_split.items()))
+        if best is None or sensitivity > best[0]:
+            best = (sensitivity, number + 1, threshold, sensitivity, fp_rate)
     del regions
+    _, chosen_pass, threshold, sensitivity, fp_rate = best
+    if len(passes) > 1:
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        onnx_path.write_bytes((CACHE_DIR / f"v{config.version}-pass{chosen_pass}.onnx").read_bytes())
+    log(f"kept pass {chosen_pass}; {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB)")
 
-    onnx_path = VERSION_DIR / "model.onnx"
-    export_onnx(model, onnx_path)
-    log(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB)")
-
-    import evaluate
-
-    previous = {}
-    manifest_path = VERSION_DIR / "manifest.json"
-    if manifest_path.exists():
-        previous = {}  # metrics belong to the old weights; evaluate.py --write measures the new ones
-    provisional = build_manifest(onnx_path, 0.5, None, "provisional", previous, args.regions, args.steps)
-    candidates = evaluate.collect(provisional, "val", args.val_scans, onnx_path=onnx_path, log=log)
-    threshold, sensitivity, fp_rate = evaluate.threshold_at_fp_rate(candidates, OPERATING_FP_PER_SCAN)
+    splits = " and ".join(f"{val_scans} synthetic {split} scans (seeds {SPLIT_SEEDS[split]}+i)"
+                          for split in config.val_splits)
+    each = "each split at " if len(config.val_splits) > 1 else ""
     measured_on = (
-        f"threshold chosen on {args.val_scans} synthetic val scans (seeds {SPLIT_SEEDS['val']}+i) as the lowest "
-        f"with at most {OPERATING_FP_PER_SCAN:g} false positive per scan ({fp_rate:.2f}); sensitivity from that val "
-        "split until evaluate.py --write replaces it with the test split's"
+        f"threshold chosen on {splits} as the lowest with {each}at most {OPERATING_FP_PER_SCAN:g} false positive per "
+        f"scan ({fp_rate:.2f} pooled); sensitivity from that val split until evaluate.py --write replaces it with "
+        "the test split's"
     )
-    manifest = build_manifest(onnx_path, threshold, round(sensitivity, 4), measured_on, previous, args.regions,
-                              args.steps)
+    manifest = build_manifest(onnx_path, threshold, round(sensitivity, 4), measured_on, previous, n_regions,
+                              sum(passes), config)
     manifest_path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
     log(f"val: threshold {threshold} sensitivity {sensitivity:.3f} at {fp_rate:.2f} FP/scan; wrote {manifest_path}; "
         f"total wall time {(time.time() - started) / 60:.1f} min")
