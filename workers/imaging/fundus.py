@@ -6,6 +6,7 @@ training. Every number (target size, mean, std) comes from the model's `Preproce
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -24,6 +25,49 @@ _MASK_LONG_SIDE = 128
 # Rows or columns with fewer retina pixels than this fraction of the largest count are treated as
 # stray bright noise (text overlays, hot pixels), not as part of the disc.
 _MIN_LINE_FRACTION = 0.05
+
+
+class FundusPhoto:
+    """One photograph and what is found on it once, for the quality gate and the preprocessing alike: its PIL
+    image (one copy of the pixels, not one per step) and the retina disc (mask, block means, square).
+
+    The gate and the crop each used to find the disc on their own: the same reduction, percentile and
+    bounding box three times a job, and three PIL copies of the photo.
+    """
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[..., None], 3, axis=-1)
+        if rgb.ndim != 3 or rgb.shape[-1] != 3:
+            raise ValueError(f"expected an HxWx3 or HxW image, got shape {rgb.shape}")
+        if rgb.dtype != np.uint8:
+            raise ValueError(f"expected uint8 pixels, got dtype {rgb.dtype}")
+        self.rgb = rgb
+        self.image = Image.fromarray(rgb)
+
+    @functools.cached_property
+    def disc(self) -> RetinaDisc | None:
+        return _find_disc(self.image)
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return None if self.disc is None else self.disc.mask
+
+    @property
+    def square(self) -> tuple[int, int, int, int] | None:
+        return None if self.disc is None else self.disc.square
+
+
+@dataclasses.dataclass(frozen=True)
+class RetinaDisc:
+    mask: np.ndarray  # boolean, on the block-mean copy about 128 px on its long side
+    block_means: np.ndarray  # float32 (rows, columns, channels): the copy the mask was found on
+    factor: int  # the block side, in photo pixels
+    square: tuple[int, int, int, int] | None  # the crop box around the disc (see _retina_square)
+
+
+def as_fundus_photo(photo: np.ndarray | FundusPhoto) -> FundusPhoto:
+    return photo if isinstance(photo, FundusPhoto) else FundusPhoto(photo)
 
 
 def crop_to_retina(rgb: np.ndarray) -> np.ndarray:
@@ -47,12 +91,13 @@ def retina_mask(image: Image.Image) -> np.ndarray | None:
 
 
 def _retina_square(image: Image.Image) -> tuple[int, int, int, int] | None:
+    disc = _find_disc(image)
+    return None if disc is None else disc.square
+
+
+def _square_around(mask: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
     """The square (left, top, right, bottom) centred on the retina disc, reaching outside the photo where the
     disc is cut (PIL's crop pads that part black); None when no retina is visible."""
-    width, height = image.size
-    mask = _retina_mask(image)
-    if mask is None:
-        return None
     mask_h, mask_w = mask.shape
     rows = mask.sum(axis=1)
     cols = mask.sum(axis=0)
@@ -81,6 +126,12 @@ def _retina_square(image: Image.Image) -> tuple[int, int, int, int] | None:
 
 def _retina_mask(image: Image.Image) -> np.ndarray | None:
     """Boolean mask of retina pixels on a downscaled copy, or None when the image is all dark."""
+    disc = _find_disc(image)
+    return None if disc is None else disc.mask
+
+
+def _find_disc(image: Image.Image) -> RetinaDisc | None:
+    """The retina disc on a downscaled copy, or None when the image is all dark."""
     width, height = image.size
     factor = max(1, int(np.ceil(max(height, width) / _MASK_LONG_SIDE)))
     # Block means both shrink and smooth, so isolated bright noise pixels do not enter the mask.
@@ -98,7 +149,9 @@ def _retina_mask(image: Image.Image) -> np.ndarray | None:
     if bright_level <= threshold:
         return None
     mask = brightness > threshold
-    return mask if mask.any() else None
+    if not mask.any():
+        return None
+    return RetinaDisc(mask, block, factor, _square_around(mask, width, height))
 
 
 def preprocess_fundus(rgb: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
@@ -106,17 +159,12 @@ def preprocess_fundus(rgb: np.ndarray, preprocessing: Preprocessing) -> np.ndarr
     return to_model_tensor(fit_to_model(rgb, preprocessing), preprocessing)
 
 
-def fit_to_model(rgb: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+def fit_to_model(photo: np.ndarray | FundusPhoto, preprocessing: Preprocessing) -> np.ndarray:
     """The photograph as the model sees it, still uint8 RGB: cropped (if the manifest says so) and resized."""
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=-1)
-    if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise ValueError(f"expected an HxWx3 or HxW image, got shape {rgb.shape}")
-    if rgb.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got dtype {rgb.dtype}")
+    photo = as_fundus_photo(photo)
     # One PIL image throughout: the crop (with its black padding) and the resize need no numpy copies between.
-    image = Image.fromarray(rgb)
-    if preprocessing.crop == "retina-disc" and (box := _retina_square(image)) is not None:
+    image = photo.image
+    if preprocessing.crop == "retina-disc" and (box := photo.square) is not None:
         image = image.crop(box)
     if preprocessing.target_size is not None:
         # PIL's bicubic filter widens its support when shrinking (it antialiases), so small lesions such as

@@ -16,7 +16,7 @@ from app.schemas.results import DRGradingResult, OperatingPointUsed
 from app.schemas.tasks import TaskName
 from workers import saliency, uncertainty
 from workers.decoding import activate, calibrated, operating_point_used, positive_probability
-from workers.imaging.fundus import fit_to_model, retina_square, to_model_tensor
+from workers.imaging.fundus import FundusPhoto, fit_to_model, retina_square, to_model_tensor
 from workers.imaging.photo import load_photo
 from workers.onnx import LoadedModel
 from workers.pipelines.base import ArtifactOutput, JobContext, JobInput, PipelineOutput, StageTimer, ungradable
@@ -41,12 +41,14 @@ class DRGradingPipeline:
         with stages("load"):
             photo = load_photo(inputs[0].path, inputs[0].format, min_side=decode_side(manifest))
         with stages("quality"):
-            quality = check_fundus(photo, manifest.quality.fundus)
+            # The retina disc is found here once, for the gate and the crop below alike.
+            fundus = FundusPhoto(photo)
+            quality = check_fundus(fundus, manifest.quality.fundus)
         if not quality.gradable:
             return ungradable(quality, manifest)
         with stages("preprocess"):
             # Kept at the model's size, so the preview below shows exactly the pixels the model graded.
-            graded = fit_to_model(photo, manifest.preprocessing)
+            graded = fit_to_model(fundus, manifest.preprocessing)
             tensor = to_model_tensor(graded, manifest.preprocessing)
         with stages("infer"):
             logits = model.run({manifest.inputs[0].name: tensor[np.newaxis]})[manifest.outputs[0].name][0]

@@ -15,16 +15,15 @@ from scipy import ndimage
 
 from app.schemas.manifest import FundusQuality
 from app.schemas.quality import Quality, QualityReason
-from workers.imaging.fundus import retina_mask, retina_square
+from workers.imaging.fundus import FundusPhoto, as_fundus_photo
 from workers.quality import verdict
 
 
-def check_fundus(rgb: np.ndarray, limits: FundusQuality) -> Quality:
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=-1)
-    image = Image.fromarray(rgb)
-    mask = retina_mask(image)
-    if mask is None:
+def check_fundus(photo: np.ndarray | FundusPhoto, limits: FundusQuality) -> Quality:
+    """`photo`: its pixels, or the FundusPhoto the preprocessing also uses (the disc is then found once)."""
+    photo = as_fundus_photo(photo)
+    image, disc = photo.image, photo.disc
+    if disc is None:
         return verdict([QualityReason(
             code="no-field-of-view",
             detail="No retina is visible: the photo is dark throughout. Check the flash and the pupil "
@@ -33,6 +32,7 @@ def check_fundus(rgb: np.ndarray, limits: FundusQuality) -> Quality:
 
     measures: dict = {"field_of_view_found": True}
     reasons: list[QualityReason] = []
+    mask = disc.mask
     rows, cols = np.nonzero(mask)
     box_area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
     measures["field_of_view_fraction"] = float(mask.mean())
@@ -40,13 +40,16 @@ def check_fundus(rgb: np.ndarray, limits: FundusQuality) -> Quality:
 
     # Colour and light at the mask's scale: block means, as the mask itself was found.
     factor = max(1, min(image.width // mask.shape[1], image.height // mask.shape[0]))
-    small = np.asarray(image.reduce(factor, box=(0, 0, mask.shape[1] * factor, mask.shape[0] * factor)),
-                       dtype=np.float32)[mask]
+    if factor == disc.factor:  # the copy the mask was found on (all but extreme aspect ratios)
+        small = disc.block_means[mask]
+    else:
+        small = np.asarray(image.reduce(factor, box=(0, 0, mask.shape[1] * factor, mask.shape[0] * factor)),
+                           dtype=np.float32)[mask]
     red, green = float(small[:, 0].mean()), float(small[:, 1].mean())
     measures["red_to_green"] = red / max(green, 1.0)
     measures["brightness"] = float((small @ np.array([0.299, 0.587, 0.114], np.float32)).mean())
 
-    centre = _inscribed_green(image, limits.focus_side)
+    centre = _inscribed_green(image, disc.square, limits.focus_side)
     if centre is not None:
         measures["focus"] = float(ndimage.laplace(centre).var())
         measures["contrast"] = float(centre.std() / max(centre.mean(), 1.0))
@@ -93,9 +96,9 @@ def _light_focus_contrast(measures: dict, limits: FundusQuality) -> list[Quality
     return reasons
 
 
-def _inscribed_green(image: Image.Image, side: int) -> np.ndarray | None:
-    """Green channel of the square inscribed in the retina disc, resized to side x side, float32."""
-    box = retina_square(image)
+def _inscribed_green(image: Image.Image, box: tuple[int, int, int, int] | None, side: int) -> np.ndarray | None:
+    """Green channel of the square inscribed in the retina disc (`box`: the square around it), resized to
+    side x side, float32."""
     if box is None:
         return None
     x0, y0, x1, y1 = box
