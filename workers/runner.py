@@ -19,6 +19,7 @@ from app.plugins import task_plugin
 from app.schemas.jobs import Artifact, FailureKind, Job, JobError, JobPriority, JobStatus, utcnow
 from app.storage.blobs import BlobNotFound, job_prefix
 from app.storage.heartbeats import holds
+from workers import busy
 from workers.batching import urgent_calls
 from workers.dicom_results import dicom_results
 from workers.pipelines import pipeline_for
@@ -157,7 +158,8 @@ def _run_pipeline(job: Job, runtime: WorkerRuntime, stages: StageTimer) -> Pipel
         )
     inputs = [JobInput(path=runtime.blobs.local_path(i.key), format=i.format) for i in job.inputs]
     context = JobContext(job_id=job.id, caller=job.caller, jobs=runtime.jobs, blobs=runtime.blobs)
-    return pipeline.run(inputs, options, model, stages, context=context)
+    with busy.job_running():  # the banded resize splits a job only while it runs alone
+        return pipeline.run(inputs, options, model, stages, context=context)
 
 
 def _store_artifacts(job: Job, output: PipelineOutput, runtime: WorkerRuntime) -> list[Artifact]:

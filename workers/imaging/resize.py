@@ -5,8 +5,9 @@ column. Every output row of the first pass depends on one input row only, and ev
 second on one intermediate column only, so each pass splits into bands that threads resample side by side
 (Pillow releases the GIL while it resamples). The intermediate is 8-bit in Pillow's own two passes too, so
 the result is identical, not merely close: a model sees the pixels it was trained on. For a lone job this
-saves about 1 of the 3 ms a 600-px fundus crop costs to shrink to 224 px on one core; under load both cores
-are busy anyway.
+saves about 1 of the 3 ms a 600-px fundus crop costs to shrink to 224 px on one core. Under load both cores
+are busy anyway, and the second band then only costs hand-offs (3 ms of the helper thread's CPU per DR job at
+16 callers, `bench/cpu_budget.py`): while another job runs in the process (`workers.busy`), one call does it.
 
 Only square to square. For other shapes Pillow does not always run the horizontal pass first (splitting a
 300 x 300 image into bands of rows changed its pixels), so they go to one `Image.resize` call. For squares
@@ -22,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
+
+from workers import busy
 
 BICUBIC = Image.Resampling.BICUBIC
 # Below this many source pixels the hand-offs cost more than the second core saves.
@@ -62,7 +65,7 @@ def resize_bicubic(image: Image.Image | np.ndarray, size: tuple[int, int]) -> np
     if image.size == (width, height):
         return np.asarray(image)
     square = image.width == image.height and height == width
-    if not square or _bands() < 2 or image.width * image.height < MIN_SPLIT_PIXELS:
+    if not square or _bands() < 2 or image.width * image.height < MIN_SPLIT_PIXELS or busy.others_running():
         return np.asarray(image.resize((width, height), resample=BICUBIC))
     across = _in_bands(image, (width, image.height), horizontal=True)  # each row across: 8-bit, as in Pillow
     return np.asarray(_in_bands(across, (width, height), horizontal=False))

@@ -9,6 +9,7 @@ from PIL import Image
 from app.model_repository import ModelRepository
 from devkit.fundus import make_fundus
 from devkit.reference_models import MODELS_DIR
+from workers import busy
 from workers.imaging import resize
 from workers.imaging.fundus import preprocess_fundus
 from workers.imaging.resize import resize_bicubic
@@ -34,6 +35,25 @@ def test_split_runs_when_it_should(monkeypatch) -> None:
     monkeypatch.setattr(resize, "_bands", lambda: 2)
     resize_bicubic(np.zeros((600, 600, 3), np.uint8), (224, 224))
     assert len(calls) == 2  # the horizontal pass, then the vertical one
+
+
+def test_no_split_while_another_job_runs_in_the_process(monkeypatch) -> None:
+    """Under load every core holds a job: one Pillow call, the same pixels, and the helper thread left alone;
+    the split comes back once the job runs alone again."""
+    calls = []
+    real_in_bands = resize._in_bands
+    monkeypatch.setattr(resize, "_in_bands", lambda *args, **kwargs: calls.append(args) or real_in_bands(*args, **kwargs))
+    monkeypatch.setattr(resize, "_bands", lambda: 2)
+    pixels = np.random.default_rng(1).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    with busy.job_running(), busy.job_running():  # this job and another one
+        assert busy.others_running()
+        alongside = resize_bicubic(pixels, (224, 224))
+    assert calls == [] and np.array_equal(alongside, pillow_resize(pixels, (224, 224)))
+    with busy.job_running():
+        assert not busy.others_running()
+        alone = resize_bicubic(pixels, (224, 224))
+    assert len(calls) == 2 and np.array_equal(alone, alongside)
+    assert busy.running_jobs() == 0
 
 
 @pytest.mark.parametrize("shape,size", [((600, 500, 3), (224, 224)), ((600, 600, 3), (224, 112)),
