@@ -1,16 +1,19 @@
 """FROC and CPM of the committed lung-nodule reference model on held-out synthetic CT scans.
 
-    .venv/bin/python models/lung-nodule-reference/evaluate.py           # print the metrics
+    .venv/bin/python models/lung-nodule-reference/evaluate.py           # print the metrics (highest version)
+    .venv/bin/python models/lung-nodule-reference/evaluate.py --version 1 --check  # one version's
     .venv/bin/python models/lung-nodule-reference/evaluate.py --write   # store them in manifest.json and CARD.md
     .venv/bin/python models/lung-nodule-reference/evaluate.py --check   # exit 1 if they drift from the manifest
     .venv/bin/python models/lung-nodule-reference/evaluate.py --write-intervals  # add the intervals only
     .venv/bin/python models/lung-nodule-reference/evaluate.py --write-sets  # hard cases + external set (hard_case_figures.py)
 
-Every test scan is a full synthetic acquisition (random pixel spacing 0.5–1.0 mm, slices 0.625–5 mm,
-orientation, noise; 256 x 256 matrix, so wide fields of view are targeted reconstructions over one lung),
-written as a DICOM series, read back by the service's series assembly (`workers/imaging/ct_series.py`)
-and run through the pipeline's own preprocessing, sliding window and decoding with the committed
-`1/model.onnx` in ONNX Runtime. Nodules are 3–30 mm (log-uniform), solid or part-solid.
+Every test scan is a full synthetic acquisition (256 x 256 matrix, so wide fields of view are targeted
+reconstructions over one lung), written as a DICOM series, read back by the service's series assembly
+(`workers/imaging/ct_series.py`) and run through the pipeline's own preprocessing, sliding window and decoding
+with the version's committed `model.onnx` in ONNX Runtime. Each version has its own held-out sets (`HELD_OUT`),
+drawn from seeds first used after that version was fixed: version 1's test split comes from `synthetic_ct.py`
+(pixels 0.5–1.0 mm, slices 0.625–5 mm, 3–30 mm solid or part-solid nodules), version 2's from its training
+generator `hard_case_ct.py`, and each has its own seeds of the external set (`external_ct.py`).
 
 FROC follows LUNA16: a candidate hits a nodule when its centre lies within the nodule's radius; further
 hits on an already-hit nodule are ignored; every other candidate is a false positive. Sensitivity is read
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -41,18 +43,41 @@ for _path in (str(REPO_ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import external_ct  # noqa: E402
 import hard_case_ct  # noqa: E402
 import synthetic_ct as sc  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from app.schemas.options import LungNoduleDetectionOptions  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
+from workers.evaluation.model_scripts import ModelFolder  # noqa: E402
 
-VERSION_DIR = HERE / "1"
-MANIFEST_PATH = VERSION_DIR / "manifest.json"
-MODEL_PATH = VERSION_DIR / "model.onnx"
-CARD_PATH = VERSION_DIR / "CARD.md"
-SPLIT_SEEDS = {"train": 10_000_000, "val": 20_000_000, "test": 30_000_000, "val-hard": 22_000_000}
+SPLIT_SEEDS = {"train": 10_000_000, "val": 20_000_000, "test": 30_000_000, "val-hard": 22_000_000,
+               "test-hard": 32_000_000}
+HARD_CASE_SPLITS = ("val-hard", "test-hard")  # drawn by hard_case_ct.scan; the others by synthetic_ct
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A version's held-out sets: its internal test split and the seeds of its external set."""
+
+    test_split: str
+    external_seed: int
+    val_splits: str  # how train.py chose the operating point, for the manifest
+
+
+HELD_OUT = {
+    1: HeldOut("test", external_ct.EXTERNAL_SEED, "the synthetic val split"),
+    # Version 2 was designed after version 1's test and external figures were read: fresh seeds for both.
+    2: HeldOut("test-hard", 73_000_000, "the synthetic val and val-hard splits (each)"),
+}
+
+
+def model_folder(version: int | None = None) -> ModelFolder:
+    """models/lung-nodule-reference/<version>/; by default the highest version present, the one the service serves."""
+    if version is None:
+        version = max(v for v in HELD_OUT if ModelFolder(HERE, v).manifest_path.exists())
+    return ModelFolder(HERE, version)
 N_TEST = 30
 MATRIX = 256
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -71,13 +96,13 @@ class ScanOutcome:
 
 
 def test_scan(split: str, index: int, matrix: int = MATRIX) -> sc.SyntheticScan:
-    if split == "val-hard":  # version 2's hard-case val split (train.py), from its training generator
+    if split in HARD_CASE_SPLITS:  # version 2's hard-case splits, from its training generator
         return hard_case_ct.as_synthetic_scan(hard_case_ct.scan(SPLIT_SEEDS[split] + index, matrix))
     rng = np.random.default_rng(SPLIT_SEEDS[split] + index)
     return sc.simulate_scan(rng, matrix=matrix, n_nodules=int(rng.integers(1, 6)))
 
 
-def onnx_runner(path: Path = MODEL_PATH):
+def onnx_runner(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -117,7 +142,7 @@ def run_scan(scan: sc.SyntheticScan, manifest: ModelManifest, runner, scratch: P
     )
 
 
-def collect(manifest: ModelManifest, split: str, n: int, onnx_path: Path = MODEL_PATH, log=None) -> list[ScanOutcome]:
+def collect(manifest: ModelManifest, split: str, n: int, onnx_path: Path, log=None) -> list[ScanOutcome]:
     runner = onnx_runner(onnx_path)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="lung-eval-") as scratch:
@@ -224,23 +249,27 @@ def sensitivity_by_size(outcomes: list[ScanOutcome], threshold: float) -> dict[s
     return {name: (found, total) for name, (found, total) in counts.items()}
 
 
-def load_manifest() -> ModelManifest:
-    return ModelManifest.model_validate_json(MANIFEST_PATH.read_text())
+def load_manifest(model: ModelFolder) -> ModelManifest:
+    return model.manifest()
 
 
 def evaluate(n: int | None = None, log=None, with_intervals: bool = False,
-             outcomes: list[ScanOutcome] | None = None) -> dict:
+             outcomes: list[ScanOutcome] | None = None, model: ModelFolder | None = None) -> dict:
     """The card's figures; with `with_intervals`, also `"intervals"` (their 95 % intervals over the scans).
     `outcomes`: the test split's scans already run (by hard_case_figures), so they are not run twice."""
-    manifest = load_manifest()
-    if file_sha256(MODEL_PATH) != manifest.sha256:
-        raise RuntimeError(f"{MODEL_PATH} does not match the sha256 in {MANIFEST_PATH}")
+    model = model or model_folder()
+    manifest = load_manifest(model)
+    if file_sha256(model.onnx_path) != manifest.sha256:
+        raise RuntimeError(f"{model.onnx_path} does not match the sha256 in {model.manifest_path}")
     n = N_TEST if n is None else n
     started = time.time()
-    outcomes = collect(manifest, "test", n, log=log) if outcomes is None else outcomes
+    split = HELD_OUT[model.version].test_split
+    outcomes = collect(manifest, split, n, model.onnx_path, log=log) if outcomes is None else outcomes
     curve = froc(outcomes)
     threshold = manifest.operating_point().threshold
     results = {
+        "version": model.version,
+        "test_split": split,
         "n_scans": n,
         "n_nodules": curve["n_nodules"],
         "cpm": curve["cpm"],
@@ -298,10 +327,12 @@ def card_block(results: dict) -> str:
     point = results["operating_point"]
     sizes = "\n".join(f"| {name} | {found}/{total} | {found / total:.3f} |" if total else f"| {name} | 0/0 | - |"
                       for name, (found, total) in results["by_size"].items())
+    split = results["test_split"]
+    generator = "hard_case_ct.py" if split in HARD_CASE_SPLITS else "synthetic_ct.py"
     return "\n".join([
         CARD_BEGIN,
-        f"Held-out synthetic test split: **{results['n_scans']} scans, {results['n_nodules']} nodules** "
-        f"(seeds {SPLIT_SEEDS['test']}+i), through ONNX Runtime and the service's own series assembly, "
+        f"Held-out synthetic test split of `{generator}`: **{results['n_scans']} scans, {results['n_nodules']} "
+        f"nodules** (seeds {SPLIT_SEEDS[split]}+i), through ONNX Runtime and the service's own series assembly, "
         "preprocessing and decoding.",
         "",
         f"| FPs per scan | {rates} | **CPM** |",
@@ -321,35 +352,33 @@ def card_block(results: dict) -> str:
     ])
 
 
-def write(results: dict) -> None:
-    manifest = load_manifest()
-    data = manifest.model_dump(mode="json")
+def write(results: dict, model: ModelFolder) -> None:
+    """The figures into the stored manifest (only the keys they own change) and the card's metrics block."""
     import hard_case_figures  # imports this module: loaded here, once this module is complete
+    from workers.evaluation.model_scripts import edited_manifest, write_card_block
     from workers.evaluation.validation_sets import kept_figures
 
-    data["metrics"] = {**metrics_for_manifest(results), **model_card.stored_metrics(results["intervals"]["figures"]),
-                       **kept_figures(data["metrics"], hard_case_figures.SETS.values())}
-    for point in data["operating_points"]:
-        if point["name"] == manifest.default_operating_point:
-            point["sensitivity"] = round(results["operating_point"]["sensitivity"], 4)
-            point["measured_on"] = (
-                f"threshold chosen on the synthetic val split by train.py (lowest with <= 1 false positive per "
-                f"scan); sensitivity measured on the held-out test split ({results['n_scans']} scans, "
-                f"{results['n_nodules']} nodules; {results['operating_point']['fp_per_scan']:.2f} FP/scan there)"
-            )
-    ModelManifest.model_validate(data)
-    MANIFEST_PATH.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    card = CARD_PATH.read_text()
-    pattern = re.compile(re.escape(CARD_BEGIN) + ".*?" + re.escape(CARD_END), re.S)
-    if not pattern.search(card):
-        raise RuntimeError(f"{CARD_PATH} has no metrics block ({CARD_BEGIN} … {CARD_END})")
-    CARD_PATH.write_text(pattern.sub(lambda _: card_block(results), card))
+    default_point = load_manifest(model).default_operating_point
+    with edited_manifest(model.manifest_path) as data:
+        data["metrics"] = {**metrics_for_manifest(results),
+                           **model_card.stored_metrics(results["intervals"]["figures"]),
+                           **kept_figures(data.get("metrics", {}), hard_case_figures.sets_for(model.version).values())}
+        for point in data["operating_points"]:
+            if point["name"] == default_point:
+                point["sensitivity"] = round(results["operating_point"]["sensitivity"], 4)
+                point["measured_on"] = (
+                    f"threshold chosen on {HELD_OUT[model.version].val_splits} by train.py (lowest with <= 1 false "
+                    f"positive per scan); sensitivity measured on the held-out {results['test_split']} split "
+                    f"({results['n_scans']} scans, {results['n_nodules']} nodules; "
+                    f"{results['operating_point']['fp_per_scan']:.2f} FP/scan there)"
+                )
+    write_card_block(model.card_path, CARD_BEGIN, CARD_END, card_block(results))
 
 
-def write_intervals(results: dict) -> list[str]:
+def write_intervals(results: dict, model: ModelFolder) -> list[str]:
     """Only the intervals, into the manifest and beside the card's figures (refused if a figure moved)."""
     figures = results["intervals"]["figures"]
-    return model_card.write_intervals(MANIFEST_PATH, CARD_PATH, CARD_END, results["intervals"],
+    return model_card.write_intervals(model.manifest_path, model.card_path, CARD_END, results["intervals"],
                                       metrics_for_manifest(results), {key: key for key in figures},
                                       interval_table(results))
 
@@ -358,6 +387,8 @@ def main() -> int:
     import hard_case_figures  # imports this module: loaded here, once this module is complete
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", type=int, choices=sorted(HELD_OUT), default=None,
+                        help="the model version (default: the highest, the one served)")
     parser.add_argument("--n", type=int, default=None, help=f"test scans (default {N_TEST})")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
@@ -370,25 +401,27 @@ def main() -> int:
     def log(message: str) -> None:
         print(f"[{time.time() - started:6.0f}s] {message}", flush=True)
 
+    model = model_folder(args.version)
+    model.checked_manifest()  # the model file is the one the manifest names
     sets = args.write_sets or args.check
-    labelled = hard_case_figures.collect_internal(load_manifest(), args.n or N_TEST, log=log) if sets else None
+    labelled = (hard_case_figures.collect_internal(model, args.n or N_TEST, log=log) if sets else None)
     results = evaluate(args.n, log=log, with_intervals=True,
-                       outcomes=[row.outcome for row in labelled] if labelled else None)
-    by_set = hard_case_figures.evaluate_sets(load_manifest(), labelled, log=log) if sets else {}
+                       outcomes=[row.outcome for row in labelled] if labelled else None, model=model)
+    by_set = hard_case_figures.evaluate_sets(model, labelled, log=log) if sets else {}
     print(json.dumps({key: value["figures"] for key, value in by_set.items()}, indent=2))
     if args.write_sets:
-        hard_case_figures.write_sets(by_set)
+        hard_case_figures.write_sets(by_set, model)
     printable = {k: v for k, v in results.items()}
     print(json.dumps(printable, indent=2, default=str))
     if args.write:
-        write(results)
-        print(f"wrote metrics to {MANIFEST_PATH} and {CARD_PATH}")
+        write(results, model)
+        print(f"wrote metrics to {model.manifest_path} and {model.card_path}")
     if args.write_intervals:
-        if model_card.refused(write_intervals(results)):
+        if model_card.refused(write_intervals(results, model)):
             return 1
-        print(f"wrote the intervals to {MANIFEST_PATH} and {CARD_PATH}")
+        print(f"wrote the intervals to {model.manifest_path} and {model.card_path}")
     if args.check:
-        expected = load_manifest().metrics
+        expected = load_manifest(model).metrics
         measured = metrics_for_manifest(results)
         drift = {k: (expected.get(k), v) for k, v in measured.items()
                  if k not in expected or abs(expected[k] - v) > CHECK_TOLERANCE}

@@ -334,5 +334,6 @@ def _place_external_nodules(rng, lung: _Lung, centreline, fov, z_fine, pad):
     return placed
 
 
-def external_scan(index: int, matrix: int = 256) -> ExternalScan:
-    return simulate_external_scan(np.random.default_rng(EXTERNAL_SEED + index), matrix)
+def external_scan(index: int, matrix: int = 256, seed: int = EXTERNAL_SEED) -> ExternalScan:
+    """Scan `index` of the set whose seeds start at `seed` (each model version has its own, evaluate.HELD_OUT)."""
+    return simulate_external_scan(np.random.default_rng(seed + index), matrix)

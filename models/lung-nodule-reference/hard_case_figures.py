@@ -71,12 +71,14 @@ def _vessels_in_view(scan: sc.SyntheticScan) -> int:
                for t in scan.phantom.vessels)
 
 
-def collect_internal(manifest, n: int = evaluate.N_TEST, log=None) -> list[LabelledOutcome]:
-    runner = evaluate.onnx_runner()
+def collect_internal(model, n: int = evaluate.N_TEST, log=None) -> list[LabelledOutcome]:
+    """The version's internal test split (`evaluate.HELD_OUT`), run and labelled."""
+    manifest, runner = model.manifest(), evaluate.onnx_runner(model.onnx_path)
+    split = evaluate.HELD_OUT[model.version].test_split
     rows = []
     with tempfile.TemporaryDirectory(prefix="lung-internal-") as scratch:
         for index in range(n):
-            scan = evaluate.test_scan("test", index)
+            scan = evaluate.test_scan(split, index)
             outcome = evaluate.run_scan(scan, manifest, runner, Path(scratch))
             rows.append((outcome, internal_kinds(scan), _vessels_in_view(scan)))
             if log is not None:
@@ -85,12 +87,14 @@ def collect_internal(manifest, n: int = evaluate.N_TEST, log=None) -> list[Label
     return [LabelledOutcome(outcome, kinds, count > median) for outcome, kinds, count in rows]
 
 
-def collect_external(manifest, n: int = N_EXTERNAL, log=None) -> list[LabelledOutcome]:
-    runner = evaluate.onnx_runner()
+def collect_external(model, n: int = N_EXTERNAL, log=None) -> list[LabelledOutcome]:
+    """The version's external set (its own seeds, `evaluate.HELD_OUT`), run."""
+    manifest, runner = model.manifest(), evaluate.onnx_runner(model.onnx_path)
+    seed = evaluate.HELD_OUT[model.version].external_seed
     labelled = []
     with tempfile.TemporaryDirectory(prefix="lung-external-") as scratch:
         for index in range(n):
-            scan = external_ct.external_scan(index)
+            scan = external_ct.external_scan(index, seed=seed)
             outcome = evaluate.run_scan(scan, manifest, runner, Path(scratch))
             labelled.append(LabelledOutcome(outcome, [nodule.kind for nodule in scan.nodules], scan.vessel_rich))
             if log is not None:
@@ -133,25 +137,34 @@ def figures(labelled: list[LabelledOutcome], manifest) -> dict:
     return {"figures": out, "bootstrap": settings.as_json(), "counts": counts}
 
 
-SETS = {
-    "internal": validation_sets.ValidationSet(
-        "internal_hard_cases", "Hard cases on the internal held-out test split",
-        f"The {evaluate.N_TEST} test scans above (seeds {evaluate.SPLIT_SEEDS['test']}+i), nodules labelled from "
-        "the phantom (juxtavascular: surface within 1 mm of a vessel tube; juxtapleural: within its radius + 1 mm "
-        "of the lung's edge); vessel-rich: more vessel tubes in the field of view than the median scan. Scored "
-        "with `medimg eval`'s LUNA16 matcher at the default operating point."),
-    "external": validation_sets.ValidationSet(
-        "external", "External validation set (independently written generator)",
-        f"{N_EXTERNAL} scans of `external_ct.py` (seeds {external_ct.EXTERNAL_SEED}+i; never used for training or "
-        "selection): branching, tapering spline vessel trees crossing the slices at every angle (end-on dots), "
-        "solitary, juxtavascular and juxtapleural nodules of 4–24 mm, slices 0.6–2.5 mm, pixels 0.55–0.95 mm, "
-        "10–60 HU noise with soft or sharp kernels; vessel-rich: grown with at least "
-        f"{external_ct.DENSE_TREES} trees. Same pipeline, model and scoring."),
-}
+def sets_for(version: int) -> dict[str, validation_sets.ValidationSet]:
+    """The card's two set blocks for a version (each version's seeds are its own, `evaluate.HELD_OUT`)."""
+    held_out = evaluate.HELD_OUT[version]
+    first_read = ("; first read after version 2 was fixed" if version > 1 else "")
+    return {
+        "internal": validation_sets.ValidationSet(
+            "internal_hard_cases", "Hard cases on the internal held-out test split",
+            f"The {evaluate.N_TEST} test scans above (seeds {evaluate.SPLIT_SEEDS[held_out.test_split]}+i), "
+            "nodules labelled from the phantom (juxtavascular: surface within 1 mm of a vessel tube; juxtapleural: "
+            "within its radius + 1 mm of the lung's edge); vessel-rich: more vessel tubes in the field of view "
+            "than the median scan. Scored with `medimg eval`'s LUNA16 matcher at the default operating point."),
+        "external": validation_sets.ValidationSet(
+            "external", "External validation set (independently written generator)",
+            f"{N_EXTERNAL} scans of `external_ct.py` (seeds {held_out.external_seed}+i; never used for training or "
+            f"selection{first_read}): branching, tapering spline vessel trees crossing the slices at every angle "
+            "(end-on dots), solitary, juxtavascular and juxtapleural nodules of 4–24 mm, slices 0.6–2.5 mm, pixels "
+            "0.55–0.95 mm, 10–60 HU noise with soft or sharp kernels; vessel-rich: grown with at least "
+            f"{external_ct.DENSE_TREES} trees. Same pipeline, model and scoring."),
+    }
 
 
-def evaluate_sets(manifest, internal: list[LabelledOutcome], log=None) -> dict[str, dict]:
-    return {"internal": figures(internal, manifest), "external": figures(collect_external(manifest, log=log), manifest)}
+SETS = sets_for(1)  # the keys and titles every version shares
+
+
+def evaluate_sets(model, internal: list[LabelledOutcome], log=None) -> dict[str, dict]:
+    manifest = model.manifest()
+    return {"internal": figures(internal, manifest),
+            "external": figures(collect_external(model, log=log), manifest)}
 
 
 def _notes(result: dict) -> str:
@@ -161,8 +174,8 @@ def _notes(result: dict) -> str:
     return f"Nodules found / present: {found}. Vessel-rich scans: {rich} of {total}."
 
 
-def write_sets(by_set: dict[str, dict]) -> None:
-    validation_sets.write_all(evaluate.MANIFEST_PATH, evaluate.CARD_PATH, SETS,
+def write_sets(by_set: dict[str, dict], model) -> None:
+    validation_sets.write_all(model.manifest_path, model.card_path, sets_for(model.version),
                               {key: result["figures"] for key, result in by_set.items()},
                               by_set["external"]["bootstrap"], "scans", evaluate.CARD_END,
                               {key: _notes(result) for key, result in by_set.items()})

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import json
 import multiprocessing
 import os
 import sys
@@ -55,6 +54,7 @@ import hard_case_ct  # noqa: E402
 import synthetic_ct as sc  # noqa: E402
 from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
+from workers.evaluation.model_scripts import write_new_manifest  # noqa: E402
 from workers.imaging.ct_resample import resample_to_spacing, window  # noqa: E402
 
 MODEL_ID = "lung-nodule-reference"
@@ -154,6 +154,8 @@ class VersionConfig:
     val_splits: tuple[str, ...] = ("val",)
     val_scans: int = N_VAL_SCANS
     training_data: str = ""
+    start_from: int | None = None  # fine-tune the weights of this version's model.onnx (BatchNorm statistics frozen)
+    learning_rate: float = 3e-3
 
 
 VERSIONS = {
@@ -168,15 +170,16 @@ VERSIONS = {
     ),
     2: VersionConfig(
         version=2, make_region=hard_case_training_region, generators=("synthetic_ct.py", "hard_case_ct.py"),
-        n_regions=400, passes=(650, 450), vessel_weight=2.0, vessel_crops=0.2, false_positive_crops=0.3,
-        val_splits=("val", "val-hard"), val_scans=8,
+        n_regions=400, passes=(400, 300), vessel_weight=2.0, vessel_crops=0.2, false_positive_crops=0.3,
+        val_splits=("val", "val-hard"), val_scans=8, start_from=1, learning_rate=1e-3,
         training_data=(
             f"synthetic chest CT from models/{MODEL_ID}/hard_case_ct.py on synthetic_ct.py's chest: {{regions}} "
             f"regions of {REGION_MM:.0f} mm (seeds {SPLIT_SEEDS['train-hard']}+i) with 0-12 extra curving, "
             "tapering, branching vessel trees in every direction, 0-4 nodules of 3-30 mm (solitary, "
             "juxtavascular, juxtapleural; solid, part-solid, ground-glass), 0.45-1.0 mm pixels, slices 0.6-2.5 mm "
             "(20 %: 3 or 5 mm), soft or sharp kernel, noise 5-70 HU; vessel voxels weighted 3x; {steps} steps of "
-            f"{BATCH} crops of {CROP}^3 voxels in two passes, the second with 30 % of the crops on the first "
+            f"{BATCH} crops of {CROP}^3 voxels in two passes fine-tuning version 1's weights (BatchNorm "
+            "statistics frozen, peak learning rate 1e-3), the second with 30 % of the crops on the first "
             f"pass's false positives in {MINED_REGIONS} of the training regions"),
     ),
 }
@@ -266,16 +269,60 @@ def size_weights(target: np.ndarray) -> np.ndarray:
     return per_label[grown]
 
 
+def load_exported_weights(model, onnx_path: Path) -> None:
+    """Put an exported model's weights back into `model` (a `network.NoduleNet`).
+
+    The export folded each BatchNorm into the convolution before it, so a convolution gets the folded weight
+    and its BatchNorm becomes the folded bias: scale 1, shift = bias, running mean 0 and variance 1 - eps.
+    The model is then the exported one exactly, as long as BatchNorm keeps its running statistics
+    (`freeze_batchnorm`): fine-tuning from it trains the convolutions and the affine shifts only."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    exported = [[initializers[name] for name in node.input[1:]] for node in graph.node if node.op_type == "Conv"]
+    modules = list(model.modules())
+    convolutions = [m for m in modules if isinstance(m, torch.nn.Conv3d)]
+    if len(convolutions) != len(exported):
+        raise ValueError(f"{onnx_path} has {len(exported)} convolutions, the network {len(convolutions)}")
+    following = {id(a): b for a, b in zip(modules, modules[1:], strict=False)}
+    with torch.no_grad():
+        for convolution, (weight, *bias) in zip(convolutions, exported, strict=True):
+            convolution.weight.copy_(torch.from_numpy(np.array(weight)))
+            norm = following.get(id(convolution))
+            if isinstance(norm, torch.nn.BatchNorm3d):
+                norm.weight.fill_(1.0)
+                norm.bias.copy_(torch.from_numpy(np.array(bias[0])))
+                norm.running_mean.zero_()
+                norm.running_var.fill_(1.0 - norm.eps)
+            else:
+                convolution.bias.copy_(torch.from_numpy(np.array(bias[0])))
+
+
+def freeze_batchnorm(model) -> None:
+    """BatchNorm layers normalise with their running statistics, not the batch's (call after model.train())."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.eval()
+
+
 def train(model, regions, steps: int, log, config: VersionConfig = VERSIONS[1], seed: int = SEED,
           false_positives: list[tuple[int, np.ndarray]] | None = None) -> None:
     import torch
     import torch.nn.functional as F
 
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    lr = config.learning_rate
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     started, running = time.time(), 0.0
     model.train()
+    if config.start_from is not None:
+        freeze_batchnorm(model)
     for step in range(steps):
         x, y, w = (torch.from_numpy(a) for a in sample_batch(regions, rng, BATCH, config, false_positives))
         logits = model(x)
@@ -446,6 +493,9 @@ def main() -> None:
     manifest_path = version_dir / "manifest.json"
     previous: dict[str, float] = {}  # metrics belong to the old weights; evaluate.py --write measures the new ones
     model = NoduleNet()
+    if config.start_from is not None:
+        load_exported_weights(model, HERE / str(config.start_from) / "model.onnx")
+        log(f"starting from version {config.start_from}'s weights")
     log(f"model parameters: {sum(p.numel() for p in model.parameters()):,}")
     best = None  # (pooled val sensitivity at the operating point, pass, threshold, sensitivity, fp rate)
     false_positives = None
@@ -481,7 +531,7 @@ def main() -> None:
     )
     manifest = build_manifest(onnx_path, threshold, round(sensitivity, 4), measured_on, previous, n_regions,
                               sum(passes), config)
-    manifest_path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
+    write_new_manifest(manifest_path, manifest)  # the fields set here, laid out as evaluate.py's edits keep them
     log(f"val: threshold {threshold} sensitivity {sensitivity:.3f} at {fp_rate:.2f} FP/scan; wrote {manifest_path}; "
         f"total wall time {(time.time() - started) / 60:.1f} min")
 

@@ -144,7 +144,7 @@ def test_card_reports_froc_and_a_cpm_of_at_least_080(manifest: ModelManifest) ->
 def test_metrics_on_a_few_held_out_scans_agree_with_the_card(manifest: ModelManifest) -> None:
     """The full split takes minutes (`evaluate.py --check`); four scans must already come close."""
     evaluate = load_reference_module(MODEL_ID, "evaluate")
-    results = evaluate.evaluate(n=4)
+    results = evaluate.evaluate(n=4, model=evaluate.model_folder(1))
     assert results["n_scans"] == 4 and results["n_nodules"] > 0
     assert results["operating_point"]["sensitivity_6mm_plus"] >= 0.8
     assert results["cpm"] >= manifest.metrics["cpm"] - 0.2
