@@ -1,4 +1,4 @@
-"""Where the CPU goes when the embedded service grades photos at concurrency 16: per job, in the gateway's threads
+"""Where the CPU goes when the embedded service grades photos at concurrency 16: per job, in the gateway's threads,
 in the load client, and what is left idle on the machine.
 
     .venv/bin/python -m bench.cpu_budget                  # reference model, 96 jobs, concurrency 16
@@ -8,7 +8,7 @@ The load is `bench.dr`'s (same photos, same pooled client, `Prefer: wait`). CPU 
 /proc/<pid>/task/*/stat before and after the timed jobs, so warm-up is excluded; the machine's share comes from
 /proc/stat over the same window. A service that leaves the cores idle while callers wait is held by something
 other than CPU (the GIL, a lock, a queue); one that fills them spends its CPU somewhere this table names.
-Figures depend on the machine and its load: run it quiet.
+Writes bench/results/cpu-budget-<time>.json. Figures depend on the machine and its load: run it quiet.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.dr import LIKE_FOR_LIKE, http_load
-from bench.pipeline_limit import pipeline_limit
-from devkit.fundus import make_fundus, png_bytes
+from bench.dr import LIKE_FOR_LIKE, RESULTS, fundus_photos, http_load, png_uploads
 from devkit.reference_models import MODELS_DIR
 from devkit.services import Service, service_env
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+PY_SPY = Path(sys.executable).with_name("py-spy")  # optional: `pip install py-spy` into the same environment
 
 
 def task_seconds(pid: int) -> dict[int, float]:
@@ -46,10 +45,9 @@ def task_seconds(pid: int) -> dict[int, float]:
 
 def python_thread_names(pid: int) -> dict[int, str]:
     """Native thread id -> Python thread name, from `py-spy dump` (empty when py-spy is not installed)."""
-    spy = Path(sys.executable).with_name("py-spy")
-    if not spy.exists():
+    if not PY_SPY.exists():
         return {}
-    dump = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60,
+    dump = subprocess.run([str(PY_SPY), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60,
                           check=False).stdout
     names = {}
     for line in dump.splitlines():  # Thread 12816 (idle): "medimg-worker-0"
@@ -83,23 +81,29 @@ def machine_seconds() -> tuple[float, float]:
     return busy * TICK_S, (busy + idle + iowait) * TICK_S
 
 
-def limit_budget(uploads: list[tuple[str, bytes]]) -> dict:
-    """The pipeline limit's throughput and CPU per job (its pool processes are the machine's busy time)."""
-    busy_before, total_before = machine_seconds()
-    throughput, _ = pipeline_limit(MODELS_DIR / "dr-grading-reference" / "1", uploads, LIKE_FOR_LIKE)
-    busy_after, total_after = machine_seconds()
-    wall = len(uploads) / throughput
-    return {"throughput_per_s": round(throughput, 2),
-            "machine_cpu_ms_per_job": round(1000 * (busy_after - busy_before) / len(uploads), 2),
-            "note": "machine busy time over the whole call (pool start and warm-up included), "
-                    f"{(busy_after - busy_before) / max(total_after - total_before, 1e-9):.2f} of it busy; "
-                    f"timed part {wall:.2f} s"}
+def alone_budget(uploads: list[tuple[str, bytes]]) -> dict:
+    """The pipeline limit's per-photo work (`bench/pipeline_limit.py`: one single-threaded session, the DR pipeline)
+    run here, one photo after another: the CPU grading costs without serving around it or other jobs beside it."""
+    from bench import pipeline_limit
+
+    pipeline_limit._load(str(MODELS_DIR / "dr-grading-reference" / "1"), LIKE_FOR_LIKE)
+    with tempfile.TemporaryDirectory(prefix="medimg-cpu-alone-") as scratch:
+        paths = []
+        for index, (name, data) in enumerate(uploads):
+            paths.append(Path(scratch) / f"{index}-{name}")
+            paths[-1].write_bytes(data)
+        pipeline_limit._grade(str(paths[0]))  # warm
+        cpu_before, started = time.process_time(), time.perf_counter()
+        for path in paths:
+            pipeline_limit._grade(str(path))
+        cpu, wall = time.process_time() - cpu_before, time.perf_counter() - started
+    return {"jobs": len(paths), "cpu_ms_per_job": round(1000 * cpu / len(paths), 2),
+            "wall_ms_per_job": round(1000 * wall / len(paths), 2)}
 
 
 def photos(jobs: int) -> list[tuple[str, bytes]]:
-    """bench.dr's uploads: 32 synthetic fundus photos as PNG, repeated."""
-    rgbs = [make_fundus(seed).rgb for seed in range(min(jobs, 32))]
-    return [("fundus.png", png_bytes(rgbs[i % len(rgbs)])) for i in range(jobs)]
+    """bench.dr's uploads: its synthetic fundus photos as PNG."""
+    return png_uploads(fundus_photos(jobs), jobs)
 
 
 def budget(jobs: int, concurrency: int, env: dict[str, str], profile: Path | None = None) -> dict:
@@ -116,8 +120,8 @@ def budget(jobs: int, concurrency: int, env: dict[str, str], profile: Path | Non
             gateway_before, client_before = process_seconds(pid), process_seconds(os.getpid())
             busy_before, total_before = machine_seconds()
             spy = None
-            if profile is not None:  # py-spy (pip install py-spy): sampled stacks of every thread, idle ones left out
-                spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+            if profile is not None:  # sampled stacks of every thread, idle ones left out
+                spy = subprocess.Popen([str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
                                         "--output", str(profile), "--nonblocking"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
@@ -154,13 +158,14 @@ def main() -> int:
     parser.add_argument("--env", action="append", default=[], help="NAME=value for the gateway (repeatable)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="also write py-spy's collapsed stacks of the gateway under load to this file")
-    parser.add_argument("--limit", action="store_true", help="also measure the pipeline limit on the same photos")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
-    report = {"service": budget(args.jobs, args.concurrency, env, args.profile)}
-    if args.limit:
-        report["pipeline_limit"] = limit_budget(photos(args.jobs))
-    print(json.dumps(report, indent=2))
+    report = {"service": budget(args.jobs, args.concurrency, env, args.profile),
+              "pipeline_alone": alone_budget(photos(args.jobs))}
+    text = json.dumps(report, indent=2)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"cpu-budget-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(text + "\n")
+    print(text)
     return 0
 
 

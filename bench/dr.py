@@ -69,6 +69,15 @@ RUNS_PER_CORE = {"MEDIMG_INFERENCE_THREADS": "1", "MEDIMG_INFERENCE_PARALLEL_RUN
                  "MEDIMG_BATCH_MAX_ROWS": "1"}
 
 
+def fundus_photos(jobs: int) -> list[np.ndarray]:
+    """The benchmark's photos: up to 32 synthetic fundus images (RGB), reused round-robin by the uploads."""
+    return [make_fundus(seed).rgb for seed in range(min(jobs, 32))]
+
+
+def png_uploads(rgbs: list[np.ndarray], jobs: int) -> list[Upload]:
+    return [("fundus.png", png_bytes(rgbs[i % len(rgbs)])) for i in range(jobs)]
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     array = np.asarray(values) * 1000
     return {f"p{q}_ms": round(float(np.percentile(array, q)), 2) for q in (50, 95, 99)}
@@ -277,8 +286,8 @@ LIMIT_ROW = "a_pipeline_limit"
 def rows_of_model(repository_root: Path, model_id: str, jobs: int, concurrency: int,
                   options: dict) -> dict[str, tuple[dict, Callable[[Path], dict]]]:
     """name -> (configuration, run(workdir) -> figures), in the order one repetition runs them."""
-    rgbs = [make_fundus(seed).rgb for seed in range(min(jobs, 32))]
-    pngs = [("fundus.png", png_bytes(rgbs[i % len(rgbs)])) for i in range(jobs)]
+    rgbs = fundus_photos(jobs)
+    pngs = png_uploads(rgbs, jobs)
     jpegs = [("fundus.jpg", jpeg_bytes(rgbs[i % len(rgbs)])) for i in range(LONE_JOBS)]
     lone = pngs[:LONE_JOBS]
     version = ModelRepository(repository_root).get(model_id)

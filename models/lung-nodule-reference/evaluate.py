@@ -46,7 +46,6 @@ for _path in (str(REPO_ROOT), str(HERE)):
 import external_ct  # noqa: E402
 import hard_case_ct  # noqa: E402
 import synthetic_ct as sc  # noqa: E402
-from app.model_repository import file_sha256  # noqa: E402
 from app.schemas.manifest import ModelManifest  # noqa: E402
 from app.schemas.options import LungNoduleDetectionOptions  # noqa: E402
 from workers.evaluation import card as model_card  # noqa: E402
@@ -63,7 +62,7 @@ class HeldOut:
 
     test_split: str
     external_seed: int
-    val_splits: str  # how train.py chose the operating point, for the manifest
+    operating_point_from: str  # the val splits train.py read the operating point on, for the manifest
 
 
 HELD_OUT = {
@@ -78,6 +77,8 @@ def model_folder(version: int | None = None) -> ModelFolder:
     if version is None:
         version = max(v for v in HELD_OUT if ModelFolder(HERE, v).manifest_path.exists())
     return ModelFolder(HERE, version)
+
+
 N_TEST = 30
 MATRIX = 256
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -249,18 +250,12 @@ def sensitivity_by_size(outcomes: list[ScanOutcome], threshold: float) -> dict[s
     return {name: (found, total) for name, (found, total) in counts.items()}
 
 
-def load_manifest(model: ModelFolder) -> ModelManifest:
-    return model.manifest()
-
-
 def evaluate(n: int | None = None, log=None, with_intervals: bool = False,
              outcomes: list[ScanOutcome] | None = None, model: ModelFolder | None = None) -> dict:
     """The card's figures; with `with_intervals`, also `"intervals"` (their 95 % intervals over the scans).
     `outcomes`: the test split's scans already run (by hard_case_figures), so they are not run twice."""
     model = model or model_folder()
-    manifest = load_manifest(model)
-    if file_sha256(model.onnx_path) != manifest.sha256:
-        raise RuntimeError(f"{model.onnx_path} does not match the sha256 in {model.manifest_path}")
+    manifest = model.checked_manifest()  # refused unless model.onnx is the file the manifest names
     n = N_TEST if n is None else n
     started = time.time()
     split = HELD_OUT[model.version].test_split
@@ -358,7 +353,7 @@ def write(results: dict, model: ModelFolder) -> None:
     from workers.evaluation.model_scripts import edited_manifest, write_card_block
     from workers.evaluation.validation_sets import kept_figures
 
-    default_point = load_manifest(model).default_operating_point
+    default_point = model.manifest().default_operating_point
     with edited_manifest(model.manifest_path) as data:
         data["metrics"] = {**metrics_for_manifest(results),
                            **model_card.stored_metrics(results["intervals"]["figures"]),
@@ -367,7 +362,7 @@ def write(results: dict, model: ModelFolder) -> None:
             if point["name"] == default_point:
                 point["sensitivity"] = round(results["operating_point"]["sensitivity"], 4)
                 point["measured_on"] = (
-                    f"threshold chosen on {HELD_OUT[model.version].val_splits} by train.py (lowest with <= 1 false "
+                    f"threshold chosen on {HELD_OUT[model.version].operating_point_from} by train.py (lowest with <= 1 false "
                     f"positive per scan); sensitivity measured on the held-out {results['test_split']} split "
                     f"({results['n_scans']} scans, {results['n_nodules']} nodules; "
                     f"{results['operating_point']['fp_per_scan']:.2f} FP/scan there)"
@@ -421,7 +416,7 @@ def main() -> int:
             return 1
         print(f"wrote the intervals to {model.manifest_path} and {model.card_path}")
     if args.check:
-        expected = load_manifest(model).metrics
+        expected = model.manifest().metrics
         measured = metrics_for_manifest(results)
         drift = {k: (expected.get(k), v) for k, v in measured.items()
                  if k not in expected or abs(expected[k] - v) > CHECK_TOLERANCE}

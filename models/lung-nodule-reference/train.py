@@ -193,10 +193,10 @@ VERSIONS = {
             "tapering, branching vessel trees in every direction, 0-4 nodules of 3-30 mm (solitary, "
             "juxtavascular, juxtapleural; solid, part-solid, ground-glass), 0.45-1.0 mm pixels, slices 0.6-2.5 mm "
             "(20 %: 3 or 5 mm), soft or sharp kernel, noise 5-70 HU, mixed with version 1's "
-            f"{N_REGIONS} regions; vessel voxels weighted 2x; {{steps}} steps of {BATCH} crops of {CROP}^3 voxels in "
-            "two passes fine-tuning version 1's weights (BatchNorm statistics frozen, peak learning rate 3e-4), "
-            f"the second with 25 % of the crops on the first pass's false positives in {MINED_REGIONS} of the "
-            "training regions"),
+            f"{N_REGIONS} regions; vessel voxels weighted {{vessel_factor:g}}x; {{steps}} steps of {BATCH} crops of "
+            f"{CROP}^3 voxels in two passes fine-tuning version 1's weights (BatchNorm statistics frozen, peak "
+            "learning rate {learning_rate:g}), the second with {false_positive_crops:.0%} of the crops on the first "
+            f"pass's false positives in {MINED_REGIONS} of the training regions"),
     ),
 }
 
@@ -456,7 +456,9 @@ def build_manifest(onnx_path: Path, threshold: float, sensitivity: float | None,
         provenance={
             "created": datetime.date.today().isoformat(),
             "framework": f"PyTorch {torch.__version__.split('+')[0]} CPU → ONNX opset 17",
-            "training_data": config.training_data.format(regions=n_regions, steps=steps),
+            "training_data": config.training_data.format(
+                regions=n_regions, steps=steps, vessel_factor=1 + config.vessel_weight,
+                learning_rate=config.learning_rate, false_positive_crops=config.false_positive_crops),
             "training_script": f"models/{MODEL_ID}/train.py",
         },
     )
