@@ -223,13 +223,28 @@ def _worker(args: argparse.Namespace) -> int:
     from workers.celery_app import celery_app
 
     serve_metrics(get_settings())
-    celery_app.worker_main(
-        ["worker", "--queues", ",".join(queues), "--concurrency", str(args.concurrency),
-         "--loglevel", args.loglevel, "--pool", get_settings().worker_pool, "--without-gossip", "--without-mingle",
-         # A node name of its own even beside other workers on one host (RabbitMQ locks each node's pidbox queue).
-         "--hostname", f"medimg-{os.getpid()}@%h"]
-    )
-    return 0
+    exit_code = _run_celery_worker(celery_app, [
+        "worker", "--queues", ",".join(queues), "--concurrency", str(args.concurrency),
+        "--loglevel", args.loglevel, "--pool", get_settings().worker_pool, "--without-gossip", "--without-mingle",
+        # A node name of its own even beside other workers on one host (RabbitMQ locks each node's pidbox queue).
+        "--hostname", f"medimg-{os.getpid()}@%h",
+    ])
+    from workers.tasks import REFUSED_EXIT_CODE, worker_refused
+
+    return REFUSED_EXIT_CODE if worker_refused() else exit_code
+
+
+def _run_celery_worker(celery_app, argv: list[str]) -> int:
+    """`celery_app.worker_main(argv)`, keeping the exit code it drops: a worker that stopped on an
+    "Unrecoverable error" (a broker lost for good, say) must not exit 0, or an orchestrator restarting only
+    failed containers, and the ops engineer reading its status, take the failure for a clean stop."""
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = celery_app  # what Celery.start does before running its command
+    try:
+        return int(celery_command.main(args=argv, standalone_mode=False) or 0)
+    finally:
+        celery_command.params[0].default = None
 
 
 def _worker_probe(args: argparse.Namespace) -> int:

@@ -118,9 +118,11 @@ class Process:
 
 class RestartPolicy:
     """What compose's `restart: unless-stopped` (and a Kubernetes Deployment) does for a worker container:
-    start a worker again when its process exits on its own. Celery 5.x workers on a Redis broker can exit
-    with "Unrecoverable error" when the broker restarts under them (a known Celery/kombu fault on reconnect);
-    production relies on the orchestrator for that, so the fault tests do too, and count the restarts."""
+    start a worker again when its process exits on its own, whatever its exit code. Celery 5.x workers on a
+    Redis broker can exit with "Unrecoverable error" when the broker restarts under them (a known Celery/kombu
+    fault on reconnect); production relies on the orchestrator for that, so the fault tests do too, and count
+    the restarts. (Until `medimg worker` kept Celery's exit code, such a worker exited 0, and a policy that
+    restarted only failures left the jobs queued with no worker.)"""
 
     def __init__(self, workers: list[Process], interval: float = 0.5) -> None:
         self.workers, self.interval, self.restarts = workers, interval, 0
@@ -138,8 +140,8 @@ class RestartPolicy:
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             for worker in self.workers:
-                # An exit of its own (a positive code), not a kill the test made (a negative one: the signal).
-                if worker.process is not None and (worker.process.poll() or 0) > 0:
+                # A worker the test stopped has no process any more (Process.stop), so this is an exit of its own.
+                if worker.process is not None and worker.process.poll() is not None:
                     self.restarts += 1
                     worker.start()
 

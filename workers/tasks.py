@@ -8,6 +8,7 @@ With `--pool threads` one process runs several jobs at once and their model runs
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import time
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 _runtime: WorkerRuntime | None = None
 _heartbeat: Heartbeat | None = None
 _refused: str | None = None  # why this process must not run jobs (a required provider is missing)
+# Set by a pool process that refuses, read by `medimg worker` in the parent once Celery has stopped: created
+# before the fork, it is the one flag parent and children share.
+_refused_anywhere = multiprocessing.Value("b", 0, lock=False)
+REFUSED_EXIT_CODE = 78  # EX_CONFIG: the host does not give the worker what its settings require
+
+
+def worker_refused() -> bool:
+    return bool(_refused_anywhere.value)
 
 
 def consumed_tasks() -> list[TaskName]:
@@ -66,6 +75,7 @@ def _prepare_process(**_) -> None:
         # No beat, so never ready (/readyz, `medimg worker-probe`); no job runs here; the worker stops, so the
         # orchestrator shows the failure instead of jobs running on the wrong device.
         _refused = problem
+        _refused_anywhere.value = 1
         log.critical("%s; this worker refuses to run jobs and shuts down", problem)
         os.kill(os.getpid() if settings.worker_pool == "threads" else os.getppid(), signal.SIGTERM)
         return

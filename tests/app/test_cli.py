@@ -60,3 +60,30 @@ def test_deploy_workers_prints_one_worker_per_served_task(capsys) -> None:
     for task in ("dr-grading", "lung-nodule-detection", "covid-lesion-segmentation", "thyroid-malignancy"):
         assert f'args: ["worker", "--queues", "{task}", "--concurrency", "1"]' in out
     assert "${task}" not in out.split("---", 1)[1]
+
+
+CELERY_WORKER_THAT_FAILS = """
+import sys
+from celery import Celery, bootsteps
+from app.cli import _run_celery_worker
+
+class Broken(bootsteps.StartStopStep):
+    requires = {"celery.worker.components:Pool"}
+
+    def start(self, worker):
+        raise RuntimeError("a component that cannot start")
+
+app = Celery("broken", broker="memory://")
+app.steps["worker"].add(Broken)
+sys.exit(_run_celery_worker(app, ["worker", "--pool", "solo", "--without-gossip", "--without-mingle",
+                                  "--without-heartbeat"]))
+"""
+
+
+def test_worker_stopped_by_an_unrecoverable_error_exits_non_zero() -> None:
+    """Celery's worker_main drops the worker's exit code; `medimg worker` keeps it, so a container that
+    stopped on an error is not taken for one that was told to stop."""
+    completed = subprocess.run([sys.executable, "-c", CELERY_WORKER_THAT_FAILS], capture_output=True, text=True,
+                               cwd=REPO_ROOT, timeout=60)
+    assert "Unrecoverable error" in completed.stderr
+    assert completed.returncode == 1, completed.stderr[-2000:]

@@ -52,7 +52,8 @@ def test_worker_requiring_cuda_on_a_cpu_host_never_beats_and_stops(tmp_path, red
     service = Service(tmp_path, service_env(tmp_path, url, MEDIMG_REQUIRE_PROVIDER=CUDA))
     worker = service.start_worker(queues="dr-grading")
     try:
-        worker.process.wait(120)  # the worker shuts itself down once warm-up shows the fallback
+        # The worker shuts itself down once warm-up shows the fallback, and says it failed (EX_CONFIG).
+        assert worker.process.wait(120) == 78
         assert not list(client.scan_iter(match="medimg:worker-heartbeat:*"))
         assert "MEDIMG_REQUIRE_PROVIDER=CUDAExecutionProvider" in worker.log_path.read_text()
     finally:
