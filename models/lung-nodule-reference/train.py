@@ -100,6 +100,13 @@ NMS_RADIUS_MM = 5.0
 N_VAL_SCANS = 8
 OPERATING_FP_PER_SCAN = 1.0
 MINED_REGIONS = 160
+# The series gate and the uncertainty settings the cards describe: slices and thickness within the training range
+# (up to 5 mm), pixels up to 1 mm, enough lung in view; one mirrored re-run on request.
+QUALITY_CT = {"max_slice_spacing_mm": 5.0, "max_slice_thickness_mm": 5.0, "max_pixel_spacing_mm": 1.0,
+              "max_missing_run": 1, "min_lung_volume_ml": 50.0, "require_full_lung_coverage": False,
+              "max_end_slice_lung_fraction": 0.25, "metal_hu": 2500.0, "max_metal_ml": None}
+UNCERTAINTY = {"default": False, "augmentations": ["flip-horizontal"], "intensity_change": 0.1,
+               "low_confidence_spread": 0.2}
 
 
 def _sources_digest(generators: tuple[str, ...] = ("synthetic_ct.py",)) -> str:
@@ -473,6 +480,8 @@ def build_manifest(onnx_path: Path, threshold: float, sensitivity: float | None,
             "measured_on": measured_on,
         }],
         default_operating_point="1-fp-per-scan",
+        quality={"ct": QUALITY_CT},
+        uncertainty=UNCERTAINTY,
         metrics=previous_metrics,
         provenance={
             "created": datetime.date.today().isoformat(),
