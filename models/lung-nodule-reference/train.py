@@ -213,7 +213,7 @@ VERSIONS = {
             "(20 %: 3 or 5 mm), soft or sharp kernel, noise 5-70 HU, mixed with version 1's "
             f"{N_REGIONS} regions; {{steps}} steps of {BATCH} crops of {CROP}^3 voxels from scratch (peak "
             "learning rate {learning_rate:g}), {touching_crops:.0%} of the crops centred on a juxtavascular or "
-            "juxtapleural nodule, 10 % on a vessel"),
+            "juxtapleural nodule, {vessel_crops:.0%} on a vessel"),
     ),
 }
 
@@ -489,7 +489,7 @@ def build_manifest(onnx_path: Path, threshold: float, sensitivity: float | None,
             "training_data": config.training_data.format(
                 regions=n_regions, steps=steps, vessel_factor=1 + config.vessel_weight,
                 learning_rate=config.learning_rate, false_positive_crops=config.false_positive_crops,
-                touching_crops=config.touching_crops),
+                touching_crops=config.touching_crops, vessel_crops=config.vessel_crops),
             "training_script": f"models/{MODEL_ID}/train.py",
         },
     )
